@@ -1,0 +1,119 @@
+"""DDP with real torchrun processes on CPU (gloo): one writer, the same model as one process with the doubled batch,
+two 'nodes' on one rendezvous, a failing rank that takes the job down quickly, kill and resume, and a world-size change."""
+import os, signal, socket, subprocess, sys, time
+from pathlib import Path
+import pytest, torch
+from conftest import tiny_config, write_config, run_cli, read_rows
+
+def torchrun(*args, cwd, env=None, timeout=300, **kw):
+    e = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1', **(env or {})}
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', *map(str, args)], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def weights(path):
+    return torch.load(path, weights_only=True)['model']
+
+def test_two_processes_equal_one_process_with_the_doubled_batch(tmp_path):
+    base = tiny_config(total_updates=30, updates_per_epoch=15, optimizer=dict(name='SGD', learning_rate=0.05, momentum=0.9))
+    two = write_config(tmp_path / 'two' / 'train.yml', {**base, 'batch_size': 8})
+    r = torchrun('--standalone', '--nproc_per_node=2', '-m', 'ml_suite.train', two, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    one = write_config(tmp_path / 'one' / 'train.yml', {**base, 'batch_size': 16})
+    r1 = run_cli(one, cwd=tmp_path, env={'OMP_NUM_THREADS': '1'})
+    assert r1.returncode == 0, r1.stderr
+    log = (tmp_path / 'two' / 'training.log').read_text()
+    assert 'effective batch 8 x 2 x 1 = 16' in log
+    info = [l for l in log.splitlines() if ' INFO ' in l]
+    assert info and all('[rank 0]' in l for l in info), 'one writer: every INFO line comes from rank 0'
+    a, b = weights(tmp_path / 'two' / 'latest.pt'), weights(tmp_path / 'one' / 'latest.pt')
+    # Same samples in the same order; only the summation order of the gradient differs (all-reduce vs one batch).
+    # Tolerance: 1e-5 absolute on every weight after 30 SGD updates (float32).
+    for k in a: torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
+    va = [row['val_loss'] for row in read_rows(tmp_path / 'two') if 'val_loss' in row]
+    vb = [row['val_loss'] for row in read_rows(tmp_path / 'one') if 'val_loss' in row]
+    assert va == pytest.approx(vb, rel=1e-4), 'validation reduced over ranks equals one process'
+
+def test_two_nodes_on_one_rendezvous(tmp_path):
+    cfg = write_config(tmp_path / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10))
+    port = free_port()
+    common = ['--nnodes=2', '--nproc_per_node=1', '--rdzv_backend=c10d', f'--rdzv_endpoint=127.0.0.1:{port}',
+              '--rdzv_id=test-job', '-m', 'ml_suite.train', str(cfg)]
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+    nodes = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', f'--node_rank={i}', *common], cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    outs = [n.communicate(timeout=300)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs
+    assert '2 process(es)' in (tmp_path / 'training.log').read_text()
+    assert torch.load(tmp_path / 'latest.pt', weights_only=True)['updates'] == 20
+
+FAILING = '''
+import os
+from ml_suite.models import UNet
+
+class FailingUNet(UNet):
+    "Raises in the forward pass of training update FAIL_AT on rank 1 only."
+    calls = 0
+    def forward(self, x):
+        if self.training:
+            FailingUNet.calls += 1
+            if os.environ.get('RANK') == '1' and FailingUNet.calls == int(os.environ['FAIL_AT']):
+                raise RuntimeError(f'injected failure at forward {FailingUNet.calls}')
+        return super().forward(x)
+'''
+
+def test_a_failing_rank_stops_every_rank_quickly_with_its_error_in_the_log(tmp_path):
+    (tmp_path / 'failing.py').write_text(FAILING)
+    cfg = tiny_config(model=dict(type='failing:FailingUNet', width=4, depth=1), total_updates=1000, updates_per_epoch=500)
+    path = write_config(tmp_path / 'train.yml', cfg)
+    t0 = time.monotonic()
+    r = torchrun('--standalone', '--nproc_per_node=2', '-m', 'ml_suite.train', path, cwd=tmp_path,
+                 env={'FAIL_AT': '12', 'PYTHONPATH': str(tmp_path)}, timeout=240)
+    elapsed = time.monotonic() - t0
+    assert r.returncode != 0
+    assert elapsed < 90, f'the job took {elapsed:.0f} s to go down'          # not the collective timeout
+    log = (tmp_path / 'training.log').read_text()
+    assert '[rank 1] ERROR training failed on rank 1 at update 11: RuntimeError: injected failure at forward 12' in log, log
+    out = r.stdout + r.stderr
+    assert 'injected failure' in out
+    time.sleep(1)
+    assert not subprocess.run(['pgrep', '-f', str(path)], capture_output=True).stdout, 'no worker outlives the job'
+
+def test_kill_and_resume_under_two_processes_is_bitwise_exact(tmp_path):
+    cfg = tiny_config(total_updates=120, updates_per_epoch=20, checkpoint=dict(every_updates=5))
+    ref = write_config(tmp_path / 'ref' / 'train.yml', cfg)
+    assert torchrun('--standalone', '--nproc_per_node=2', '-m', 'ml_suite.train', ref, cwd=tmp_path).returncode == 0
+    path = write_config(tmp_path / 'killed' / 'train.yml', cfg)
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'ml_suite.train', str(path)]
+    kills = 0
+    for attempt in range(10):
+        p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        latest = tmp_path / 'killed' / 'latest.pt'
+        before = latest.stat().st_mtime_ns if latest.exists() else 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:   # kill soon after this run wrote a checkpoint
+            if latest.exists() and latest.stat().st_mtime_ns != before: break
+            time.sleep(0.01)
+        if p.poll() is None and kills < 3:
+            time.sleep(0.3)
+            os.killpg(p.pid, signal.SIGKILL); p.wait(); kills += 1
+            continue
+        assert p.wait(300) == 0
+        break
+    assert kills == 3
+    a, b = torch.load(tmp_path / 'ref' / 'latest.pt', weights_only=True), torch.load(latest, weights_only=True)
+    assert a['updates'] == b['updates'] == 120
+    for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
+
+def test_resume_with_another_world_size_warns_and_finishes(tmp_path):
+    path = write_config(tmp_path / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10))
+    assert run_cli(path, cwd=tmp_path).returncode == 0
+    r = torchrun('--standalone', '--nproc_per_node=2', '-m', 'ml_suite.train', path, 'total_updates=30', cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (tmp_path / 'training.log').read_text()
+    assert log.count('resuming a 1-process checkpoint with 2 processes') == 1 and 'order of the remaining data differs' in log
+    assert torch.load(tmp_path / 'latest.pt', weights_only=True)['updates'] == 30
