@@ -46,7 +46,7 @@ class Run:
     def kill(self):
         self.p.send_signal(signal.SIGKILL); self.p.wait()
 
-@pytest.mark.parametrize('workers', [0, 2])
+@pytest.mark.parametrize('workers', [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_sigkill_anywhere_then_rerun_gives_bitwise_identical_weights(tmp_path, workers):
     (tmp_path / 'marked.py').write_text(MARKED)
     cfg = kill_config(workers)

@@ -1,0 +1,94 @@
+"""ml_suite on a real one-node SLURM: a preemption warning (USR1) saves, requeues and resumes to the same weights; a
+job's own time limit stops the run in time and it finishes after the requeue; srun with and without torchrun."""
+import os, sys, time
+from pathlib import Path
+import pytest, torch
+from conftest import tiny_config, write_config, run_cli, read_rows
+from slurm_cluster import slurm  # noqa: F401  (the fixture)
+
+SLEEPY = '''
+import time
+from ml_suite.models import UNet
+
+class SleepyUNet(UNet):
+    "The built-in UNet, paced: each training forward pass sleeps, so a job lasts long enough to be signalled."
+    def __init__(self, sleep=0.02, **kw):
+        super().__init__(**kw); self.sleep = sleep
+    def forward(self, x):
+        if self.training: time.sleep(self.sleep)
+        return super().forward(x)
+'''
+
+def job_script(path, body, sbatch=()):
+    lines = ['#!/bin/bash', '#SBATCH --open-mode=append', '#SBATCH --requeue', *[f'#SBATCH {a}' for a in sbatch],
+             'set -eu', f'cd {path.parent}', body]
+    path.write_text('\n'.join(lines) + '\n')
+    return path
+
+def sleepy_config(**over):
+    cfg = tiny_config(model=dict(type='sleepy:SleepyUNet', width=4, depth=1, sleep=0.02), **over)
+    return cfg
+
+def setup(tmp_path, name, cfg):
+    run = tmp_path / name
+    run.mkdir(parents=True)
+    (run / 'sleepy.py').write_text(SLEEPY)
+    return write_config(run / 'train.yml', cfg)
+
+def test_usr1_saves_requeues_and_resumes_to_the_same_weights(slurm, tmp_path):
+    cfg = sleepy_config(total_updates=300, updates_per_epoch=50)
+    ref = setup(tmp_path, 'ref', cfg)
+    assert run_cli(ref, cwd=tmp_path).returncode == 0
+    path = setup(tmp_path, 'job', cfg)
+    script = job_script(tmp_path / 'job.sh', f'srun --ntasks=1 {sys.executable} -m ml_suite.train {path}')
+    out = tmp_path / 'job.out'
+    job = slurm.sbatch(script, extra_sbatch_args=[f'--output={out}'])
+    slurm.wait_for(lambda: any(r['update'] >= 60 for r in read_rows(path.parent)) if (path.parent / 'metrics.jsonl').exists() else False,
+                   timeout=120, message='60 updates')
+    slurm.scancel(job, signal='USR1')
+    info = slurm.wait_state(job, 'COMPLETED', timeout=240)
+    assert info['Restarts'] == '1', info
+    text = out.read_text()
+    assert '(SIGUSR1); saving a checkpoint' in text and f'requeued SLURM job {job}' in text, text
+    assert 'resumed from' in text and 'finished 300 updates' in text, text
+    a = torch.load(tmp_path / 'ref' / 'latest.pt', weights_only=True)['model']
+    b = torch.load(path.parent / 'latest.pt', weights_only=True)['model']
+    for k in a: assert torch.equal(a[k], b[k]), k
+    updates = [r['update'] for r in read_rows(path.parent)]
+    assert updates == sorted(set(updates))
+
+@pytest.mark.slow
+def test_job_time_limit_stops_in_time_and_finishes_after_requeue(slurm, tmp_path):
+    "--time=2 and no time_limit in the config: the run reads SLURM's end time, stops before it, requeues, finishes."
+    cfg = sleepy_config(total_updates=1500, updates_per_epoch=250, log_every=50)
+    cfg['model']['sleep'] = 0.1                     # about 150 s of training: more than one 2-minute job
+    path = setup(tmp_path, 'job', cfg)
+    script = job_script(tmp_path / 'job.sh', f'srun --ntasks=1 {sys.executable} -m ml_suite.train {path}', sbatch=['--time=2'])
+    out = tmp_path / 'job.out'
+    job = slurm.sbatch(script, extra_sbatch_args=[f'--output={out}'])
+    info = slurm.wait_state(job, 'COMPLETED', timeout=420)
+    text = out.read_text()
+    assert info['Restarts'] == '1', (info, text)
+    assert 'time limit: ' in text and '(time limit); saving a checkpoint' in text, text
+    killed = [l for l in text.splitlines() if ('CANCELLED' in l or 'TIME LIMIT' in l) and 'DUE TO JOB REQUEUE' not in l]
+    assert not killed, killed                       # SLURM never had to end a run: each stopped by itself
+    assert f'requeued SLURM job {job}' in text and 'finished 1500 updates' in text, text
+    assert torch.load(path.parent / 'latest.pt', weights_only=True)['updates'] == 1500
+
+def test_srun_two_tasks_without_torchrun(slurm, tmp_path):
+    path = setup(tmp_path, 'job', tiny_config(total_updates=20, updates_per_epoch=10))
+    script = job_script(tmp_path / 'job.sh', f'srun --ntasks=2 {sys.executable} -m ml_suite.train {path}', sbatch=['--ntasks=2'])
+    job = slurm.sbatch(script, extra_sbatch_args=[f'--output={tmp_path}/job.out'])
+    slurm.wait_state(job, 'COMPLETED', timeout=180)
+    log = (path.parent / 'training.log').read_text()
+    assert '2 process(es)' in log and 'finished 20 updates' in log, log
+
+def test_srun_with_torchrun_two_processes(slurm, tmp_path):
+    path = setup(tmp_path, 'job', tiny_config(total_updates=20, updates_per_epoch=10))
+    body = (f'srun --ntasks=1 --cpus-per-task=2 {sys.executable} -m torch.distributed.run --standalone --nproc_per_node=2 '
+            f'-m ml_suite.train {path}')
+    script = job_script(tmp_path / 'job.sh', body, sbatch=['--ntasks=1', '--cpus-per-task=2'])
+    job = slurm.sbatch(script, extra_sbatch_args=[f'--output={tmp_path}/job.out'])
+    slurm.wait_state(job, 'COMPLETED', timeout=180)
+    log = (path.parent / 'training.log').read_text()
+    assert '2 process(es)' in log and 'finished 20 updates' in log, log
