@@ -179,7 +179,24 @@ class Checkpointer:
 # %% ../nbs/07_checkpoint.ipynb #0ac12c16
 class RunLock:
     "An exclusive lock on a run directory, held while training; released when the process ends, however it ends."
+    held:set = set()   # lock files this process holds (a record lock does not conflict with its own process)
     def __init__(self, run_dir:Path): self.path, self.fd = Path(run_dir) / '.lock', None
+
+    @classmethod
+    def holder(cls, run_dir:Path)->dict|None:
+        "Who holds the lock of `run_dir` (pid, host, started, command), or None if no live process does."
+        import fcntl, json
+        path = Path(run_dir) / '.lock'
+        if str(path.resolve()) in cls.held: return {'pid': os.getpid(), 'host': 'this process'}
+        if not path.exists(): return None
+        fd = os.open(path, os.O_RDWR)
+        try:
+            try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except (BlockingIOError, PermissionError):
+                try: return json.loads(os.pread(fd, 4096, 0) or b'{}') or {'pid': '?'}
+                except ValueError: return {'pid': '?'}
+            return None
+        finally: os.close(fd)
 
     def acquire(self)->'RunLock':
         import fcntl, json, socket, time, sys
@@ -197,10 +214,13 @@ class RunLock:
                     command=' '.join(sys.argv)[:300])
         os.ftruncate(fd, 0); os.pwrite(fd, json.dumps(info).encode(), 0)
         self.fd = fd
+        RunLock.held.add(str(self.path.resolve()))
         return self
 
     def release(self):
-        if self.fd is not None: os.close(self.fd); self.fd = None  # closing drops the lock
+        if self.fd is not None:
+            RunLock.held.discard(str(self.path.resolve()))
+            os.close(self.fd); self.fd = None  # closing drops the lock
 
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()

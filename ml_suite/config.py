@@ -118,6 +118,7 @@ class Config:
     dist_backend:Literal['auto', 'nccl', 'gloo'] = 'auto'  # auto: nccl with CUDA, gloo on CPU
     dist_timeout_minutes:float = 10.0     # a collective that waits longer than this fails instead of hanging
     log_every:int = 10                    # updates between log lines and metrics.jsonl rows
+    progress:bool = True                  # a progress bar on a terminal, a live plot in Jupyter (never in log files)
 
 # %% ../nbs/05_config.ipynb #f44e1d66
 @dataclass

@@ -10,7 +10,8 @@ import json, logging, math, os, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['logger', 'read_metrics', 'MetricsLog', 'setup_logging', 'close_logging', 'WandbTracker']
+__all__ = ['logger', 'read_metrics', 'MetricsLog', 'setup_logging', 'close_logging', 'WandbTracker', 'run_record', 'in_notebook',
+           'TerminalBar', 'NotebookProgress', 'make_progress']
 
 # %% ../nbs/08_tracking.ipynb #be4eefc1
 def read_metrics(path:Path)->list[dict]:
@@ -44,20 +45,38 @@ class _RankFilter(logging.Filter):
     def __init__(self, rank): super().__init__(); self.rank = rank
     def filter(self, record): record.rank = self.rank; return True
 
+class _OnceFilter(logging.Filter):
+    "Lets each distinct warning through once: a warning raised at every update is still read once."
+    def __init__(self): super().__init__(); self.seen = set()
+    def filter(self, record):
+        if record.levelno != logging.WARNING: return True
+        msg = record.getMessage()
+        if msg in self.seen: return False
+        self.seen.add(msg); return True
+
+class _Console(logging.StreamHandler):
+    "A console handler that clears the progress bar's line before a message and redraws the bar after it."
+    bar = None
+    def emit(self, record):
+        if self.bar is not None: self.stream.write('\r\033[K')
+        super().emit(record)
+        if self.bar is not None: self.bar.draw(force=True)
+
 def setup_logging(run_dir:Path|None=None, rank:int=0, world_size:int=1)->logging.Logger:
     "Log to the console and `run_dir/training.log`: everything from rank 0, warnings and errors from the other ranks."
     for h in list(logger.handlers): logger.removeHandler(h); h.close()
     logger.setLevel(logging.INFO); logger.propagate = False
     tag = ' [rank %(rank)s]' if world_size > 1 else ''
     fmt = logging.Formatter(f'%(asctime)s{tag} %(levelname)s %(message)s', '%Y-%m-%d %H:%M:%S')
-    console = logging.StreamHandler(sys.stdout)
+    console = _Console(sys.stdout)
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     handlers = [console]
     if run_dir is not None:  # rank 0 writes everything; the other ranks append their warnings and errors
         fh = logging.FileHandler(Path(run_dir) / 'training.log')
         fh.setLevel(logging.INFO if rank == 0 else logging.WARNING)
         handlers.append(fh)
-    for h in handlers: h.setFormatter(fmt); h.addFilter(_RankFilter(rank)); logger.addHandler(h)
+    once = _OnceFilter()
+    for h in handlers: h.setFormatter(fmt); h.addFilter(_RankFilter(rank)); h.addFilter(once); logger.addHandler(h)
     return logger
 
 def close_logging():
@@ -73,12 +92,110 @@ class WandbTracker:
         if mode is None:
             has_key = bool(os.environ.get('WANDB_API_KEY')) or (Path.home() / '.netrc').exists() and 'api.wandb.ai' in (Path.home() / '.netrc').read_text()
             mode = 'online' if has_key else 'offline'
-            if mode == 'offline': logger.info(f"wandb: no API key found, logging offline; upload later with: wandb sync {Path(run_dir) / 'wandb'}/offline-run-*")
+            if mode == 'offline': logger.info(f"wandb: no API key found (WANDB_API_KEY or `wandb login`), logging offline; "
+                                              f"upload later with: wandb sync {Path(run_dir) / 'wandb'}/offline-run-*")
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name, tags=list(cfg.tags) or None,
-                              config=config_dict, dir=str(run_dir), mode=mode, id=run_id, resume='allow' if run_id else None)
+                              config=config_dict, dir=str(run_dir), mode=mode, id=run_id,
+                              resume='allow')
         self.id = self.run.id
 
     def log(self, row:dict):
         self.run.log({k: v for k, v in row.items() if k != 'update' and v is not None}, step=row['update'])
 
     def close(self): self.run.finish()
+
+# %% ../nbs/08_tracking.ipynb #54580c99
+def _git_state(folder:Path)->dict:
+    import subprocess
+    def git(*a):
+        return subprocess.run(['git', '-C', str(folder), *a], capture_output=True, text=True, timeout=10)
+    try:
+        head = git('rev-parse', 'HEAD')
+        if head.returncode != 0: return {}
+        dirty = git('status', '--porcelain', '--untracked-files=no').stdout.strip() != ''
+        return {'git_commit': head.stdout.strip(), 'git_dirty': dirty, 'git_root': git('rev-parse', '--show-toplevel').stdout.strip()}
+    except (OSError, subprocess.SubprocessError): return {}
+
+def _env_lock(start:Path)->dict:
+    import hashlib
+    for d in [start, *start.parents]:
+        if (d / 'uv.lock').is_file(): return {'lock_file': str(d / 'uv.lock'), 'lock_sha256': hashlib.sha256((d / 'uv.lock').read_bytes()).hexdigest()}
+    from importlib import metadata
+    pkgs = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
+    return {'packages_sha256': hashlib.sha256('\n'.join(pkgs).encode()).hexdigest(), 'packages': len(pkgs)}
+
+def _hardware()->dict:
+    import platform
+    hw = {'host': platform.node(), 'cpus': os.cpu_count(), 'platform': platform.platform()}
+    try:
+        model = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), None)
+        if model: hw['cpu'] = model
+        hw['memory_gb'] = round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1e9, 1)
+    except (OSError, ValueError): pass
+    import torch
+    if torch.cuda.is_available():
+        hw['gpus'] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return hw
+
+def run_record(config_dir:Path|None=None, argv=None)->dict:
+    "What produced this run: command, versions, environment lock, hardware, SLURM job, git state."
+    import platform, torch, ml_suite
+    folder = Path(config_dir or Path.cwd()).resolve()
+    rec = {'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'argv': list(sys.argv if argv is None else argv),
+           'cwd': str(Path.cwd()), 'ml_suite': ml_suite.__version__, 'torch': str(torch.__version__),
+           'python': platform.python_version(), **_env_lock(folder), **_hardware()}
+    for k in ('SLURM_JOB_ID', 'SLURM_ARRAY_JOB_ID', 'SLURM_ARRAY_TASK_ID', 'SLURM_RESTART_COUNT', 'SLURM_JOB_NODELIST'):
+        if k in os.environ: rec[k.lower()] = os.environ[k]
+    return {**rec, **_git_state(folder)}
+
+# %% ../nbs/08_tracking.ipynb #40c5ca68
+def _fmt_time(s:float)->str:
+    if not math.isfinite(s) or s < 0: return '?'
+    s = int(s); return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+def in_notebook()->bool:
+    "True inside a Jupyter kernel."
+    ip = sys.modules.get('IPython')
+    shell = ip.get_ipython() if ip is not None else None
+    return shell is not None and type(shell).__name__ == 'ZMQInteractiveShell'
+
+class TerminalBar:
+    "A one-line progress bar on a terminal: updates, loss, throughput, ETA (redrawn at most 5 times a second)."
+    def __init__(self, total:int, stream=None):
+        self.total, self.stream, self.n, self.info, self._last = total, stream or sys.stdout, 0, '', 0.0
+    def update(self, n:int, row:dict|None=None):
+        self.n = n
+        if row: self.info = f" loss {row.get('train_loss') or float('nan'):.4g} {row.get('samples_per_s', 0):.0f} samples/s ETA {_fmt_time(row.get('eta_s', math.nan))}"
+        self.draw()
+    def draw(self, force=False):
+        now = time.monotonic()
+        if not force and now - self._last < 0.2: return
+        self._last, width = now, 30
+        done = int(width * self.n / max(self.total, 1))
+        self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {self.n}/{self.total}{self.info}\033[K"); self.stream.flush()
+    def close(self): self.draw(force=True); self.stream.write('\n'); self.stream.flush()
+
+class NotebookProgress:
+    "A progress line and a live loss plot in a Jupyter output, updated in place."
+    def __init__(self, total:int):
+        from IPython.display import display, HTML
+        self.total, self.rows = total, []
+        self.text = display(HTML(''), display_id=True)
+        self.plot = display(HTML(''), display_id=True)
+    def update(self, n:int, row:dict|None=None):
+        if row is None: return
+        from IPython.display import HTML
+        self.rows.append(row)
+        self.text.update(HTML(f"<progress value='{n}' max='{self.total}' style='width:300px'></progress> {n}/{self.total} "
+                              f"loss {row.get('train_loss') or float('nan'):.4g} ETA {_fmt_time(row.get('eta_s', math.nan))}"))
+        from IPython.display import Image
+        from ml_suite.plot import figure_for, figure_png
+        self.plot.update(Image(figure_png(figure_for([('this run', self.rows)]))))
+    def close(self): pass
+
+def make_progress(total:int, rank:int=0, enabled:bool=True):
+    "The right progress display for where the output goes: a bar on a terminal, a widget in Jupyter, else none."
+    if not enabled or rank != 0: return None
+    if in_notebook(): return NotebookProgress(total)
+    if sys.stdout.isatty() and os.environ.get('TERM') != 'dumb': return TerminalBar(total)
+    return None

@@ -6,7 +6,7 @@ Docs: https://ml-suite.github.io/ml_suite/train.html.md"""
 
 # %% ../nbs/10_train.ipynb #4ee7a12e
 from __future__ import annotations
-import argparse, os, sys, time
+import argparse, json, os, sys, time
 from pathlib import Path
 import yaml
 from .core import ConfigError, RunError, DistInfo, resolve_object
@@ -14,7 +14,7 @@ from .config import Config, Source, load_config, config_to_dict, stages, parse_t
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_INTERRUPTED', 'resolve_run_dir',
-           'plan_start', 'build_trainer', 'train', 'main']
+           'plan_start', 'build_trainer', 'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -128,7 +128,7 @@ def train(
     "Train from `config` exactly as `ml-suite-train` does; returns the finished (or stopped) `Trainer`."
     start = time.monotonic()
     from ml_suite.trainer import get_device
-    from ml_suite.tracking import setup_logging, close_logging, logger, WandbTracker
+    from ml_suite.tracking import setup_logging, close_logging, logger, WandbTracker, run_record, make_progress
     from ml_suite.checkpoint import load_checkpoint, load_weights, RunLock, REQUIRED_KEYS
     if isinstance(overrides, str): overrides = [overrides]
     dist = DistInfo.from_env()
@@ -171,8 +171,13 @@ def train(
             logger.info(f"loaded weights from {ckpt}; optimizer, schedule and counters start fresh (restart: false)")
         if state is None or plan == 'weights':
             if trainer.metrics_log: trainer.metrics_log.resume_at(0)
-        if cfg.wandb.enabled and dist.is_main:
-            trainer.trackers.append(WandbTracker(cfg.wandb, run_dir, config_to_dict(cfg)))
+        if dist.is_main:
+            record = run_record(src.folder)
+            with open(run_dir / 'starts.jsonl', 'a') as f: f.write(json.dumps(record) + '\n')
+            if cfg.wandb.enabled:
+                tracker = WandbTracker(cfg.wandb, run_dir, {**config_to_dict(cfg), 'run': record}, run_id=trainer.wandb_id)
+                trainer.trackers.append(tracker); trainer.wandb_id = tracker.id
+        trainer.progress = make_progress(cfg.total_updates, dist.rank, cfg.progress)
         try: trainer.fit()
         except Exception as e:
             logger.error(f"training failed on rank {dist.rank} at update {trainer.updates}: {type(e).__name__}: {e}", exc_info=True)
@@ -191,6 +196,74 @@ def train(
         if tdist.is_available() and tdist.is_initialized(): tdist.destroy_process_group()
 
 # %% ../nbs/10_train.ipynb #12349a2f
+def dry_run(config, overrides=(), out=print)->dict:
+    "Check that `config` can train: build everything, one forward/backward pass; print a summary; write nothing."
+    import torch
+    from ml_suite.optim import build_lr_scheduler
+    cfg, src = load_config(config, overrides)
+    run_dir = resolve_run_dir(cfg, src)
+    t = build_trainer(cfg, src, run_dir=None)
+    x, y = next(t.train_data)
+    with t.autocast(): loss = t.criterion(t.model(x.to(t.device)), y.to(t.device))
+    loss.backward()
+    params = list(t.raw_model.parameters())
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.learning_rate)
+    sched, lrs = build_lr_scheduler(opt, stages(cfg), cfg.total_updates), []
+    for _ in range(cfg.total_updates): lrs.append(opt.param_groups[0]['lr']); opt.step(); sched.step()
+    marks = sorted({0, cfg.total_updates // 4, cfg.total_updates // 2, 3 * cfg.total_updates // 4, cfg.total_updates - 1})
+    info = {'run_dir': str(run_dir), 'model': type(t.raw_model).__name__, 'parameters': sum(p.numel() for p in params),
+            'size_mb': sum(p.numel() * p.element_size() for p in params) / 1e6, 'device': str(t.device),
+            'input_shape': tuple(x.shape), 'loss': loss.item(), 'effective_batch': cfg.batch_size * cfg.grad_accum_steps,
+            'total_updates': cfg.total_updates, 'lr_at': {u: lrs[u] for u in marks}}
+    out(f"dry run of {src.file or 'a dict config'}: nothing trained, nothing written\n"
+        f"  run directory   {info['run_dir']}\n  model           {info['model']}: {info['parameters']:,} parameters, "
+        f"{info['size_mb']:.2f} MB on {info['device']}\n  one batch       input {info['input_shape']}, loss {info['loss']:.5g} "
+        f"(forward and backward ran)\n  effective batch {cfg.batch_size} x {cfg.grad_accum_steps} accumulation = "
+        f"{info['effective_batch']} per process (x processes under torchrun)\n  updates         {cfg.total_updates}, "
+        f"validation every {cfg.updates_per_epoch or cfg.total_updates}\n  learning rate   "
+        + ', '.join(f"{v:.3g} at {u}" for u, v in info['lr_at'].items()))
+    return info
+
+# %% ../nbs/10_train.ipynb #cdc0bfa0
+def run_status(run_dir)->dict:
+    "Updates done of total, best val_loss, newest checkpoint and whether a process is training in `run_dir`."
+    from ml_suite.tracking import read_metrics
+    from ml_suite.checkpoint import RunLock
+    run_dir = Path(run_dir)
+    if not (run_dir / 'resolved_config.yml').is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (it has no resolved_config.yml): has a run started there?")
+    cfg = yaml.safe_load((run_dir / 'resolved_config.yml').read_text())
+    rows = read_metrics(run_dir / 'metrics.jsonl')
+    vals = [r for r in rows if r.get('val_loss') is not None]
+    best = min(vals, key=lambda r: r['val_loss']) if vals else None
+    ckpts = sorted(run_dir.glob('*.pt'), key=lambda p: (p.stat().st_mtime, p.name == 'latest.pt'))  # best.pt may be the same file
+    holder = RunLock.holder(run_dir)
+    return {'run_dir': str(run_dir), 'updates': rows[-1]['update'] if rows else 0, 'total_updates': cfg.get('total_updates'),
+            'best_val_loss': best['val_loss'] if best else None, 'best_update': best['update'] if best else None,
+            'last_checkpoint': ckpts[-1].name if ckpts else None,
+            'last_checkpoint_time': time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ckpts[-1].stat().st_mtime)) if ckpts else None,
+            'running': holder is not None, 'holder': holder}
+
+def format_status(st:dict)->str:
+    "`run_status` as a few lines of text."
+    run = (f"running (pid {st['holder'].get('pid')} on {st['holder'].get('host')})" if st['running'] else 'not running')
+    best = f"{st['best_val_loss']:.6g} at update {st['best_update']}" if st['best_val_loss'] is not None else 'none yet'
+    last = f"{st['last_checkpoint']} ({st['last_checkpoint_time']})" if st['last_checkpoint'] else 'none yet'
+    return (f"{st['run_dir']}\n  updates          {st['updates']}/{st['total_updates']}\n  best val_loss    {best}\n"
+            f"  last checkpoint  {last}\n  status           {run}")
+
+def status_main(argv=None)->int:
+    "`ml-suite-status RUN_DIR ...`: where each run stands."
+    p = argparse.ArgumentParser(prog='ml-suite-status', description='Show where runs stand: updates, best validation '
+                                'loss, newest checkpoint, and whether a process is training in the run directory.')
+    p.add_argument('run_dirs', nargs='+')
+    code = 0
+    for d in p.parse_args(argv).run_dirs:
+        try: print(format_status(run_status(d)))
+        except FileNotFoundError as e: print(f"ml-suite-status: error: {e}", file=sys.stderr); code = 2
+    return code
+
+# %% ../nbs/10_train.ipynb #32e41e6f
 def _parser():
     p = argparse.ArgumentParser(prog='ml-suite-train', formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a model from a YAML config. Rerun the same command to resume.",
@@ -200,6 +273,8 @@ def _parser():
                "4 run directory in use, 130 Ctrl-C")
     p.add_argument('args', nargs='*', metavar='CONFIG [key=value ...]', help='the config file, then dotted-key overrides')
     p.add_argument('--config_path', '--config-path', dest='config_path', help='the config file (alternative to the positional CONFIG)')
+    p.add_argument('--dry-run', '--dry_run', dest='dry_run', action='store_true',
+                   help='check the config, build everything and run one batch forward and backward; train and write nothing')
     return p
 
 def main(argv=None)->int:
@@ -217,14 +292,16 @@ def _main(argv=None)->int:
     args = list(a.args)
     config = a.config_path or (args.pop(0) if args and '=' not in args[0] else None)
     if config is None: p.error("give a config file: ml-suite-train CONFIG [key=value ...]")
-    try: t = train(config, args)
+    try:
+        if a.dry_run: dry_run(config, args); return EXIT_OK
+        t = train(config, args)
     except (ConfigError, RunError) as e:
         print(f"ml-suite-train: error: {e}", file=sys.stderr)
         return e.exit_code
     if t.finished: return EXIT_OK
     return EXIT_INTERRUPTED if t.stop_action == 'interrupt' else EXIT_STOPPED
 
-# %% ../nbs/10_train.ipynb #ad5ba852
+# %% ../nbs/10_train.ipynb #bfb7bade
 def _in_ipython()->bool:
     return 'IPython' in sys.modules and sys.modules['IPython'].get_ipython() is not None
 

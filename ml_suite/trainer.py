@@ -95,6 +95,7 @@ class Trainer:
         self.requeue_signals, self.exit_signals = tuple(requeue_signals), tuple(exit_signals)
         self.updates, self.samples, self.best_val_loss = 0, 0, math.inf
         self.history, self.stop_reason, self.stop_action, self.trackers = [], None, None, []
+        self.progress, self.wandb_id, self._unsent = None, None, []   # rows wait in `_unsent` for their checkpoint
         self._loss_sum, self._loss_n, self._tick = torch.zeros((), device=self.device), 0, None
         self._last_save = time.monotonic()
 
@@ -148,6 +149,7 @@ def fit(self:Trainer)->'Trainer':
             t0 = time.monotonic()
             self.train_step([next(self.train_data) for _ in range(self.grad_accum_steps)])
             self.timekeeper.record('update', time.monotonic() - t0)
+            if self.progress: self.progress.update(self.updates)
             if self._is_val_update(self.updates): self.log(self.validate()); self.save(validated=True)
             else:
                 if self.updates % self.log_every == 0: self.log()
@@ -157,7 +159,9 @@ def fit(self:Trainer)->'Trainer':
         self.save(validated=False)
     else: logger.info(f"finished {self.total_updates} updates; best val_loss {self.best_val_loss:.6g}")
     hpc.clear_stop_requests()
-    for t in self.trackers: t.close()
+    if self.progress: self.progress.close()
+    self._send(); self.trackers, closing = [], self.trackers
+    for t in closing: t.close()
     return self
 
 # %% ../nbs/09_trainer.ipynb #26f33c5c
@@ -213,14 +217,26 @@ def log(self:Trainer, val:dict|None=None):
            'epoch': self.train_data.state_dict().get('epoch') if hasattr(self.train_data, 'state_dict') else None,
            'samples': self.samples, 'updates_per_s': n / max(now - self._tick, 1e-9), **(val or {})}
     row['samples_per_s'] = row['updates_per_s'] * self.samples / max(self.updates, 1)
+    row['eta_s'] = (self.total_updates - self.updates) / max(row['updates_per_s'], 1e-9)
+    if self.device.type == 'cuda':
+        row['gpu_mem_gb'] = torch.cuda.max_memory_allocated(self.device) / 1e9; torch.cuda.reset_peak_memory_stats(self.device)
     self._loss_sum.zero_(); self._loss_n, self._tick = 0, now
     self.history.append(row)
     if not self.dist.is_main: return
     if self.metrics_log: self.metrics_log.write(row)
-    for t in self.trackers: t.log(row)
+    if self.trackers: self._unsent.append(row)
+    if self.progress: self.progress.update(self.updates, row)
     val_txt = ''.join(f" {k} {v:.5g}" for k, v in (val or {}).items())
+    from ml_suite.tracking import _fmt_time
     logger.info(f"update {self.updates}/{self.total_updates} train_loss {row['train_loss']:.5g} lr {self.lr:.3g} "
-                f"{row['samples_per_s']:.1f} samples/s{val_txt}")
+                f"{row['samples_per_s']:.1f} samples/s ETA {_fmt_time(row['eta_s'])}{val_txt}")
+
+@patch
+def _send(self:Trainer):
+    "Hand the rows that a written checkpoint now covers to the trackers (WandB)."
+    for row in self._unsent:
+        for t in self.trackers: t.log(row)
+    self._unsent = []
 
 @patch
 def save(self:Trainer, validated:bool=False):
@@ -235,6 +251,7 @@ def save(self:Trainer, validated:bool=False):
                 and epoch % self.save_every_epochs == 0)
     self.checkpointer.save(state, best=validated and getattr(self, '_improved', False), epoch=epoch if numbered else None)
     self.timekeeper.record('save', time.monotonic() - t0)
+    self._send()
 
 # %% ../nbs/09_trainer.ipynb #a3074b45
 @patch
@@ -251,6 +268,7 @@ def state_dict(self:Trainer)->dict:
             'updates': self.updates, 'samples': self.samples, 'best_val_loss': self.best_val_loss,
             'data': self.train_data.state_dict() if hasattr(self.train_data, 'state_dict') else {},
             'rng': rng, 'world_size': self.dist.world_size, 'config': self.config, 'timekeeper': self.timekeeper.state_dict(),
+            'wandb_id': self.wandb_id,
             'versions': {'ml_suite': ml_suite.__version__, 'torch': str(torch.__version__)}}
 
 @patch
@@ -271,6 +289,7 @@ def load_state_dict(self:Trainer, sd:dict):
     else: rngs = sd['rng']
     if hasattr(self.train_data, 'load_state_dict'): self.train_data.load_state_dict(data)
     set_rng_state(rngs[min(self.dist.rank, len(rngs) - 1)])
+    self.wandb_id = sd.get('wandb_id')
     if 'timekeeper' in sd: self.timekeeper.load_state_dict(sd['timekeeper'])  # measured costs carry over; the budget does not
     self.lr = self.optimizer.param_groups[0]['lr']
     if self.metrics_log: self.metrics_log.resume_at(self.updates)

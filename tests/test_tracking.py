@@ -1,0 +1,135 @@
+"""Tracking: WandB offline run files read back with wandb's own tool across a resume; plots; logs without progress
+bars where output is not a terminal; dry run; status; provenance; no wandb import when it is disabled."""
+import json, os, shutil, subprocess, sys, time
+from pathlib import Path
+import pytest, torch
+from conftest import tiny_config, write_config, run_cli, read_rows
+
+def wandb_history(run_file_dir: Path) -> dict:
+    "step -> logged values, from an offline run folder, read by `wandb leet inspect --json`."
+    wandb_cli = Path(sys.executable).parent / 'wandb'
+    r = subprocess.run([str(wandb_cli), 'leet', 'inspect', '--json', str(run_file_dir)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    steps = {}
+    for line in r.stdout.splitlines():
+        rec = json.loads(line)
+        if rec.get('type') == 'history':
+            h = rec['history']
+            step = int(h['step']['num'])
+            assert step not in steps, f'step {step} logged twice in {run_file_dir.name}'
+            steps[step] = h['item']
+    return steps
+
+def offline_env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith('WANDB_')}
+    env['HOME'] = str(tmp_path / 'home')            # no ~/.netrc: no API key
+    (tmp_path / 'home').mkdir(exist_ok=True)
+    return env
+
+def test_wandb_offline_run_continues_across_a_resume_without_duplicate_steps(tmp_path):
+    cfg = tiny_config(total_updates=20, updates_per_epoch=10, wandb=dict(enabled=True, project='ml_suite_tests', tags=['t']))
+    path = write_config(tmp_path / 'train.yml', cfg)
+    env = offline_env(tmp_path)
+    r1 = run_cli(path, cwd=tmp_path, env=env)
+    assert r1.returncode == 0, r1.stderr
+    assert r1.stdout.count('logging offline') == 1 and 'wandb sync' in r1.stdout
+    r2 = run_cli(path, 'total_updates=40', cwd=tmp_path, env=env)
+    assert r2.returncode == 0, r2.stderr
+    runs = sorted((tmp_path / 'wandb').glob('offline-run-*'))
+    assert len(runs) == 2 and len({p.name.rsplit('-', 1)[1] for p in runs}) == 1, 'the resumed run keeps its WandB id'
+    assert torch.load(tmp_path / 'latest.pt', weights_only=True)['wandb_id'] == runs[0].name.rsplit('-', 1)[1]
+    first, second = wandb_history(runs[0]), wandb_history(runs[1])
+    assert not set(first) & set(second), 'no step logged by both'
+    logged = {row['update']: row for row in read_rows(tmp_path)}
+    assert sorted({**first, **second}) == sorted(logged) == list(range(5, 41, 5))
+    for step, values in {**first, **second}.items():
+        assert values['train_loss'] == pytest.approx(logged[step]['train_loss'])
+        assert values['lr'] == pytest.approx(logged[step]['lr'])
+        if 'val_loss' in logged[step]: assert values['val_loss'] == pytest.approx(logged[step]['val_loss'])
+    assert {'samples_per_s', 'updates_per_s', 'grad_norm'} <= set(second[40])
+
+def test_wandb_is_not_imported_when_disabled(tmp_path):
+    code = ("import sys; from ml_suite.train import train; "
+            f"t = train({tiny_config(total_updates=5, updates_per_epoch=5, run_dir=str(tmp_path / 'r'))!r}); "
+            "assert t.finished; assert 'wandb' not in sys.modules, 'wandb was imported'")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+def test_plot_command_writes_a_png_for_two_runs(tmp_path):
+    for name, lr in (('a', 3e-3), ('b', 1e-3)):
+        path = write_config(tmp_path / name / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10,
+                                                                        optimizer=dict(name='AdamW', learning_rate=lr)))
+        assert run_cli(path, cwd=tmp_path).returncode == 0
+    out = tmp_path / 'both.png'
+    r = subprocess.run([str(Path(sys.executable).parent / 'ml-suite-plot'), str(tmp_path / 'a'), str(tmp_path / 'b'), '-o', str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    data = out.read_bytes()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10_000
+    w, h = int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
+    assert (w, h) == (1000, 360)
+    r = subprocess.run([str(Path(sys.executable).parent / 'ml-suite-plot'), str(tmp_path / 'nope')], capture_output=True, text=True)
+    assert r.returncode == 2 and 'has no metrics.jsonl' in r.stderr
+
+def test_no_progress_bar_characters_when_output_is_not_a_terminal(tmp_path):
+    r = run_cli(write_config(tmp_path / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10)), cwd=tmp_path)
+    assert r.returncode == 0
+    out = r.stdout + r.stderr
+    assert '\r' not in out and '\x1b[' not in out and '###' not in out
+    lines = [l for l in out.splitlines() if ' update ' in l]
+    assert len(lines) == 4 and all('ETA' in l and 'samples/s' in l for l in lines)
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    "Under a pseudo-terminal the bar is drawn (with carriage returns), and log lines still appear."
+    import pty
+    path = write_config(tmp_path / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10))
+    cmd = [sys.executable, '-m', 'ml_suite.train', str(path)]
+    out = bytearray()
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(tmp_path); os.environ['TERM'] = 'xterm'; os.execv(sys.executable, cmd)
+    while True:
+        try: chunk = os.read(fd, 4096)
+        except OSError: break
+        if not chunk: break
+        out += chunk
+    os.waitpid(pid, 0)
+    text = out.decode(errors='replace')
+    assert '\r[' in text and '20/20' in text and 'finished 20 updates' in text
+
+def test_dry_run_builds_and_writes_nothing(tmp_path):
+    path = write_config(tmp_path / 'exp' / 'train.yml', tiny_config(total_updates=100, updates_per_epoch=50))
+    before = set((tmp_path / 'exp').iterdir())
+    r = run_cli(path, '--dry-run', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 'parameters' in r.stdout and 'effective batch 8 x 1 accumulation = 8' in r.stdout and 'learning rate' in r.stdout
+    assert set((tmp_path / 'exp').iterdir()) == before, 'a dry run writes nothing'
+
+def test_status_of_a_finished_and_of_a_running_run(tmp_path):
+    path = write_config(tmp_path / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10))
+    assert run_cli(path, cwd=tmp_path).returncode == 0
+    status = Path(sys.executable).parent / 'ml-suite-status'
+    r = subprocess.run([str(status), str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0 and 'updates          20/20' in r.stdout and 'not running' in r.stdout and 'latest.pt' in r.stdout
+    best = min(row['val_loss'] for row in read_rows(tmp_path) if 'val_loss' in row)
+    assert f'{best:.6g}' in r.stdout
+    p = subprocess.Popen([sys.executable, '-m', 'ml_suite.train', str(path), 'total_updates=100000', 'updates_per_epoch=50000'],
+                         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            r = subprocess.run([str(status), str(tmp_path)], capture_output=True, text=True)
+            if 'running (pid' in r.stdout: break
+            time.sleep(0.5)
+        assert f'running (pid {p.pid}' in r.stdout, r.stdout
+    finally: p.kill(); p.wait()
+
+def test_each_start_is_recorded(tmp_path):
+    path = write_config(tmp_path / 'train.yml', tiny_config(total_updates=10, updates_per_epoch=10))
+    assert run_cli(path, cwd=tmp_path).returncode == 0
+    assert run_cli(path, 'total_updates=20', cwd=tmp_path).returncode == 0
+    starts = [json.loads(l) for l in (tmp_path / 'starts.jsonl').read_text().splitlines()]
+    assert len(starts) == 2
+    s = starts[1]
+    assert 'total_updates=20' in s['argv'] and s['torch'] == torch.__version__ and s['cpus'] == os.cpu_count()
+    assert 'lock_sha256' in s or 'packages_sha256' in s
