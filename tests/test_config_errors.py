@@ -1,6 +1,6 @@
 "Config mistakes: exit 2, one paragraph naming the key and the file, no traceback, nothing written."
 import pytest
-from conftest import tiny_config, write_config, run_cli, all_files
+from conftest import ROOT, tiny_config, write_config, run_cli, all_files
 
 GOOD = """\
 seed: 0
@@ -62,3 +62,9 @@ def test_valid_config_file_used_in_cases_trains(tmp_path):
     (tmp_path / 'train.yml').write_text(GOOD)
     r = run_cli(tmp_path / 'train.yml', 'updates_per_epoch=5', cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+
+@pytest.mark.parametrize('name', sorted(p.name for p in (ROOT / 'configs').glob('*.yml')))
+def test_shipped_configs_are_valid(name):
+    from ml_suite.config import load_config
+    cfg, _ = load_config(ROOT / 'configs' / name, environ={'RESULTS_DIR': '/tmp/results'})
+    assert cfg.total_updates > 0

@@ -117,3 +117,15 @@ def test_resume_with_another_world_size_warns_and_finishes(tmp_path):
     log = (tmp_path / 'training.log').read_text()
     assert log.count('resuming a 1-process checkpoint with 2 processes') == 1 and 'order of the remaining data differs' in log
     assert torch.load(tmp_path / 'latest.pt', weights_only=True)['updates'] == 30
+
+def test_gradient_accumulation_under_ddp_equals_the_full_batch(tmp_path):
+    "2 processes x batch 4 x 2 micro-batches (all-reduce on the last one only) = 1 process x batch 16."
+    base = tiny_config(total_updates=20, updates_per_epoch=20, optimizer=dict(name='SGD', learning_rate=0.05, momentum=0.9))
+    acc = write_config(tmp_path / 'acc' / 'train.yml', {**base, 'batch_size': 4, 'grad_accum_steps': 2})
+    r = torchrun('--standalone', '--nproc_per_node=2', '-m', 'ml_suite.train', acc, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'effective batch 4 x 2 x 2 = 16' in (tmp_path / 'acc' / 'training.log').read_text()
+    one = write_config(tmp_path / 'one' / 'train.yml', {**base, 'batch_size': 16})
+    assert run_cli(one, cwd=tmp_path, env={'OMP_NUM_THREADS': '1'}).returncode == 0
+    a, b = weights(tmp_path / 'acc' / 'latest.pt'), weights(tmp_path / 'one' / 'latest.pt')
+    for k in a: torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
