@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .core import ConfigError, DistInfo
 
 # %% auto #0
-__all__ = ['DATASETS', 'mix_seed', 'HeatDataset', 'ResumableSampler', 'BatchStream', 'eval_loader']
+__all__ = ['DATASETS', 'mix_seed', 'HeatDataset', 'ResumableSampler', 'die_with_parent', 'BatchStream', 'eval_loader']
 
 # %% ../nbs/01_data.ipynb #b4336f9a
 def mix_seed(*parts)->int:
@@ -93,6 +93,14 @@ class ResumableSampler(Sampler[int]):
     def load_state_dict(self, sd:dict): self.set_epoch(sd['epoch'], sd['start'])
 
 # %% ../nbs/01_data.ipynb #26cd1986
+def die_with_parent(worker_id:int=0):
+    "In a data-loader worker: have the kernel send SIGKILL to this process when the trainer dies (Linux; else nothing)."
+    import ctypes, signal, sys
+    if not sys.platform.startswith('linux'): return
+    try: ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass
+
+# %% ../nbs/01_data.ipynb #851b26da
 class BatchStream:
     "Endless batches over epochs of `dataset`, whose position can be saved and restored exactly."
     def __init__(self,
@@ -112,7 +120,8 @@ class BatchStream:
                               f"lower batch_size or use more samples.")
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True,
                                  num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                                 generator=torch.Generator().manual_seed(mix_seed(seed, 'workers')))
+                                 generator=torch.Generator().manual_seed(mix_seed(seed, 'workers')),
+                                 worker_init_fn=die_with_parent if num_workers > 0 else None)
         self.epoch, self.batches_done, self._it = 0, 0, None
 
     def __iter__(self): return self
@@ -133,7 +142,7 @@ class BatchStream:
     def load_state_dict(self, sd:dict):
         self.epoch, self.batches_done, self._it = sd['epoch'], sd['batches_done'], None
 
-# %% ../nbs/01_data.ipynb #f760a572
+# %% ../nbs/01_data.ipynb #a5dee3a1
 def eval_loader(dataset:Dataset, batch_size:int, dist:DistInfo=DistInfo(), num_workers:int=0, pin_memory:bool=False)->DataLoader:
     "A loader over this rank's share of `dataset`, in order, every sample exactly once across ranks."
     sampler = ResumableSampler(len(dataset), shuffle=False, rank=dist.rank, world_size=dist.world_size, drop_last=False)
