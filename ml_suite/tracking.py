@@ -75,8 +75,9 @@ def setup_logging(run_dir:Path|None=None, rank:int=0, world_size:int=1)->logging
         fh = logging.FileHandler(Path(run_dir) / 'training.log')
         fh.setLevel(logging.INFO if rank == 0 else logging.WARNING)
         handlers.append(fh)
-    once = _OnceFilter()
-    for h in handlers: h.setFormatter(fmt); h.addFilter(_RankFilter(rank)); h.addFilter(once); logger.addHandler(h)
+    for f in list(logger.filters): logger.removeFilter(f)
+    logger.addFilter(_OnceFilter())   # on the logger, not on each handler: a record is judged once for all of them
+    for h in handlers: h.setFormatter(fmt); h.addFilter(_RankFilter(rank)); logger.addHandler(h)
     return logger
 
 def close_logging():
