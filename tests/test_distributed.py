@@ -82,6 +82,7 @@ def test_a_failing_rank_stops_every_rank_quickly_with_its_error_in_the_log(tmp_p
     time.sleep(1)
     assert not subprocess.run(['pgrep', '-f', str(path)], capture_output=True).stdout, 'no worker outlives the job'
 
+@pytest.mark.slow
 def test_kill_and_resume_under_two_processes_is_bitwise_exact(tmp_path):
     cfg = tiny_config(total_updates=120, updates_per_epoch=20, checkpoint=dict(every_updates=5))
     ref = write_config(tmp_path / 'ref' / 'train.yml', cfg)

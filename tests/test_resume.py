@@ -46,7 +46,8 @@ class Run:
     def kill(self):
         self.p.send_signal(signal.SIGKILL); self.p.wait()
 
-@pytest.mark.parametrize('workers', [0, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize('workers', [0, 2])
 def test_sigkill_anywhere_then_rerun_gives_bitwise_identical_weights(tmp_path, workers):
     (tmp_path / 'marked.py').write_text(MARKED)
     cfg = kill_config(workers)

@@ -35,6 +35,7 @@ def setup(tmp_path, name, cfg):
     (run / 'sleepy.py').write_text(SLEEPY)
     return write_config(run / 'train.yml', cfg)
 
+@pytest.mark.slow
 def test_usr1_saves_requeues_and_resumes_to_the_same_weights(slurm, tmp_path):
     cfg = sleepy_config(total_updates=300, updates_per_epoch=50)
     ref = setup(tmp_path, 'ref', cfg)
