@@ -6,7 +6,7 @@ Docs: https://ml-suite.github.io/ml_suite/trainer.html.md"""
 
 # %% ../nbs/09_trainer.ipynb #f90ee064
 from __future__ import annotations
-import math, signal, time
+import math, time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import torch
