@@ -19,7 +19,7 @@ __all__ = ['REQUIRED', 'DatasetConfig', 'ModelConfig', 'OptimizerConfig', 'Stage
            'expand_env', 'apply_overrides', 'from_dict', 'parse_time_limit', 'stages', 'validate_config', 'load_config',
            'config_to_dict']
 
-# %% ../nbs/05_config.ipynb #38e65ce5
+# %% ../nbs/05_config.ipynb #4f5bea5a
 REQUIRED = object()  # marks a key without a default
 
 @dataclass
@@ -88,7 +88,7 @@ class WandbConfig:
     tags:list = field(default_factory=list)
     mode:Optional[Literal['online', 'offline', 'disabled']] = None  # default: online with an API key, else offline
 
-# %% ../nbs/05_config.ipynb #4f5bea5a
+# %% ../nbs/05_config.ipynb #767838a6
 @dataclass
 class Config:
     "A whole run."
@@ -120,7 +120,7 @@ class Config:
     log_every:int = 10                    # updates between log lines and metrics.jsonl rows
     progress:bool = True                  # a progress bar on a terminal, a live plot in Jupyter (never in log files)
 
-# %% ../nbs/05_config.ipynb #f44e1d66
+# %% ../nbs/05_config.ipynb #bc4e292f
 @dataclass
 class Source:
     "Where a config came from: a file (with the line of each key), a dict, and command-line overrides."
@@ -141,7 +141,7 @@ class Source:
     @property
     def folder(self)->Optional[Path]: return self.file.parent if self.file else None
 
-# %% ../nbs/05_config.ipynb #bc4e292f
+# %% ../nbs/05_config.ipynb #cb878725
 def _walk_lines(node, path, lines, fname):
     if isinstance(node, yaml.MappingNode):
         seen = {}
@@ -175,7 +175,7 @@ def read_yaml(path:Path)->tuple[dict, dict]:
     _walk_lines(node, (), lines, path.name)
     return data, lines
 
-# %% ../nbs/05_config.ipynb #82872579
+# %% ../nbs/05_config.ipynb #2600c68d
 def read_dotenv(path:Path)->dict:
     "The `KEY=VALUE` pairs of a `.env` file (comments, `export` and quotes allowed)."
     out = {}
@@ -209,7 +209,7 @@ def load_dotenv(config_dir:Optional[Path]=None, environ=None)->list[Path]:
             read.append(p)
     return read
 
-# %% ../nbs/05_config.ipynb #2600c68d
+# %% ../nbs/05_config.ipynb #ca345443
 _VAR = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}')
 
 def expand_env(value, path=(), src:Source=None, environ=None):
@@ -232,7 +232,7 @@ def expand_env(value, path=(), src:Source=None, environ=None):
         return parsed if isinstance(parsed, (int, float, bool)) else raw
     return _VAR.sub(sub, value)
 
-# %% ../nbs/05_config.ipynb #4a3269dc
+# %% ../nbs/05_config.ipynb #c57244b1
 def apply_overrides(data:dict, overrides, src:Source)->dict:
     "Set each `dotted.key=value` of `overrides` in a copy of `data`."
     data = copy.deepcopy(data)
@@ -254,7 +254,7 @@ def apply_overrides(data:dict, overrides, src:Source)->dict:
         src.overrides[path] = ov
     return data
 
-# %% ../nbs/05_config.ipynb #d2cd3bf7
+# %% ../nbs/05_config.ipynb #8e22f1ae
 _TYPE_WORDS = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string', list: 'a list', dict: 'a mapping'}
 
 def _describe(v)->str:
@@ -297,7 +297,7 @@ def _coerce(v, tp, path, src):
     else: return v
     raise ConfigError(f"{key}{where} must be {_TYPE_WORDS[tp]}, got {_describe(v)}.")
 
-# %% ../nbs/05_config.ipynb #8e22f1ae
+# %% ../nbs/05_config.ipynb #f227cf50
 def from_dict(cls, data, path=(), src:Source=None):
     "Build the dataclass `cls` from `data`, checking every key and type; extra keys go to `kwargs` where it has one."
     src = src or Source()
@@ -323,7 +323,7 @@ def from_dict(cls, data, path=(), src:Source=None):
     if has_kwargs: vals['kwargs'] = extra
     return cls(**vals)
 
-# %% ../nbs/05_config.ipynb #708d7d3f
+# %% ../nbs/05_config.ipynb #59a9fbf6
 def parse_time_limit(v, key:str='time_limit', where:str='')->Optional[float]:
     "Seconds in a time limit written as SLURM writes them: 'MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM[:SS]' (or seconds)."
     if v is None: return None
@@ -341,7 +341,7 @@ def parse_time_limit(v, key:str='time_limit', where:str='')->Optional[float]:
     raise ConfigError(f"{key}{where} must be a positive duration such as '12:00:00' (HH:MM:SS) or '1-00:00:00' "
                       f"(D-HH:MM:SS), got {v!r}.")
 
-# %% ../nbs/05_config.ipynb #bdb232e1
+# %% ../nbs/05_config.ipynb #08d9bd14
 def _positive(cfg, src, *keys, allow_zero=False):
     for k in keys:
         obj, path = cfg, k.split('.')
@@ -357,7 +357,7 @@ def stages(cfg:Config)->list[dict]:
         if s is not None: out.append(dict(name=s.name, num_updates=s.num_updates, _key=k, **s.kwargs))
     return out
 
-# %% ../nbs/05_config.ipynb #08d9bd14
+# %% ../nbs/05_config.ipynb #48b1ccf3
 def validate_config(cfg:Config, src:Source)->Config:
     "Check ranges, consistency and every name `cfg` refers to; raise `ConfigError` at the first problem."
     import torch
@@ -373,6 +373,9 @@ def validate_config(cfg:Config, src:Source)->Config:
     if not 0 < cfg.mem_budget <= 1:
         raise ConfigError(f"mem_budget{w('mem_budget')} must be in (0, 1] (1 keeps all activations, smaller recomputes "
                           f"more of them), got {cfg.mem_budget}.")
+    if cfg.mem_budget < 1 and not cfg.compile:
+        raise ConfigError(f"mem_budget{w('mem_budget')} is {cfg.mem_budget} but compile{w('compile')} is false; the memory "
+                          f"budget only applies to a compiled model. Set compile: true, or mem_budget: 1.")
     if cfg.precision == 'float16' and not cfg.amp:
         raise ConfigError(f"precision{w('precision')} is float16 but amp{w('amp')} is false; fp16 only applies with amp. "
                           f"Set amp: true, or remove precision.")
@@ -432,7 +435,7 @@ def validate_config(cfg:Config, src:Source)->Config:
         raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {str(e).rstrip('.')}. Check the stages.") from None
     return cfg
 
-# %% ../nbs/05_config.ipynb #f9664520
+# %% ../nbs/05_config.ipynb #d04954c0
 def load_config(
     config,            # path to a YAML file, or a dict
     overrides=(),      # 'dotted.key=value' strings
@@ -450,7 +453,7 @@ def load_config(
     cfg = from_dict(Config, data, (), src)
     return validate_config(cfg, src), src
 
-# %% ../nbs/05_config.ipynb #d04954c0
+# %% ../nbs/05_config.ipynb #04a7caa5
 def config_to_dict(cfg)->dict:
     "The config as plain data, with each section's passed-on keys back in place: what `load_config` would read."
     out = {}

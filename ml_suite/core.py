@@ -73,7 +73,7 @@ def resolve_object(
         obj = getattr(obj, part)
     return obj
 
-# %% ../nbs/00_core.ipynb #295ffa05
+# %% ../nbs/00_core.ipynb #d61edf84
 def check_kwargs(
     fn,               # the class or function the keys are passed to
     kwargs:dict,      # the keys from the config section
@@ -100,7 +100,7 @@ def check_kwargs(
         raise ConfigError(f"{section}{where(None)} is missing required key(s) {', '.join(repr(m) for m in missing)} "
                           f"for {getattr(fn, '__qualname__', fn)}; add them to the {section} section.")
 
-# %% ../nbs/00_core.ipynb #7d7431fa
+# %% ../nbs/00_core.ipynb #3981d44c
 @dataclass(frozen=True)
 class DistInfo:
     "Rank, local rank and world size of this process, from torchrun's or SLURM's environment."
@@ -123,7 +123,7 @@ class DistInfo:
     @property
     def distributed(self)->bool: return self.world_size > 1
 
-# %% ../nbs/00_core.ipynb #3981d44c
+# %% ../nbs/00_core.ipynb #c1f539f0
 def is_main_process()->bool:
     "True on the one process that writes files: global rank 0 (or the only process)."
     return DistInfo.from_env().is_main

@@ -62,7 +62,7 @@ class HeatDataset(Dataset):
 # %% ../nbs/01_data.ipynb #3949fcec
 DATASETS = {'heat': HeatDataset}
 
-# %% ../nbs/01_data.ipynb #37245703
+# %% ../nbs/01_data.ipynb #9a4faaba
 class ResumableSampler(Sampler[int]):
     "Indices for one rank: a permutation that depends only on `(seed, epoch)`, started at any position."
     def __init__(self,
@@ -92,7 +92,7 @@ class ResumableSampler(Sampler[int]):
     def state_dict(self)->dict: return {'epoch': self.epoch, 'start': self.start}
     def load_state_dict(self, sd:dict): self.set_epoch(sd['epoch'], sd['start'])
 
-# %% ../nbs/01_data.ipynb #26cd1986
+# %% ../nbs/01_data.ipynb #851b26da
 def die_with_parent(worker_id:int=0):
     "In a data-loader worker: have the kernel send SIGKILL to this process when the trainer dies (Linux; else nothing)."
     import ctypes, signal, sys
@@ -100,7 +100,7 @@ def die_with_parent(worker_id:int=0):
     try: ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError): pass
 
-# %% ../nbs/01_data.ipynb #851b26da
+# %% ../nbs/01_data.ipynb #ab3ae6f6
 class BatchStream:
     "Endless batches over epochs of `dataset`, whose position can be saved and restored exactly."
     def __init__(self,
@@ -142,7 +142,7 @@ class BatchStream:
     def load_state_dict(self, sd:dict):
         self.epoch, self.batches_done, self._it = sd['epoch'], sd['batches_done'], None
 
-# %% ../nbs/01_data.ipynb #a5dee3a1
+# %% ../nbs/01_data.ipynb #826e86a9
 def eval_loader(dataset:Dataset, batch_size:int, dist:DistInfo=DistInfo(), num_workers:int=0, pin_memory:bool=False)->DataLoader:
     "A loader over this rank's share of `dataset`, in order, every sample exactly once across ranks."
     sampler = ResumableSampler(len(dataset), shuffle=False, rank=dist.rank, world_size=dist.world_size, drop_last=False)

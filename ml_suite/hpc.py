@@ -46,7 +46,7 @@ def stop_request()->tuple|None:
 
 def clear_stop_requests(): _requests.clear()
 
-# %% ../nbs/12_hpc.ipynb #22fb5435
+# %% ../nbs/12_hpc.ipynb #be0ee42d
 def slurm_job_id(environ=None)->str|None:
     "The id to requeue: `<array job>_<task>` for an array task, else the job id; None outside SLURM."
     environ = os.environ if environ is None else environ

@@ -51,7 +51,7 @@ def plot_runs(
     out.write_bytes(figure_png(figure_for([(n, read_metrics(d / 'metrics.jsonl')) for n, d in zip(names, dirs)])))
     return out
 
-# %% ../nbs/13_plot.ipynb #276c9168
+# %% ../nbs/13_plot.ipynb #144e9b71
 def main(argv=None)->int:
     "`ml-suite-plot`: draw loss curves and the learning rate of run directories into a PNG."
     p = argparse.ArgumentParser(prog='ml-suite-plot', description='Draw loss curves (train, validation) and the learning '

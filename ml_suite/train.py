@@ -14,7 +14,8 @@ from .config import Config, Source, load_config, config_to_dict, stages, parse_t
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_INTERRUPTED', 'resolve_run_dir',
-           'plan_start', 'build_trainer', 'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main']
+           'plan_start', 'build_trainer', 'oom_advice', 'train', 'dry_run', 'run_status', 'format_status',
+           'status_main', 'main']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -120,7 +121,18 @@ def _broadcast(obj, trainer):
     tdist.broadcast_object_list(box, src=0, group=trainer._ctrl)
     return box[0]
 
-# %% ../nbs/10_train.ipynb #aa18e731
+# %% ../nbs/10_train.ipynb #008c1ee8
+def oom_advice(cfg:Config)->str:
+    "What to lower when the device runs out of memory, with this run's values."
+    tips = [f"batch_size (now {cfg.batch_size} per process; keep the effective batch with grad_accum_steps, now {cfg.grad_accum_steps})"]
+    if not cfg.amp: tips.append("turn on amp (now false): bf16 activations take half the memory")
+    if cfg.compile: tips.append(f"mem_budget (now {cfg.mem_budget}): below 1 recomputes activations instead of storing them")
+    else: tips.append(f"compile: true with mem_budget below 1 (now compile false, mem_budget {cfg.mem_budget}) to recompute activations")
+    if cfg.val_batch_size: tips.append(f"val_batch_size (now {cfg.val_batch_size}) if it failed in validation")
+    return ("the device ran out of memory. Lower one of: " + "; ".join(tips) +
+            ". Then rerun the same command: the run resumes from its last checkpoint.")
+
+# %% ../nbs/10_train.ipynb #6c6e40cc
 def train(
     config,            # path to a YAML config, or a dict (which must name its run_dir)
     overrides=(),      # 'dotted.key=value' strings, as on the command line
@@ -181,6 +193,8 @@ def train(
         try: trainer.fit()
         except Exception as e:
             logger.error(f"training failed on rank {dist.rank} at update {trainer.updates}: {type(e).__name__}: {e}", exc_info=True)
+            import torch
+            if isinstance(e, torch.OutOfMemoryError): logger.error(oom_advice(cfg))
             raise
         if trainer.stop_action == 'requeue':
             if dist.is_main:
@@ -195,7 +209,7 @@ def train(
         import torch.distributed as tdist
         if tdist.is_available() and tdist.is_initialized(): tdist.destroy_process_group()
 
-# %% ../nbs/10_train.ipynb #12349a2f
+# %% ../nbs/10_train.ipynb #cdc0bfa0
 def dry_run(config, overrides=(), out=print)->dict:
     "Check that `config` can train: build everything, one forward/backward pass; print a summary; write nothing."
     import torch
@@ -224,7 +238,7 @@ def dry_run(config, overrides=(), out=print)->dict:
         + ', '.join(f"{v:.3g} at {u}" for u, v in info['lr_at'].items()))
     return info
 
-# %% ../nbs/10_train.ipynb #cdc0bfa0
+# %% ../nbs/10_train.ipynb #32e41e6f
 def run_status(run_dir)->dict:
     "Updates done of total, best val_loss, newest checkpoint and whether a process is training in `run_dir`."
     from ml_suite.tracking import read_metrics
@@ -263,7 +277,7 @@ def status_main(argv=None)->int:
         except FileNotFoundError as e: print(f"ml-suite-status: error: {e}", file=sys.stderr); code = 2
     return code
 
-# %% ../nbs/10_train.ipynb #32e41e6f
+# %% ../nbs/10_train.ipynb #b8f9b1f5
 def _parser():
     p = argparse.ArgumentParser(prog='ml-suite-train', formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a model from a YAML config. Rerun the same command to resume.",
@@ -301,7 +315,7 @@ def _main(argv=None)->int:
     if t.finished: return EXIT_OK
     return EXIT_INTERRUPTED if t.stop_action == 'interrupt' else EXIT_STOPPED
 
-# %% ../nbs/10_train.ipynb #bfb7bade
+# %% ../nbs/10_train.ipynb #7fbcff74
 def _in_ipython()->bool:
     return 'IPython' in sys.modules and sys.modules['IPython'].get_ipython() is not None
 

@@ -1,13 +1,19 @@
-"Every notebook in nbs/ runs top to bottom (what `nbdev-test` checks), as part of the pytest run."
+"""Every notebook in nbs/ runs top to bottom (what `nbdev-test` checks), as part of the pytest run.
+
+The module notebooks run in the default selection; the tutorials (nbs/tutorials/, which train several small runs
+each) are marked slow: CI runs them with `nbdev-test` and again with `pytest -m slow`."""
 from pathlib import Path
 import os, pytest
 from nbdev import test as nbt
 from conftest import ROOT
 
-NBS = sorted((ROOT / 'nbs').glob('*.ipynb'))
+NBS = [pytest.param(p, id=p.name) for p in sorted((ROOT / 'nbs').glob('*.ipynb'))]
+NBS += [pytest.param(p, id=f'tutorials/{p.name}', marks=pytest.mark.slow) for p in sorted((ROOT / 'nbs' / 'tutorials').glob('*.ipynb'))]
 
-@pytest.mark.parametrize('nb', NBS, ids=[p.name for p in NBS])
+@pytest.mark.parametrize('nb', NBS)
 def test_notebook_runs(nb, monkeypatch):
     monkeypatch.chdir(nb.parent)
-    ok, secs = nbt.test_nb(nb, skip_flags=['slow', 'cuda'], force_flags=[], do_print=False)
-    assert ok, f"{nb.name} failed (run `uv run nbdev-test nbs/{nb.name}` for the traceback)"
+    monkeypatch.syspath_prepend(str(nb.parent))   # as Jupyter does: modules beside the notebook import
+    ok, secs = nbt.test_nb(nb, skip_flags=['slow', 'cuda', 'slurm'], force_flags=[], do_print=False)
+    rel = nb.relative_to(ROOT / 'nbs')
+    assert ok, f"{rel} failed (run `uv run nbdev-test nbs/{rel}` for the traceback)"

@@ -34,6 +34,7 @@ def render(nb_path=ROOT / 'nbs' / 'index.ipynb') -> str:
         out = _outputs(cell).rstrip('\n')
         if out: parts.append(f'```\n{out}\n```\n')
     body = '\n'.join(parts)
+    body = re.sub(r'\]\((?!https?:|#|/)([^)]+\.ipynb)\)', r'](nbs/\1)', body)   # links between notebooks, from the repository root
     return '<!-- Generated from nbs/index.ipynb by tools/build_readme.py: edit the notebook, not this file. -->\n\n' + body
 
 if __name__ == '__main__':
