@@ -117,7 +117,7 @@ class BatchStream:
         self.batches_per_epoch = len(self.sampler.indices(0)) // batch_size
         if self.batches_per_epoch < 1:
             raise ConfigError(f"batch_size {batch_size} is larger than the {len(self.sampler.indices(0))} training samples "
-                              f"each of the {dist.world_size} process(es) gets from {type(dataset).__name__}; "
+                              f"each of the {dist.world_size} process(es) gets from {type(getattr(dataset, 'dataset', dataset)).__name__}; "
                               f"lower batch_size or use more samples.")
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True,
                                  num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
