@@ -170,7 +170,9 @@ class Normalization:
 
     def input(self, x, dim:int=0):
         "`x` normalized; `dim` is the channel axis (0 for a sample, 1 for a batch)."
-        return x if self.x_mean is None else (x - _bcast(self.x_mean, x, dim)) / _bcast(self.x_std, x, dim)
+        if self.x_mean is None: return x
+        if not x.is_floating_point(): x = x.float()   # e.g. uint8 images
+        return (x - _bcast(self.x_mean, x, dim)) / _bcast(self.x_std, x, dim)
     def target(self, y, dim:int=0):
         "A target normalized as the model learned it."
         return y if self.y_mean is None else (y - _bcast(self.y_mean, y, dim)) / _bcast(self.y_std, y, dim)

@@ -129,6 +129,9 @@ def evaluate(
     from ml_suite.evaluator import all_reduce_sum
     dist = DistInfo.from_env() if dist is None else dist
     model = source if isinstance(source, InferenceModel) else load_model(source, checkpoint, device)
+    if model.config is None:
+        raise ValueError("evaluate needs to know the model's dataset and metrics; give it a run directory, a checkpoint "
+                         "file, or a model from load_model (this InferenceModel was built by hand and has no config).")
     cfg, norm, dev = model.config, model.normalization, next(model.parameters()).device
     ds = split_dataset(cfg, split)
     y0 = ds[0][1]
@@ -213,6 +216,9 @@ def _batches(inputs, model, batch_size):
         return gen(), len(files)
     if isinstance(inputs, str) and not p.exists():
         from torch.utils.data import DataLoader
+        if model.config is None:
+            raise ValueError(f"inputs {inputs!r} is neither a folder nor a file, and this model (built by hand, without a "
+                             f"config) has no dataset splits; pass a folder of .pt/.npy files or a tensor.")
         ds = split_dataset(model.config, inputs)
         return ((None, x) for x, _ in DataLoader(ds, batch_size=batch_size)), len(ds)
     raise FileNotFoundError(f"inputs {inputs!r} is not a folder of .pt/.npy files, a dataset split, or a tensor.")
