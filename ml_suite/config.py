@@ -29,6 +29,7 @@ class DatasetConfig:
     train_split:str = 'train'
     val_split:str = 'val'
     test_split:str = 'test'
+    normalize:Optional[bool] = None   # per-channel mean/std from the train split; null: as the dataset class says
     kwargs:dict = field(default_factory=dict)
 
 @dataclass

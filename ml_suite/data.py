@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .core import ConfigError, DistInfo
 
 # %% auto #0
-__all__ = ['DATASETS', 'mix_seed', 'HeatDataset', 'ResumableSampler', 'die_with_parent', 'BatchStream', 'eval_loader']
+__all__ = ['DATASETS', 'mix_seed', 'HeatDataset', 'ResumableSampler', 'die_with_parent', 'BatchStream', 'eval_loader',
+           'Normalization', 'compute_normalization', 'dataset_normalization', 'NormalizedDataset']
 
 # %% ../nbs/01_data.ipynb #b4336f9a
 def mix_seed(*parts)->int:
@@ -116,7 +117,7 @@ class BatchStream:
         self.batches_per_epoch = len(self.sampler.indices(0)) // batch_size
         if self.batches_per_epoch < 1:
             raise ConfigError(f"batch_size {batch_size} is larger than the {len(self.sampler.indices(0))} training samples "
-                              f"each of the {dist.world_size} process(es) gets from {type(dataset).__name__}; "
+                              f"each of the {dist.world_size} process(es) gets from {type(getattr(dataset, 'dataset', dataset)).__name__}; "
                               f"lower batch_size or use more samples.")
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True,
                                  num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
@@ -147,3 +148,124 @@ def eval_loader(dataset:Dataset, batch_size:int, dist:DistInfo=DistInfo(), num_w
     "A loader over this rank's share of `dataset`, in order, every sample exactly once across ranks."
     sampler = ResumableSampler(len(dataset), shuffle=False, rank=dist.rank, world_size=dist.world_size, drop_last=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
+
+# %% ../nbs/01_data.ipynb #81473e92
+def _bcast(stat:torch.Tensor, v:torch.Tensor, dim:int)->torch.Tensor:
+    "`stat` (one value per channel) shaped to broadcast against `v` whose channels are on axis `dim`."
+    return stat.to(v.device, v.dtype).reshape(-1, *([1] * (v.ndim - dim - 1)))
+
+class Normalization:
+    "Per-channel `(v - mean) / std` for inputs and targets, and its inverse for outputs; the identity where a statistic is missing."
+    keys = ('x_mean', 'x_std', 'y_mean', 'y_std')
+    def __init__(self, x_mean=None, x_std=None, y_mean=None, y_std=None,
+                 x_shape=None, y_shape=None):  # one sample's input and target shapes, e.g. (1, 32, 32)
+        self.load_state_dict(dict(x_mean=x_mean, x_std=x_std, y_mean=y_mean, y_std=y_std, x_shape=x_shape, y_shape=y_shape))
+
+    @property
+    def normalizes_inputs(self)->bool: return self.x_mean is not None
+    @property
+    def normalizes_targets(self)->bool: return self.y_mean is not None
+    @property
+    def is_identity(self)->bool: return not (self.normalizes_inputs or self.normalizes_targets)
+
+    def input(self, x, dim:int=0):
+        "`x` normalized; `dim` is the channel axis (0 for a sample, 1 for a batch)."
+        if self.x_mean is None: return x
+        if not x.is_floating_point(): x = x.float()   # e.g. uint8 images
+        return (x - _bcast(self.x_mean, x, dim)) / _bcast(self.x_std, x, dim)
+    def target(self, y, dim:int=0):
+        "A target normalized as the model learned it."
+        return y if self.y_mean is None else (y - _bcast(self.y_mean, y, dim)) / _bcast(self.y_std, y, dim)
+    def output(self, y, dim:int=0):
+        "A model output mapped back to physical units (the inverse of `target`)."
+        return y if self.y_mean is None else y * _bcast(self.y_std, y, dim) + _bcast(self.y_mean, y, dim)
+
+    def state_dict(self)->dict:
+        return {**{k: getattr(self, k) for k in self.keys}, 'x_shape': self.x_shape, 'y_shape': self.y_shape}
+    def load_state_dict(self, sd:dict|None):
+        "Restore from `state_dict()`; `None` or `{}` (a checkpoint without statistics) is the identity."
+        sd = sd or {}
+        for k in self.keys:
+            v = sd.get(k)
+            setattr(self, k, None if v is None else torch.as_tensor(v, dtype=torch.float32).flatten().clone())
+        for a, b in (('x_mean', 'x_std'), ('y_mean', 'y_std')):
+            if (getattr(self, a) is None) != (getattr(self, b) is None):
+                raise ValueError(f"normalization statistics need both {a} and {b}, got only {a if getattr(self, a) is not None else b}.")
+        self.x_shape = tuple(sd['x_shape']) if sd.get('x_shape') is not None else None
+        self.y_shape = tuple(sd['y_shape']) if sd.get('y_shape') is not None else None
+    def __repr__(self):
+        fmt = lambda t: 'identity' if t is None else '[' + ', '.join(f'{v:.4g}' for v in t.tolist()) + ']'
+        return (f"Normalization(x_mean={fmt(self.x_mean)}, x_std={fmt(self.x_std)}, y_mean={fmt(self.y_mean)}, "
+                f"y_std={fmt(self.y_std)}, x_shape={self.x_shape}, y_shape={self.y_shape})")
+
+# %% ../nbs/01_data.ipynb #792e32fb
+def _channel_sums(v:torch.Tensor)->torch.Tensor:
+    "`[count, sum, sum of squares]` per channel of a batch `v` (channels on axis 1), in float64."
+    v = v.double().transpose(0, 1).reshape(v.shape[1], -1)
+    return torch.stack([torch.full((v.shape[0],), float(v.shape[1]), dtype=torch.float64), v.sum(1), (v * v).sum(1)], 1)
+
+def _is_field(v)->bool: return torch.is_tensor(v) and v.is_floating_point() and v.ndim >= 1
+
+def compute_normalization(
+    dataset:Dataset,           # the training split, yielding `(input, target)` tensors
+    targets:bool=True,         # also normalize floating-point targets (not class labels)
+    max_samples:int=100_000,   # read at most this many evenly spaced samples
+    chunk:int=64,              # samples per chunk (the unit of work and of summation)
+    num_workers:int=0,         # data loader workers
+    dist:DistInfo=DistInfo(),  # under torchrun: ranks share the work
+    min_std:float=1e-8,        # a channel with a smaller spread (a constant) gets std 1
+)->Normalization:
+    "Per-channel mean and standard deviation of inputs (and targets) over `dataset`, identical on any number of processes."
+    from ml_suite.evaluator import all_reduce_sum
+    x0, y0 = dataset[0]
+    do_y = targets and _is_field(y0)
+    n = len(dataset)
+    idx = torch.arange(n) if n <= max_samples else torch.linspace(0, n - 1, max_samples).round().long().unique()
+    chunks = [idx[i:i + chunk].tolist() for i in range(0, len(idx), chunk)]
+    sums = [torch.zeros(len(chunks), x0.shape[0], 3, dtype=torch.float64)]
+    if do_y: sums.append(torch.zeros(len(chunks), y0.shape[0], 3, dtype=torch.float64))
+    mine = list(range(dist.rank, len(chunks), dist.world_size))
+    loader = DataLoader(dataset, batch_sampler=[chunks[c] for c in mine], num_workers=num_workers,
+                        worker_init_fn=die_with_parent if num_workers > 0 else None)
+    for c, (x, y) in zip(mine, loader):
+        sums[0][c] = _channel_sums(x)
+        if do_y: sums[1][c] = _channel_sums(y)
+    flat = all_reduce_sum(torch.cat([s.flatten() for s in sums]))   # exact: each entry is nonzero on one rank only
+    stats = {}
+    for name, s in zip('xy', torch.split(flat, [s.numel() for s in sums])):
+        cnt, tot, sq = s.reshape(len(chunks), -1, 3).sum(0).unbind(1)  # chunks added in order: the same on every rank
+        mean = tot / cnt
+        std = (sq / cnt - mean * mean).clamp_min(0).sqrt()
+        stats[f'{name}_mean'], stats[f'{name}_std'] = mean.float(), torch.where(std < min_std, 1.0, std).float()
+    return Normalization(**stats, x_shape=tuple(x0.shape), y_shape=tuple(y0.shape) if torch.is_tensor(y0) else None)
+
+# %% ../nbs/01_data.ipynb #b3612c14
+HeatDataset.normalize = True   # the built-in example trains on normalized fields
+
+def dataset_normalization(
+    dataset:Dataset,            # the training split
+    normalize:bool|None=None,   # the config's `dataset.normalize`; None: the dataset's `normalize` attribute
+    **kwargs,                   # passed to `compute_normalization`
+)->Normalization:
+    "The `Normalization` a dataset asks for: declared by `normalization_stats()`, else computed, else the identity."
+    if normalize is None: normalize = bool(getattr(dataset, 'normalize', False))
+    x0, y0 = dataset[0]
+    shapes = dict(x_shape=tuple(x0.shape) if torch.is_tensor(x0) else None, y_shape=tuple(y0.shape) if torch.is_tensor(y0) else None)
+    if not normalize: return Normalization(**shapes)
+    if hasattr(dataset, 'normalization_stats'):
+        declared = dict(dataset.normalization_stats())
+        unknown = [k for k in declared if k not in Normalization.keys]
+        if unknown: raise ConfigError(f"{type(dataset).__name__}.normalization_stats() returned unknown keys {unknown}; "
+                                      f"use {', '.join(Normalization.keys)}.")
+        return Normalization(**declared, **shapes)
+    return compute_normalization(dataset, **kwargs)
+
+# %% ../nbs/01_data.ipynb #ba858ef9
+class NormalizedDataset(Dataset):
+    "`dataset` with `norm` applied to each sample's input and target (the statistics can change in place, on resume)."
+    def __init__(self, dataset:Dataset, norm:Normalization):
+        self.dataset, self.norm = dataset, norm
+    def __len__(self): return len(self.dataset)
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return self.norm.input(x), (self.norm.target(y) if _is_field(y) else y)

@@ -59,7 +59,7 @@ def _instantiate(obj, **kw):
 def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:DistInfo=DistInfo(), start_time=None):
     "Build data, model, optimizer, schedule and `Trainer` from a validated config."
     import torch
-    from ml_suite.data import DATASETS, BatchStream, eval_loader
+    from ml_suite.data import DATASETS, BatchStream, eval_loader, NormalizedDataset, dataset_normalization
     from ml_suite.models import MODELS
     from ml_suite.losses import LOSSES, METRICS
     from ml_suite.optim import build_optimizer, build_lr_scheduler
@@ -70,6 +70,8 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     ds_cls = resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', where('dataset', 'name'), src.folder)
     train_ds = ds_cls(split=cfg.dataset.train_split, **cfg.dataset.kwargs)
     val_ds = ds_cls(split=cfg.dataset.val_split, **cfg.dataset.kwargs)
+    norm = dataset_normalization(train_ds, cfg.dataset.normalize, num_workers=cfg.num_workers, dist=dist)  # once; a resume loads the saved one
+    train_ds, val_ds = NormalizedDataset(train_ds, norm), NormalizedDataset(val_ds, norm)
     torch.manual_seed(cfg.seed)
     model = resolve_object(cfg.model.type, MODELS, 'model.type', where('model', 'type'), src.folder)(**cfg.model.kwargs)
     criterion = _instantiate(resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', where('model', 'criterion'), src.folder))
@@ -88,7 +90,7 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
                 config=config_to_dict(cfg), time_limit=parse_time_limit(cfg.time_limit),
                 save_every_epochs=cfg.checkpoint.save_every_epochs, keep_last=cfg.checkpoint.keep_last,
                 every_updates=cfg.checkpoint.every_updates, every_minutes=cfg.checkpoint.every_minutes, start_time=start_time,
-                requeue_signals=cfg.preemption.requeue_signals, exit_signals=cfg.preemption.exit_signals)
+                requeue_signals=cfg.preemption.requeue_signals, exit_signals=cfg.preemption.exit_signals, normalizer=norm)
     t.evaluator = Evaluator(criterion, metrics, device, autocast=t.autocast)
     return t
 
@@ -180,6 +182,7 @@ def train(
             logger.info(f"resumed from {ckpt} at update {trainer.updates}/{cfg.total_updates}")
         elif state is not None:
             load_weights(trainer.model, state['model'], source=str(ckpt))
+            if state.get('normalization'): trainer.normalizer.load_state_dict(state['normalization'])  # the weights expect it
             logger.info(f"loaded weights from {ckpt}; optimizer, schedule and counters start fresh (restart: false)")
         if state is None or plan == 'weights':
             if trainer.metrics_log: trainer.metrics_log.resume_at(0)

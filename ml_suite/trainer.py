@@ -66,6 +66,7 @@ class Trainer:
                  start_time:float|None=None,      # `time.monotonic()` at process start
                  requeue_signals=('SIGUSR1', 'SIGUSR2'),  # stop, save and requeue
                  exit_signals=('SIGTERM',),       # stop, save and exit
+                 normalizer=None,                 # the data's `Normalization`, saved in checkpoints (None: none)
                 ):
         self.device, self.dist = torch.device(device), dist
         self.raw_model = model.to(self.device)
@@ -98,6 +99,7 @@ class Trainer:
         self.progress, self.wandb_id, self._unsent = None, None, []   # rows wait in `_unsent` for their checkpoint
         self._loss_sum, self._loss_n, self._tick = torch.zeros((), device=self.device), 0, None
         self._last_save = time.monotonic()
+        self.normalizer = normalizer
 
     def autocast(self):
         "The mixed-precision context of the forward pass (a no-op without `amp`)."
@@ -268,7 +270,7 @@ def state_dict(self:Trainer)->dict:
             'updates': self.updates, 'samples': self.samples, 'best_val_loss': self.best_val_loss,
             'data': self.train_data.state_dict() if hasattr(self.train_data, 'state_dict') else {},
             'rng': rng, 'world_size': self.dist.world_size, 'config': self.config, 'timekeeper': self.timekeeper.state_dict(),
-            'wandb_id': self.wandb_id,
+            'wandb_id': self.wandb_id, 'normalization': self.normalizer.state_dict() if self.normalizer is not None else None,
             'versions': {'ml_suite': ml_suite.__version__, 'torch': str(torch.__version__)}}
 
 @patch
@@ -290,6 +292,7 @@ def load_state_dict(self:Trainer, sd:dict):
     if hasattr(self.train_data, 'load_state_dict'): self.train_data.load_state_dict(data)
     set_rng_state(rngs[min(self.dist.rank, len(rngs) - 1)])
     self.wandb_id = sd.get('wandb_id')
+    if self.normalizer is not None: self.normalizer.load_state_dict(sd.get('normalization'))  # none saved: the identity
     if 'timekeeper' in sd: self.timekeeper.load_state_dict(sd['timekeeper'])  # measured costs carry over; the budget does not
     self.lr = self.optimizer.param_groups[0]['lr']
     if self.metrics_log: self.metrics_log.resume_at(self.updates)
