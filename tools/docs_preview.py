@@ -126,7 +126,7 @@ window.addEventListener('load', () => {{
   document.body.dataset.check = JSON.stringify({{
     images: imgs.length,
     broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 60)),
-    errors: document.querySelectorAll('.cell-error, pre.cell-output-error').length,
+    errors: document.querySelectorAll('div.cell-error').length,
     title: document.querySelector('h1.title').textContent,
     ids: [...document.querySelectorAll('[id]')].map(e => e.id),
     links: [...document.querySelectorAll('main a[href]')].map(a => a.getAttribute('href')),
