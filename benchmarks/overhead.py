@@ -51,7 +51,7 @@ def plain_steps(model, opt, crit, data, val, mode, every, ckpt_dir, stamps):
             model.train()
         if mode == 'ckpt' and step % every == 0:
             torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'step': step}, Path(ckpt_dir) / 'last.pt')
-        stamps.append(time.perf_counter())
+        stamps.append((time.perf_counter(), time.process_time()))
         yield
 
 
@@ -76,7 +76,7 @@ class _Stamps:
     "Stands in for the trainer's progress display: called after every update, it records the time."
     def __init__(self, stamps:list): self.stamps, self.last = stamps, -1
     def update(self, updates:int, row=None):
-        if updates != self.last: self.stamps.append(time.perf_counter()); self.last = updates
+        if updates != self.last: self.stamps.append((time.perf_counter(), time.process_time())); self.last = updates
     def close(self): pass
 
 
@@ -105,7 +105,7 @@ def run_lightning(model, opt, crit, data, val, mode, every, ckpt_dir, stamps):
         def configure_optimizers(self): return opt
 
     class Stamps(L.Callback):
-        def on_train_batch_end(self, *a): stamps.append(time.perf_counter())
+        def on_train_batch_end(self, *a): stamps.append((time.perf_counter(), time.process_time()))
 
     cbs = [Stamps()]
     if mode == 'ckpt':
@@ -125,13 +125,13 @@ class _Batches:
     def __len__(self): return len(self.batches)
 
 
-def intervals(stamps:list, warmup:int)->list[list[float]]:
-    "Per-update durations after the first `warmup` updates, one list per block (None marks a switch)."
+def intervals(stamps:list, warmup:int, clock:int=0)->list[list[float]]:
+    "Per-update durations (`clock` 0: wall, 1: CPU) after the first `warmup` updates, one list per block (None marks a switch)."
     blocks, cur, n, prev = [], [], 0, None
     for t in stamps:
         if t is None: prev = None; blocks.append(cur) if cur else None; cur = []; continue
         n += 1
-        if prev is not None and n > warmup: cur.append(t - prev)
+        if prev is not None and n > warmup: cur.append(t[clock] - prev[clock])
         prev = t
     if cur: blocks.append(cur)
     return blocks
@@ -168,13 +168,15 @@ def one(a)->dict:
     real = [t for t in own if t is not None]
     assert len(real) == n, f"{a.contender} recorded {len(real)} updates, expected {n}"
     if base:
-        ob, bb = intervals(own, a.warmup), intervals(base, a.warmup)
         flat = lambda bs: [x for b in bs for x in b]
-        res.update(median_s=statistics.median(flat(ob)), base_median_s=statistics.median(flat(bb)),
-                   mean_s=statistics.median(statistics.fmean(b) for b in ob), base_mean_s=statistics.median(statistics.fmean(b) for b in bb),
-                   mean_ratio=statistics.median(statistics.fmean(o) / statistics.fmean(b) for o, b in zip(ob, bb)),
-                   blocks=min(len(ob), len(bb)), weights_equal_plain=sha(model) == sha(pm))
-        res['median_ratio'] = res['median_s'] / res['base_median_s']
+        for clock, pre in ((0, ''), (1, 'cpu_')):   # wall clock, and this process's CPU time (what neighbours cannot take)
+            ob, bb = intervals(own, a.warmup, clock), intervals(base, a.warmup, clock)
+            res.update({pre + 'median_s': statistics.median(flat(ob)), pre + 'base_median_s': statistics.median(flat(bb)),
+                        pre + 'mean_s': statistics.median(statistics.fmean(b) for b in ob),
+                        pre + 'base_mean_s': statistics.median(statistics.fmean(b) for b in bb),
+                        pre + 'mean_ratio': statistics.median(statistics.fmean(o) / statistics.fmean(b) for o, b in zip(ob, bb))})
+            res[pre + 'median_ratio'] = res[pre + 'median_s'] / res[pre + 'base_median_s']
+        res.update(blocks=min(len(ob), len(bb)), weights_equal_plain=sha(model) == sha(pm))
     return res
 
 
@@ -224,8 +226,9 @@ def main(argv=None):
         for c in names[r % len(names):] + names[:r % len(names)]:  # alternate who goes first
             runs[c].append(run(c))
             x = runs[c][-1]
-            print(f"round {r + 1}/{a.rounds} {c}: median {x['median_s'] * 1e6:.0f} us vs plain {x['base_median_s'] * 1e6:.0f} us "
-                  f"(ratio {x['median_ratio']:.3f}), mean ratio {x['mean_ratio']:.3f}", file=sys.stderr)
+            print(f"round {r + 1}/{a.rounds} {c}: wall median {x['median_s'] * 1e6:.0f} us vs plain {x['base_median_s'] * 1e6:.0f} us "
+                  f"(ratio {x['median_ratio']:.3f}), mean ratio {x['mean_ratio']:.3f}; CPU median ratio {x['cpu_median_ratio']:.3f}, "
+                  f"mean ratio {x['cpu_mean_ratio']:.3f}", file=sys.stderr)
     alone = {c: run(c, '--alone') for c in dict.fromkeys(['plain', *names])}
     res = summarize(runs, alone, a)
     print(format_table(res))
@@ -240,25 +243,30 @@ def summarize(runs:dict, alone:dict, a)->dict:
     p0 = alone['plain']
     for c, rs in runs.items():
         m = alone[c]
-        out['contenders'][c] = {
-            'median_us': med(x['median_s'] for x in rs) * 1e6, 'mean_us': med(x['mean_s'] for x in rs) * 1e6,
-            'median_ratio': med(x['median_ratio'] for x in rs), 'median_ratio_range': [min(x['median_ratio'] for x in rs), max(x['median_ratio'] for x in rs)],
-            'mean_ratio': med(x['mean_ratio'] for x in rs), 'mean_ratio_range': [min(x['mean_ratio'] for x in rs), max(x['mean_ratio'] for x in rs)],
+        out['contenders'][c] = r = {}
+        for pre in ('', 'cpu_'):
+            r.update({pre + 'median_us': med(x[pre + 'median_s'] for x in rs) * 1e6, pre + 'mean_us': med(x[pre + 'mean_s'] for x in rs) * 1e6,
+                      pre + 'base_median_us': med(x[pre + 'base_median_s'] for x in rs) * 1e6})
+            for k in ('median_ratio', 'mean_ratio'):
+                r[pre + k], r[pre + k + '_range'] = med(x[pre + k] for x in rs), [min(x[pre + k] for x in rs), max(x[pre + k] for x in rs)]
+        r.update({
             'peak_rss_mb': m['peak_rss_mb'], 'peak_rss_ratio': m['peak_rss_mb'] / p0['peak_rss_mb'],
             'train_rss_mb': m['peak_rss_mb'] - m['rss_before_mb'],
-            'weights_equal_plain': all(x['weights_equal_plain'] for x in rs) and m['weights_sha256'] == p0['weights_sha256']}
+            'weights_equal_plain': all(x['weights_equal_plain'] for x in rs) and m['weights_sha256'] == p0['weights_sha256']})
     return out
 
 
 def format_table(res:dict)->str:
+    def rr(r, k): return f"{r[k]:.3f} [{r[k + '_range'][0]:.3f}, {r[k + '_range'][1]:.3f}]"
     lines = [f"{res['model']}; mode {res['mode']}" + (f" every {res['every']}" if res['mode'] != 'train' else '')
              + f"; {res['rounds']} processes per contender, each {res['updates']} timed updates (after {res['warmup']}) "
                f"alternating with the plain loop every {res['block']}; medians over processes [min, max]",
-             '| contender | median per update | ratio to plain | mean per update | ratio to plain | peak RSS alone (ratio) | RSS growth in training | weights == plain |',
-             '|---|---|---|---|---|---|---|---|']
+             '| contender | median per update (CPU) | ratio to plain: median (CPU) | mean (CPU) | median (wall) | mean (wall) '
+             '| peak RSS alone (ratio) | RSS growth in training | weights == plain |',
+             '|---|---|---|---|---|---|---|---|---|']
     for c, r in res['contenders'].items():
-        lines.append(f"| {'plain (A/A: against itself)' if c == 'plain' else c} | {r['median_us']:.0f} us | {r['median_ratio']:.3f} [{r['median_ratio_range'][0]:.3f}, {r['median_ratio_range'][1]:.3f}] "
-                     f"| {r['mean_us']:.0f} us | {r['mean_ratio']:.3f} [{r['mean_ratio_range'][0]:.3f}, {r['mean_ratio_range'][1]:.3f}] "
+        lines.append(f"| {'plain (A/A: against itself)' if c == 'plain' else c} | {r['cpu_median_us']:.0f} us (plain {r['cpu_base_median_us']:.0f} us) "
+                     f"| {rr(r, 'cpu_median_ratio')} | {rr(r, 'cpu_mean_ratio')} | {rr(r, 'median_ratio')} | {rr(r, 'mean_ratio')} "
                      f"| {r['peak_rss_mb']:.0f} MB ({r['peak_rss_ratio']:.3f}) | {r['train_rss_mb']:.1f} MB | {r['weights_equal_plain']} |")
     return '\n'.join(lines)
 

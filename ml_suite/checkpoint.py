@@ -158,7 +158,10 @@ class Checkpointer:
         self.wait()                                      # one save in flight at a time
         t0, latest = time.monotonic(), checkpoint_path(self.run_dir, 'latest')
         tmp = write_temporary(state, latest)             # training may change the tensors once this returns
-        if not background: self._commit(tmp, best, epoch, t0); return latest
+        if not background:
+            try: self._commit(tmp, best, epoch, t0)
+            except BaseException: Path(tmp).unlink(missing_ok=True); raise
+            return latest
         self._thread = threading.Thread(target=self._commit_or_keep_error, args=(tmp, best, epoch, t0), name='ml_suite-checkpoint')
         self._thread.start()
         return latest
