@@ -13,9 +13,9 @@ import torch
 from .core import ConfigError, RunError, RunDirLocked
 
 # %% auto #0
-__all__ = ['REQUIRED_KEYS', 'save_checkpoint', 'link_checkpoint', 'CheckpointDamaged', 'load_checkpoint', 'unwrap_model',
-           'clean_state_dict', 'load_weights', 'get_rng_state', 'set_rng_state', 'checkpoint_path', 'Checkpointer',
-           'RunLock']
+__all__ = ['REQUIRED_KEYS', 'write_temporary', 'commit_temporary', 'save_checkpoint', 'link_checkpoint', 'CheckpointDamaged',
+           'load_checkpoint', 'unwrap_model', 'clean_state_dict', 'load_weights', 'get_rng_state', 'set_rng_state',
+           'checkpoint_path', 'Checkpointer', 'RunLock']
 
 # %% ../nbs/07_checkpoint.ipynb #52b431a0
 def _fsync_dir(folder:Path):
@@ -25,22 +25,38 @@ def _fsync_dir(folder:Path):
         finally: os.close(fd)
     except OSError: pass  # not every filesystem lets a folder be fsynced
 
+def _fsync_file(path:Path):
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+def write_temporary(
+    state:dict,   # e.g. `Trainer.state_dict()`
+    path:Path,    # the destination the temporary file will be renamed to
+)->Path:
+    "Serialize `state` to a temporary file next to `path` (not yet durable, not yet named `path`)."
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try: torch.save(state, tmp)    # by name: torch's own file writer, faster than through a Python file object
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+    return tmp
+
+def commit_temporary(tmp:Path, path:Path)->Path:
+    "Make the temporary file `tmp` durable (fsync), then atomically rename it to `path`."
+    try:
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally: Path(tmp).unlink(missing_ok=True)
+    _fsync_dir(Path(path).parent)
+    return Path(path)
+
 def save_checkpoint(
     state:dict,   # e.g. `Trainer.state_dict()`
     path:Path,    # destination; written to a temporary file first, then renamed
 )->Path:
     "Write `state` to `path` so that a crash never leaves a half-written file behind."
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(state, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
+    return commit_temporary(write_temporary(state, path), path)
 
 # %% ../nbs/07_checkpoint.ipynb #40c0b3ce
 def link_checkpoint(src:Path, dst:Path)->Path:
@@ -132,18 +148,47 @@ class Checkpointer:
     "Saves `latest`, `previous`, `best` and numbered checkpoints in `run_dir`; finds the newest good one to resume."
     def __init__(self, run_dir:Path, keep_last:int=0):  # keep only the newest `keep_last` epoch_N.pt (0: all)
         self.run_dir, self.keep_last = Path(run_dir), keep_last
+        self._thread, self._error, self._seconds = None, None, None
 
-    def save(self, state:dict, best:bool=False, epoch:int|None=None)->Path:
+    def save(self, state:dict, best:bool=False, epoch:int|None=None,
+             background:bool=False,  # return once `state` is written; a thread fsyncs, renames and links
+            )->Path:
         "Atomically make `state` the new `latest.pt` (and `best.pt`, `epoch_N.pt` when asked)."
+        import time, threading
+        self.wait()                                      # one save in flight at a time
+        t0, latest = time.monotonic(), checkpoint_path(self.run_dir, 'latest')
+        tmp = write_temporary(state, latest)             # training may change the tensors once this returns
+        if not background:
+            try: self._commit(tmp, best, epoch, t0)
+            except BaseException: Path(tmp).unlink(missing_ok=True); raise
+            return latest
+        self._thread = threading.Thread(target=self._commit_or_keep_error, args=(tmp, best, epoch, t0), name='ml_suite-checkpoint')
+        self._thread.start()
+        return latest
+
+    def _commit(self, tmp:Path, best:bool, epoch:int|None, t0:float):
+        import time
         latest = checkpoint_path(self.run_dir, 'latest')
+        _fsync_file(tmp)                                 # durable before any name points at it
         if latest.exists(): link_checkpoint(latest, checkpoint_path(self.run_dir, 'previous'))
-        save_checkpoint(state, latest)
+        commit_temporary(tmp, latest)
         if best: link_checkpoint(latest, checkpoint_path(self.run_dir, 'best'))
         if epoch is not None:
             link_checkpoint(latest, checkpoint_path(self.run_dir, epoch))
             if self.keep_last:
                 for old in self.numbered()[self.keep_last:]: old.unlink(missing_ok=True)
-        return latest
+        self._seconds = time.monotonic() - t0
+
+    def _commit_or_keep_error(self, *args):
+        try: self._commit(*args)
+        except BaseException as e: self._error = e; Path(args[0]).unlink(missing_ok=True)
+
+    def wait(self)->float|None:
+        "Wait until the last save is durable and named; its seconds from start to durable (None: no save since the last wait)."
+        if self._thread is not None: self._thread.join(); self._thread = None
+        err, secs, self._error, self._seconds = self._error, self._seconds, None, None
+        if err is not None: raise err
+        return secs
 
     def remove_stale(self)->list[Path]:
         "Delete temporary files left by a writer that was killed mid-save (call only while holding the `RunLock`)."
@@ -176,7 +221,7 @@ class Checkpointer:
                            f"Move them away to start over, or restore one from a backup; ml_suite does not start over silently.")
         return None, None
 
-# %% ../nbs/07_checkpoint.ipynb #0ac12c16
+# %% ../nbs/07_checkpoint.ipynb #285ca23d
 class RunLock:
     "An exclusive lock on a run directory, held while training; released when the process ends, however it ends."
     held:set = set()   # lock files this process holds (a record lock does not conflict with its own process)

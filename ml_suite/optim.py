@@ -12,7 +12,8 @@ from torch.optim import lr_scheduler as lrs
 from .core import ConfigError, check_kwargs, did_you_mean
 
 # %% auto #0
-__all__ = ['optimizer_class', 'build_optimizer', 'scheduler_class', 'stage_lengths', 'build_lr_scheduler']
+__all__ = ['optimizer_class', 'build_optimizer', 'scheduler_class', 'stage_lengths', 'build_lr_scheduler',
+           'without_dynamo_import']
 
 # %% ../nbs/04_optim.ipynb #4eb1e264
 def optimizer_class(name:str, where:str=''):
@@ -85,3 +86,20 @@ def build_lr_scheduler(
     if len(scheds) == 1: return scheds[0]
     milestones = [sum(lengths[: i + 1]) for i in range(len(lengths) - 1)]
     return lrs.SequentialLR(optimizer, scheds, milestones=milestones)
+
+# %% ../nbs/04_optim.ipynb #18d234de
+from contextlib import contextmanager
+
+_DYNAMO_WRAPPED = ('add_param_group', 'state_dict', 'load_state_dict', 'zero_grad')
+
+@contextmanager
+def without_dynamo_import():
+    "While inside, building optimizers does not import `torch._dynamo` (seconds that a check does not need)."
+    import sys
+    if 'torch._dynamo' in sys.modules: yield; return
+    fns = [m.__wrapped__ for m in (getattr(torch.optim.Optimizer, n) for n in _DYNAMO_WRAPPED) if hasattr(m, '__wrapped__')]
+    for f in fns: setattr(f, '__dynamo_disable', f)     # torch's cache of "this method, not traced by dynamo"
+    try: yield
+    finally:
+        for f in fns:
+            if f.__dict__.get('__dynamo_disable') is f: delattr(f, '__dynamo_disable')

@@ -10,9 +10,19 @@ import math, os, re, subprocess, time
 from datetime import datetime
 
 # %% auto #0
-__all__ = ['RunningStats', 'slurm_end_time', 'TimeKeeper']
+__all__ = ['process_start', 'RunningStats', 'slurm_end_time', 'TimeKeeper']
 
 # %% ../nbs/11_timekeeper.ipynb #ea018652
+def process_start(clock=time.monotonic)->float:
+    "The value `clock` had when this process started (Linux: from /proc; elsewhere: now)."
+    try:
+        with open('/proc/self/stat') as f: ticks = int(f.read().rsplit(')', 1)[1].split()[19])  # field 22: starttime
+        with open('/proc/uptime') as f: up = float(f.read().split()[0])
+        age = up - ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError): age = 0.0
+    return clock() - max(0.0, age)
+
+# %% ../nbs/11_timekeeper.ipynb #0c28ade6
 class RunningStats:
     "Count, mean, variance and maximum of a stream of durations."
     def __init__(self): self.n, self.mean, self._m2, self.max = 0, 0.0, 0.0, 0.0
@@ -28,7 +38,7 @@ class RunningStats:
     def state_dict(self)->dict: return {'n': self.n, 'mean': self.mean, 'm2': self._m2, 'max': self.max}
     def load_state_dict(self, sd:dict): self.n, self.mean, self._m2, self.max = sd['n'], sd['mean'], sd['m2'], sd['max']
 
-# %% ../nbs/11_timekeeper.ipynb #0c28ade6
+# %% ../nbs/11_timekeeper.ipynb #d18eee64
 def slurm_end_time(job_id:str|None=None, environ=None)->float|None:
     "Seconds since the epoch at which SLURM ends this job, or None outside SLURM or without a limit."
     environ = os.environ if environ is None else environ
@@ -43,7 +53,7 @@ def slurm_end_time(job_id:str|None=None, environ=None)->float|None:
     try: return datetime.fromisoformat(m.group(1)).timestamp()
     except ValueError: return None
 
-# %% ../nbs/11_timekeeper.ipynb #d18eee64
+# %% ../nbs/11_timekeeper.ipynb #bdaba959
 class TimeKeeper:
     "Says at each update boundary whether the next update, a due validation and the final save fit before the limit."
     def __init__(self,
@@ -54,7 +64,8 @@ class TimeKeeper:
         self.clock, self.start = clock, clock() if start is None else start
         self.limit = limit
         self.margin = margin if margin is not None else (min(60.0, max(5.0, 0.01 * limit)) if limit else 0.0)
-        self.stats = {k: RunningStats() for k in ('update', 'validate', 'save')}
+        self.stats = {k: RunningStats() for k in ('update', 'validate', 'save', 'first_update')}
+        self._first = True   # the next update is this process's first
 
     @classmethod
     def for_job(cls, time_limit:float|None, start:float, environ=None)->'TimeKeeper':
@@ -64,14 +75,18 @@ class TimeKeeper:
             if end is not None: time_limit = end - time.time() + (time.monotonic() - start)
         return cls(time_limit, start)
 
-    def record(self, what:str, seconds:float): self.stats[what].add(seconds)
+    def record(self, what:str, seconds:float):
+        "Add a measured duration; a process's first update (lazy imports, allocator warm-up, compilation) is kept apart."
+        if what == 'update' and self._first: what, self._first = 'first_update', False
+        self.stats[what].add(seconds)
     def elapsed(self)->float: return self.clock() - self.start
     def remaining(self)->float: return math.inf if self.limit is None else self.limit - self.elapsed()
 
     def needed(self, validation_due:bool)->float:
         "Seconds that one more update, a due validation and the final save may take, plus the margin."
         s = self.stats
-        return (s['update'].estimate() + (s['validate'].estimate(s['update'].estimate()) if validation_due else 0)
+        update = s['update'].estimate(default=s['first_update'].max)   # the first update only until there are others
+        return (update + (s['validate'].estimate(update) if validation_due else 0)
                 + s['save'].estimate(default=1.0) + self.margin)
 
     def should_stop(self, validation_due:bool=False)->bool:

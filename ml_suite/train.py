@@ -56,7 +56,8 @@ def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|N
 def _instantiate(obj, **kw):
     return obj(**kw) if isinstance(obj, type) else obj
 
-def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:DistInfo=DistInfo(), start_time=None):
+def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:DistInfo=DistInfo(), start_time=None,
+                  compute_stats:bool=True):
     "Build data, model, optimizer, schedule and `Trainer` from a validated config."
     import torch
     from ml_suite.data import DATASETS, BatchStream, eval_loader, NormalizedDataset, dataset_normalization
@@ -70,7 +71,9 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     ds_cls = resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', where('dataset', 'name'), src.folder)
     train_ds = ds_cls(split=cfg.dataset.train_split, **cfg.dataset.kwargs)
     val_ds = ds_cls(split=cfg.dataset.val_split, **cfg.dataset.kwargs)
-    norm = dataset_normalization(train_ds, cfg.dataset.normalize, num_workers=cfg.num_workers, dist=dist)  # once; a resume loads the saved one
+    # Statistics are computed on a fresh start only: a resume (or a start from weights) loads the ones the weights were
+    # trained with, and a dry run does not need them; until then `norm` is the identity, with the samples' shapes.
+    norm = dataset_normalization(train_ds, cfg.dataset.normalize if compute_stats else False, num_workers=cfg.num_workers, dist=dist)
     train_ds, val_ds = NormalizedDataset(train_ds, norm), NormalizedDataset(val_ds, norm)
     torch.manual_seed(cfg.seed)
     model = resolve_object(cfg.model.type, MODELS, 'model.type', where('model', 'type'), src.folder)(**cfg.model.kwargs)
@@ -138,9 +141,10 @@ def oom_advice(cfg:Config)->str:
 def train(
     config,            # path to a YAML config, or a dict (which must name its run_dir)
     overrides=(),      # 'dotted.key=value' strings, as on the command line
+    start_time=None,   # `time.monotonic()` that a time limit counts from (default: now; the CLI: the process's launch)
 ):
     "Train from `config` exactly as `ml-suite-train` does; returns the finished (or stopped) `Trainer`."
-    start = time.monotonic()
+    start = time.monotonic() if start_time is None else start_time
     from ml_suite.trainer import get_device
     from ml_suite.tracking import setup_logging, close_logging, logger, WandbTracker, run_record, make_progress
     from ml_suite.checkpoint import load_checkpoint, load_weights, RunLock, REQUIRED_KEYS
@@ -152,7 +156,7 @@ def train(
     _init_distributed(dist, get_device(cfg.device, dist), cfg.dist_backend, cfg.dist_timeout_minutes)
     lock = refused = None
     try:
-        trainer = build_trainer(cfg, src, run_dir, dist, start)
+        trainer = build_trainer(cfg, src, run_dir, dist, start, compute_stats=plan == 'fresh')
         # -- nothing was written before this point --
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -215,18 +219,21 @@ def train(
 # %% ../nbs/10_train.ipynb #cdc0bfa0
 def dry_run(config, overrides=(), out=print)->dict:
     "Check that `config` can train: build everything, one forward/backward pass; print a summary; write nothing."
-    import torch
-    from ml_suite.optim import build_lr_scheduler
-    cfg, src = load_config(config, overrides)
-    run_dir = resolve_run_dir(cfg, src)
-    t = build_trainer(cfg, src, run_dir=None)
-    x, y = next(t.train_data)
-    with t.autocast(): loss = t.criterion(t.model(x.to(t.device)), y.to(t.device))
-    loss.backward()
-    params = list(t.raw_model.parameters())
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.learning_rate)
-    sched, lrs = build_lr_scheduler(opt, stages(cfg), cfg.total_updates), []
-    for _ in range(cfg.total_updates): lrs.append(opt.param_groups[0]['lr']); opt.step(); sched.step()
+    import torch, warnings
+    from ml_suite.optim import build_lr_scheduler, without_dynamo_import
+    with without_dynamo_import():   # no optimizer steps here: the compiler's import would double the start-up
+        cfg, src = load_config(config, overrides)
+        run_dir = resolve_run_dir(cfg, src)
+        t = build_trainer(cfg, src, run_dir=None, compute_stats=False)   # statistics: at the start of training
+        x, y = next(t.train_data)
+        with t.autocast(): loss = t.criterion(t.model(x.to(t.device)), y.to(t.device))
+        loss.backward()
+        params = list(t.raw_model.parameters())
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.learning_rate)
+        sched, lrs = build_lr_scheduler(opt, stages(cfg), cfg.total_updates), []
+        with warnings.catch_warnings():   # "scheduler.step() before optimizer.step()": the schedule does not depend on it
+            warnings.simplefilter('ignore', UserWarning)
+            for _ in range(cfg.total_updates): lrs.append(opt.param_groups[0]['lr']); sched.step()
     marks = sorted({0, cfg.total_updates // 4, cfg.total_updates // 2, 3 * cfg.total_updates // 4, cfg.total_updates - 1})
     info = {'run_dir': str(run_dir), 'model': type(t.raw_model).__name__, 'parameters': sum(p.numel() for p in params),
             'size_mb': sum(p.numel() * p.element_size() for p in params) / 1e6, 'device': str(t.device),
@@ -311,7 +318,8 @@ def _main(argv=None)->int:
     if config is None: p.error("give a config file: ml-suite-train CONFIG [key=value ...]")
     try:
         if a.dry_run: dry_run(config, args); return EXIT_OK
-        t = train(config, args)
+        from ml_suite.timekeeper import process_start
+        t = train(config, args, start_time=process_start())   # the budget counts the interpreter's start-up too
     except (ConfigError, RunError) as e:
         print(f"ml-suite-train: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -43,7 +43,7 @@ class Trainer:
                  model:torch.nn.Module,
                  criterion,                       # loss(pred, target) -> scalar
                  optimizer:torch.optim.Optimizer,
-                 scheduler,                       # steps once per update
+                 scheduler,                       # steps once per update (None: a constant learning rate)
                  train_data,                      # endless (input, target) batches with state_dict (a `BatchStream`)
                  val_data=None,                   # an iterable of (input, target) batches, or None
                  evaluator=None,                  # an `Evaluator`, or None
@@ -63,6 +63,7 @@ class Trainer:
                  keep_last:int=0,                 # keep only the newest this many epoch_N.pt (0: all)
                  every_updates:int=0,             # also checkpoint every this many updates (0: off)
                  every_minutes:float=0.0,         # also checkpoint every this many minutes (0: off)
+                 background_save:bool=True,       # fsync and rename checkpoints in a background thread
                  start_time:float|None=None,      # `time.monotonic()` at process start
                  requeue_signals=('SIGUSR1', 'SIGUSR2'),  # stop, save and requeue
                  exit_signals=('SIGTERM',),       # stop, save and exit
@@ -84,7 +85,7 @@ class Trainer:
         self.amp, self.amp_dtype = amp, {'bfloat16': torch.bfloat16, 'float16': torch.float16}[precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp and precision == 'float16')
         self.log_every, self.config, self.save_every_epochs = log_every, config, save_every_epochs
-        self.every_updates, self.every_minutes = every_updates, every_minutes
+        self.every_updates, self.every_minutes, self.background_save = every_updates, every_minutes, background_save
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.checkpointer = Checkpointer(self.run_dir, keep_last) if self.run_dir else None
         self._ctrl = None
@@ -97,39 +98,50 @@ class Trainer:
         self.updates, self.samples, self.best_val_loss = 0, 0, math.inf
         self.history, self.stop_reason, self.stop_action, self.trackers = [], None, None, []
         self.progress, self.wandb_id, self._unsent = None, None, []   # rows wait in `_unsent` for their checkpoint
+        self._covered = []   # rows whose checkpoint is being made durable in the background
         self._loss_sum, self._loss_n, self._tick = torch.zeros((), device=self.device), 0, None
+        self._losses = []   # detached per-update losses, summed into `_loss_sum` in batches (see `train_step`)
         self._last_save = time.monotonic()
         self.normalizer = normalizer
 
     def autocast(self):
         "The mixed-precision context of the forward pass (a no-op without `amp`)."
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+        if not self.amp: return nullcontext()   # cheaper than a disabled autocast: this runs every update
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 # %% ../nbs/09_trainer.ipynb #b0947c74
 @patch
 def train_step(self:Trainer, batches:list)->None:
     "One gradient update from the micro-batches `batches`."
-    self.model.train()
+    if not self.model.training: self.model.train()   # validation leaves it in eval mode
     n = len(batches)
     for i, (x, y) in enumerate(batches):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         sync = i == n - 1 or not hasattr(self.model, 'no_sync')   # DDP all-reduces on the last micro-batch only
         with (nullcontext() if sync else self.model.no_sync()), self.autocast():
-            loss = self.criterion(self.model(x), y) / n
+            loss = self.criterion(self.model(x), y)
+            if n > 1: loss = loss / n
         self.scaler.scale(loss).backward()
-        self._loss_sum += loss.detach()
+        self._losses.append(loss.detach())
         self.samples += len(x) * self.dist.world_size
+    if len(self._losses) >= 64: self._sum_losses()
     self.scaler.unscale_(self.optimizer)
-    params = [p for p in self.raw_model.parameters() if p.grad is not None]
-    if self.max_grad_norm: self.grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-    elif self._will_log(): self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if self.max_grad_norm or self._will_log():
+        params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        if self.max_grad_norm: self.grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        else: self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     self.lr = self.optimizer.param_groups[0]['lr']                 # the LR this update used
     self.scaler.step(self.optimizer)
     self.scaler.update()
     self.optimizer.zero_grad(set_to_none=True)
-    self.scheduler.step()
+    if self.scheduler is not None: self.scheduler.step()
     self.updates += 1
     self._loss_n += 1
+
+@patch
+def _sum_losses(self:Trainer):
+    "Add the collected per-update losses to `_loss_sum` (one stack and sum instead of one addition per update)."
+    if self._losses: self._loss_sum += torch.stack(self._losses).sum(); self._losses.clear()
 
 # %% ../nbs/09_trainer.ipynb #3762d7e6
 @patch
@@ -161,6 +173,7 @@ def fit(self:Trainer)->'Trainer':
         self.save(validated=False)
     else: logger.info(f"finished {self.total_updates} updates; best val_loss {self.best_val_loss:.6g}")
     hpc.clear_stop_requests()
+    self.wait_for_save()                              # the last checkpoint is durable before `fit` returns
     if self.progress: self.progress.close()
     self._send(); self.trackers, closing = [], self.trackers
     for t in closing: t.close()
@@ -212,6 +225,7 @@ def validate(self:Trainer)->dict:
 @patch
 def log(self:Trainer, val:dict|None=None):
     "Write one row (train loss, LR, throughput, validation metrics) to the log, metrics.jsonl and trackers."
+    self._sum_losses()
     loss = all_reduce_sum(torch.stack([self._loss_sum.detach().double(), torch.tensor(float(self._loss_n), device=self._loss_sum.device, dtype=torch.float64)]))
     now, n = time.monotonic(), self._loss_n
     row = {'update': self.updates, 'train_loss': (loss[0] / loss[1]).item() if n else None, 'lr': self.lr,
@@ -242,18 +256,29 @@ def _send(self:Trainer):
 
 @patch
 def save(self:Trainer, validated:bool=False):
-    "Write latest.pt (and best.pt, epoch_N.pt where due), from the main process only."
+    "Write latest.pt (and best.pt, epoch_N.pt where due), from the main process only; the fsync and rename finish in the background."
     if self.checkpointer is None: return
     state = self.state_dict()                        # every rank: RNG states are gathered
     self._last_save = time.monotonic()
     if not self.dist.is_main: return
-    t0 = time.monotonic()
+    self.wait_for_save()                             # the previous checkpoint is durable before the next starts
     epoch = self.updates // self.updates_per_epoch
     numbered = (validated and self.save_every_epochs and self.updates % self.updates_per_epoch == 0
                 and epoch % self.save_every_epochs == 0)
-    self.checkpointer.save(state, best=validated and getattr(self, '_improved', False), epoch=epoch if numbered else None)
-    self.timekeeper.record('save', time.monotonic() - t0)
-    self._send()
+    self.checkpointer.save(state, best=validated and getattr(self, '_improved', False), epoch=epoch if numbered else None,
+                           background=self.background_save)
+    self._covered, self._unsent = self._covered + self._unsent, []
+    if not self.background_save: self.wait_for_save()
+
+@patch
+def wait_for_save(self:Trainer):
+    "Wait until the last checkpoint is durable; record what it cost, and hand the rows it covers to the trackers."
+    if self.checkpointer is None: return
+    secs = self.checkpointer.wait()
+    if secs is not None: self.timekeeper.record('save', secs)   # plan with the cost until durable, not the stall
+    for row in self._covered:
+        for t in self.trackers: t.log(row)
+    self._covered = []
 
 # %% ../nbs/09_trainer.ipynb #a3074b45
 @patch
@@ -266,7 +291,7 @@ def state_dict(self:Trainer)->dict:
         tdist.all_gather_object(rng, get_rng_state())
     import ml_suite
     return {'format': 1, 'model': unwrap_model(self.model).state_dict(), 'optimizer': self.optimizer.state_dict(),
-            'scheduler': self.scheduler.state_dict(), 'scaler': self.scaler.state_dict(),
+            'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None, 'scaler': self.scaler.state_dict(),
             'updates': self.updates, 'samples': self.samples, 'best_val_loss': self.best_val_loss,
             'data': self.train_data.state_dict() if hasattr(self.train_data, 'state_dict') else {},
             'rng': rng, 'world_size': self.dist.world_size, 'config': self.config, 'timekeeper': self.timekeeper.state_dict(),
@@ -278,7 +303,7 @@ def load_state_dict(self:Trainer, sd:dict):
     "Restore the state saved by `state_dict` (the full state: resume)."
     load_weights(self.model, sd['model'])
     self.optimizer.load_state_dict(sd['optimizer'])
-    self.scheduler.load_state_dict(sd['scheduler'])
+    if self.scheduler is not None: self.scheduler.load_state_dict(sd['scheduler'])
     self.scaler.load_state_dict(sd['scaler'])
     self.updates, self.samples, self.best_val_loss = sd['updates'], sd['samples'], sd['best_val_loss']
     data, old_world = dict(sd['data']), sd.get('world_size', 1)

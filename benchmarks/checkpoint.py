@@ -1,0 +1,120 @@
+"""Checkpoint cost: ml_suite's durable save, the training loop's stall per checkpoint, and load, each against plain PyTorch.
+
+A training state of about `--mb` MB (a stack of linear layers with Adam's moments, as `Trainer.state_dict()` holds it)
+is written to and read from one folder (`--dir`, default a temporary folder under the current directory, so the disk
+under test is the one the runs use). The variants take turns in every round; before each timed write the previous
+files are removed and `os.sync()` runs, outside the timing, so no write pays for another's dirty pages. Reported: the
+median over `--rounds` rounds of each variant and the median of the per-round ratios.
+
+    uv run python benchmarks/checkpoint.py                 # ~250 MB, 5 rounds
+    uv run python benchmarks/checkpoint.py --mb 20 --rounds 2
+
+- durable save: `save_checkpoint` (temporary file, fsync, rename, folder fsync) vs `torch.save` then fsync;
+- stall: `Trainer.save()` with the flush, rename and links in the background vs a plain `torch.save` without fsync;
+  the time until the checkpoint is durable is reported too;
+- load: `load_checkpoint` vs `torch.load` (both `weights_only`, from the page cache: the file was just written).
+"""
+from __future__ import annotations
+import argparse, json, os, shutil, statistics, sys, tempfile, time
+from pathlib import Path
+
+
+def make_trainer(mb:float, run_dir:Path):
+    "A `Trainer` whose `state_dict()` is about `mb` MB: square linear layers (1024 wide) with Adam's two moments."
+    import torch
+    from ml_suite.trainer import Trainer
+    side = 1024 if mb >= 13 else max(16, int((mb * 1e6 / 12) ** 0.5))   # smaller layers for a tiny state
+    layers = max(1, round(mb * 1e6 / (3 * 4 * (side * side + side))))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(side, side) for _ in range(layers)])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(8, side)
+    batches = iter(lambda: (x, x), None)
+    t = Trainer(model, torch.nn.MSELoss(), opt, None, batches, total_updates=10 ** 9, run_dir=run_dir, log_every=10 ** 9)
+    t.train_step([next(batches)])   # Adam's moments exist from the first step
+    return t
+
+
+def state_mb(state)->float:
+    import torch
+    def size(o):
+        if isinstance(o, torch.Tensor): return o.numel() * o.element_size()
+        if isinstance(o, dict): return sum(size(v) for v in o.values())
+        if isinstance(o, (list, tuple)): return sum(size(v) for v in o)
+        return 0
+    return size(state) / 1e6
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--mb', type=float, default=250)
+    p.add_argument('--rounds', type=int, default=5)
+    p.add_argument('--dir', help='folder to write in (default: a temporary folder under the current directory)')
+    p.add_argument('--json', help='also write the results here')
+    a = p.parse_args(argv)
+    import torch
+    from ml_suite.checkpoint import save_checkpoint, load_checkpoint, REQUIRED_KEYS
+    root = Path(tempfile.mkdtemp(prefix='ckpt-bench-', dir=a.dir or '.'))
+    try:
+        t = make_trainer(a.mb, root / 'run')
+        (root / 'run').mkdir()
+        state = t.state_dict()
+        mb = state_mb(state)
+
+        def fresh():   # outside the timing: no files, no dirty pages left by the previous variant
+            for f in list((root / 'run').iterdir()) + list(root.glob('*.pt')): f.unlink()
+            os.sync()
+
+        def plain_save():
+            torch.save(state, root / 'plain.pt')
+
+        def plain_durable():   # by name, then fsync: the faster of the two ways to call torch.save
+            torch.save(state, root / 'plain.pt')
+            fd = os.open(root / 'plain.pt', os.O_RDONLY)
+            try: os.fsync(fd)
+            finally: os.close(fd)
+
+        def ml_suite_durable():
+            save_checkpoint(state, root / 'ml_suite.pt')
+
+        times = {k: [] for k in ('plain torch.save', 'plain torch.save + fsync', 'ml_suite save_checkpoint',
+                                 'ml_suite Trainer.save stall', 'ml_suite Trainer.save until durable',
+                                 'plain torch.load', 'ml_suite load_checkpoint')}
+        for r in range(a.rounds):
+            order = [plain_save, plain_durable, ml_suite_durable, 'stall']
+            order = order[r % len(order):] + order[:r % len(order)]   # alternate who goes first
+            for fn in order:
+                fresh()
+                t0 = time.perf_counter()
+                if fn == 'stall':
+                    t.save()                                       # what the training loop waits for
+                    t1 = time.perf_counter(); t.checkpointer.wait()  # the flush and rename finish in the background
+                    times['ml_suite Trainer.save stall'].append(t1 - t0)
+                    times['ml_suite Trainer.save until durable'].append(time.perf_counter() - t0)
+                else:
+                    fn(); times[{plain_save: 'plain torch.save', plain_durable: 'plain torch.save + fsync',
+                                 ml_suite_durable: 'ml_suite save_checkpoint'}[fn]].append(time.perf_counter() - t0)
+            save_checkpoint(state, root / 'load.pt')
+            for name in (['plain torch.load', 'ml_suite load_checkpoint'] if r % 2 == 0 else ['ml_suite load_checkpoint', 'plain torch.load']):
+                t0 = time.perf_counter()
+                if name == 'plain torch.load': torch.load(root / 'load.pt', weights_only=True)
+                else: load_checkpoint(root / 'load.pt', required=REQUIRED_KEYS)
+                times[name].append(time.perf_counter() - t0)
+            print(f"round {r + 1}/{a.rounds}: " + ', '.join(f"{k} {v[-1]:.3f} s" for k, v in times.items()), file=sys.stderr)
+    finally: shutil.rmtree(root, ignore_errors=True)
+
+    def ratio(a_, b_): return statistics.median(x / y for x, y in zip(times[a_], times[b_]))
+    res = {'state_mb': mb, 'rounds': a.rounds, 'median_s': {k: statistics.median(v) for k, v in times.items()},
+           'ratios': {'durable save: save_checkpoint / (torch.save + fsync)': ratio('ml_suite save_checkpoint', 'plain torch.save + fsync'),
+                      'stall: Trainer.save / torch.save': ratio('ml_suite Trainer.save stall', 'plain torch.save'),
+                      'until durable: Trainer.save + flush / (torch.save + fsync)': ratio('ml_suite Trainer.save until durable', 'plain torch.save + fsync'),
+                      'load: load_checkpoint / torch.load': ratio('ml_suite load_checkpoint', 'plain torch.load')}}
+    print(f"training state {mb:.0f} MB, {a.rounds} rounds, medians\n| what | seconds |\n|---|---|\n"
+          + '\n'.join(f"| {k} | {v:.3f} |" for k, v in res['median_s'].items())
+          + "\n\n| ratio (median of per-round ratios) | value |\n|---|---|\n"
+          + '\n'.join(f"| {k} | {v:.3f} |" for k, v in res['ratios'].items()))
+    if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == '__main__': sys.exit(main())

@@ -1,0 +1,274 @@
+"""Per-update overhead on CPU: a hand-written PyTorch loop vs ml_suite's Trainer vs PyTorch Lightning's Trainer.
+
+The same 3-layer MLP, batch, data, seed and optimizer for all three, one thread. The machine this was written on is
+shared and noisy, so the plain loop and a contender take turns *inside one process*: every `--block` updates of the
+contender, the contender's data iterator runs `--block` updates of the plain loop (its own model and optimizer).
+Both record a timestamp after every update; intervals that span a switch are dropped, as are the first `--warmup`
+updates. Reported, per process and then as the median over `--rounds` processes: the median per-update time of each
+(the issue's measure), the mean per update (which counts validations and checkpoints), and their ratios to the plain
+loop measured alongside. Whether the final weights are bitwise equal to the plain loop's is checked in the same
+process. Peak resident memory comes from separate processes that run one contender alone.
+
+    uv run python benchmarks/overhead.py                       # train only, 5 rounds
+    uv run python benchmarks/overhead.py --mode val --every 100  # with validation every 100 updates
+    uv run python benchmarks/overhead.py --mode ckpt --every 100 # with a checkpoint every 100 updates
+
+Lightning comes from the benchmark-only extra: `uv sync --extra bench`. Without it, Lightning's column is skipped.
+"""
+from __future__ import annotations
+import argparse, hashlib, json, os, resource, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+CONTENDERS = ('plain', 'ml_suite', 'lightning')
+
+
+def make_setup(seed:int, in_features:int, hidden:int, outputs:int, batch:int, n_batches:int, n_val:int):
+    "The model, optimizer and data every contender starts from: same seed, same tensors."
+    import torch
+    g = torch.Generator().manual_seed(seed + 1)
+    unique = [(torch.randn(batch, in_features, generator=g), torch.randn(batch, outputs, generator=g)) for _ in range(64)]
+    val = [(torch.randn(batch, in_features, generator=g), torch.randn(batch, outputs, generator=g)) for _ in range(n_val)]
+    data = [unique[i % len(unique)] for i in range(n_batches)]  # one long epoch of the same 64 batches
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(in_features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                                torch.nn.ReLU(), torch.nn.Linear(hidden, outputs))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return model, opt, torch.nn.MSELoss(), data, val
+
+
+def plain_steps(model, opt, crit, data, val, mode, every, ckpt_dir, stamps):
+    "The hand-written loop, as a generator that pauses after each update."
+    import torch
+    model.train()
+    for step, (x, y) in enumerate(data, 1):
+        loss = crit(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if mode == 'val' and step % every == 0:
+            model.eval()
+            with torch.no_grad(): vl = sum(crit(model(vx), vy).item() * len(vx) for vx, vy in val) / sum(len(vx) for vx, _ in val)
+            model.train()
+        if mode == 'ckpt' and step % every == 0:
+            torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'step': step}, Path(ckpt_dir) / 'last.pt')
+        stamps.append((time.perf_counter(), time.process_time()))
+        yield
+
+
+def run_plain(*args):
+    for _ in plain_steps(*args): pass
+
+
+class Interleaved:
+    "The contender's batches; every `block` of them, `block` updates of the plain loop run first."
+    def __init__(self, data:list, block:int, baseline, own:list, base:list):
+        self.data, self.block, self.baseline, self.own, self.base = data, block, baseline, own, base
+    def __len__(self): return len(self.data)
+    def __iter__(self):
+        for i, b in enumerate(self.data):
+            if i and i % self.block == 0:
+                self.own.append(None); self.base.append(None)   # the switch: no update interval spans it
+                for _ in range(self.block): next(self.baseline, None)
+            yield b
+
+
+class _Stamps:
+    "Stands in for the trainer's progress display: called after every update, it records the time."
+    def __init__(self, stamps:list): self.stamps, self.last = stamps, -1
+    def update(self, updates:int, row=None):
+        if updates != self.last: self.stamps.append((time.perf_counter(), time.process_time())); self.last = updates
+    def close(self): pass
+
+
+def run_ml_suite(model, opt, crit, data, val, mode, every, ckpt_dir, stamps):
+    from ml_suite.trainer import Trainer
+    from ml_suite.evaluator import Evaluator
+    n = len(data)
+    t = Trainer(model, crit, opt, None, iter(data), val_data=val if mode == 'val' else None,
+                evaluator=Evaluator(crit) if mode == 'val' else None, total_updates=n,
+                updates_per_epoch=every if mode == 'val' else n, log_every=n + 1,  # tracking off
+                run_dir=ckpt_dir if mode == 'ckpt' else None, every_updates=every if mode == 'ckpt' else 0)
+    t.progress = _Stamps(stamps)
+    t.fit()
+
+
+def run_lightning(model, opt, crit, data, val, mode, every, ckpt_dir, stamps):
+    import logging, warnings
+    import torch, lightning as L
+    for name in ('lightning', 'lightning.pytorch', 'lightning.fabric'): logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings('ignore')
+
+    class Module(L.LightningModule):
+        def __init__(self): super().__init__(); self.net = model
+        def training_step(self, batch, i): return crit(self.net(batch[0]), batch[1])
+        def validation_step(self, batch, i): return crit(self.net(batch[0]), batch[1])
+        def configure_optimizers(self): return opt
+
+    class Stamps(L.Callback):
+        def on_train_batch_end(self, *a): stamps.append((time.perf_counter(), time.process_time()))
+
+    cbs = [Stamps()]
+    if mode == 'ckpt':
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every, save_top_k=1))
+    tr = L.Trainer(accelerator='cpu', devices=1, max_steps=len(data), max_epochs=1, logger=False, callbacks=cbs,
+                   enable_checkpointing=mode == 'ckpt', enable_progress_bar=False, enable_model_summary=False,
+                   num_sanity_val_steps=0, limit_val_batches=len(val) if mode == 'val' else 0,
+                   val_check_interval=every if mode == 'val' else None, check_val_every_n_epoch=None if mode == 'val' else 1)
+    tr.fit(Module(), train_dataloaders=data if isinstance(data, Interleaved) else _Batches(data), val_dataloaders=_Batches(val) if mode == 'val' else None)
+
+
+class _Batches:
+    "The batch list as one iterable (Lightning reads a bare list as a list of loaders)."
+    def __init__(self, batches:list): self.batches = batches
+    def __iter__(self): return iter(self.batches)
+    def __len__(self): return len(self.batches)
+
+
+def intervals(stamps:list, warmup:int, clock:int=0)->list[list[float]]:
+    "Per-update durations (`clock` 0: wall, 1: CPU) after the first `warmup` updates, one list per block (None marks a switch)."
+    blocks, cur, n, prev = [], [], 0, None
+    for t in stamps:
+        if t is None: prev = None; blocks.append(cur) if cur else None; cur = []; continue
+        n += 1
+        if prev is not None and n > warmup: cur.append(t[clock] - prev[clock])
+        prev = t
+    if cur: blocks.append(cur)
+    return blocks
+
+
+def sha(model)->str:
+    import torch
+    return hashlib.sha256(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().tobytes()).hexdigest()
+
+
+def one(a)->dict:
+    "Run one contender in this process (with the plain loop interleaved, or alone) and return its measurements."
+    import torch
+    torch.set_num_threads(1)
+    if a.contender == 'ml_suite': import ml_suite.trainer, ml_suite.evaluator  # imported before the memory baseline, as torch is
+    if a.contender == 'lightning': import lightning
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = a.warmup + a.updates
+    model, opt, crit, data, val = make_setup(a.seed, a.in_features, a.hidden, a.outputs, a.batch, n, a.val_batches)
+    own, base = [], []
+    with tempfile.TemporaryDirectory() as d:
+        if a.alone: run_fn, feed = RUN[a.contender], data
+        else:
+            pm, po, _, pdata, _ = make_setup(a.seed, a.in_features, a.hidden, a.outputs, a.batch, n, a.val_batches)
+            Path(d, 'plain').mkdir()
+            baseline = plain_steps(pm, po, crit, pdata, val, a.mode, a.every, Path(d, 'plain'), base)
+            run_fn, feed = RUN[a.contender], Interleaved(data, a.block, baseline, own, base)
+        run_fn(model, opt, crit, feed, val, a.mode, a.every, d, own)
+        if base: 
+            for _ in baseline: pass   # the plain loop finishes its updates too
+    res = {'contender': a.contender, 'alone': a.alone,
+           'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'rss_before_mb': rss0 / 1024,
+           'weights_sha256': sha(model)}
+    real = [t for t in own if t is not None]
+    assert len(real) == n, f"{a.contender} recorded {len(real)} updates, expected {n}"
+    if base:
+        flat = lambda bs: [x for b in bs for x in b]
+        for clock, pre in ((0, ''), (1, 'cpu_')):   # wall clock, and this process's CPU time (what neighbours cannot take)
+            ob, bb = intervals(own, a.warmup, clock), intervals(base, a.warmup, clock)
+            res.update({pre + 'median_s': statistics.median(flat(ob)), pre + 'base_median_s': statistics.median(flat(bb)),
+                        pre + 'mean_s': statistics.median(statistics.fmean(b) for b in ob),
+                        pre + 'base_mean_s': statistics.median(statistics.fmean(b) for b in bb),
+                        pre + 'mean_ratio': statistics.median(statistics.fmean(o) / statistics.fmean(b) for o, b in zip(ob, bb))})
+            res[pre + 'median_ratio'] = res[pre + 'median_s'] / res[pre + 'base_median_s']
+        res.update(blocks=min(len(ob), len(bb)), weights_equal_plain=sha(model) == sha(pm))
+    return res
+
+
+RUN = {'plain': run_plain, 'ml_suite': run_ml_suite, 'lightning': run_lightning}
+
+
+def available(name:str)->bool:
+    if name != 'lightning': return True
+    import importlib.util
+    return importlib.util.find_spec('lightning') is not None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--mode', choices=('train', 'val', 'ckpt'), default='train', help='train only, or with validation / checkpoints every --every updates')
+    p.add_argument('--every', type=int, default=100)
+    p.add_argument('--rounds', type=int, default=5, help='processes per contender (each interleaves many blocks)')
+    p.add_argument('--updates', type=int, default=600, help='timed updates per contender and process')
+    p.add_argument('--warmup', type=int, default=100, help='untimed updates first')
+    p.add_argument('--block', type=int, default=50, help='updates per turn before switching')
+    p.add_argument('--in-features', type=int, default=784)
+    p.add_argument('--hidden', type=int, default=128)
+    p.add_argument('--outputs', type=int, default=10)
+    p.add_argument('--batch', type=int, default=64)
+    p.add_argument('--val-batches', type=int, default=10)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--contenders', default='plain,ml_suite,lightning',
+                   help='plain: the loop against itself (an A/A check: the resolution of the measurement)')
+    p.add_argument('--json', help='also write the results here')
+    p.add_argument('--contender', help=argparse.SUPPRESS)  # internal: run one contender in this process
+    p.add_argument('--alone', action='store_true', help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.contender: print(json.dumps(one(a))); return 0
+
+    names = [c for c in a.contenders.split(',') if available(c)]
+    skipped = [c for c in a.contenders.split(',') if c not in names]
+    if skipped: print(f"skipped (not installed): {', '.join(skipped)}; install with `uv sync --extra bench`", file=sys.stderr)
+    passthrough = [f'--{k.replace("_", "-")}={v}' for k, v in vars(a).items()
+                   if k in ('mode', 'every', 'updates', 'warmup', 'block', 'in_features', 'hidden', 'outputs', 'batch', 'val_batches', 'seed')]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    def run(c, *extra):
+        out = subprocess.run([sys.executable, __file__, f'--contender={c}', *passthrough, *extra], env=env, capture_output=True, text=True)
+        if out.returncode: raise SystemExit(f"{c} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    runs = {c: [] for c in names}
+    for r in range(a.rounds):
+        for c in names[r % len(names):] + names[:r % len(names)]:  # alternate who goes first
+            runs[c].append(run(c))
+            x = runs[c][-1]
+            print(f"round {r + 1}/{a.rounds} {c}: wall median {x['median_s'] * 1e6:.0f} us vs plain {x['base_median_s'] * 1e6:.0f} us "
+                  f"(ratio {x['median_ratio']:.3f}), mean ratio {x['mean_ratio']:.3f}; CPU median ratio {x['cpu_median_ratio']:.3f}, "
+                  f"mean ratio {x['cpu_mean_ratio']:.3f}", file=sys.stderr)
+    alone = {c: run(c, '--alone') for c in dict.fromkeys(['plain', *names])}
+    res = summarize(runs, alone, a)
+    print(format_table(res))
+    if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def summarize(runs:dict, alone:dict, a)->dict:
+    med = statistics.median
+    out = {'mode': a.mode, 'every': a.every, 'rounds': a.rounds, 'updates': a.updates, 'warmup': a.warmup, 'block': a.block,
+           'model': f"MLP {a.in_features}-{a.hidden}-{a.hidden}-{a.outputs}, batch {a.batch}, MSE, Adam, 1 thread", 'contenders': {}}
+    p0 = alone['plain']
+    for c, rs in runs.items():
+        m = alone[c]
+        out['contenders'][c] = r = {}
+        for pre in ('', 'cpu_'):
+            r.update({pre + 'median_us': med(x[pre + 'median_s'] for x in rs) * 1e6, pre + 'mean_us': med(x[pre + 'mean_s'] for x in rs) * 1e6,
+                      pre + 'base_median_us': med(x[pre + 'base_median_s'] for x in rs) * 1e6})
+            for k in ('median_ratio', 'mean_ratio'):
+                r[pre + k], r[pre + k + '_range'] = med(x[pre + k] for x in rs), [min(x[pre + k] for x in rs), max(x[pre + k] for x in rs)]
+        r.update({
+            'peak_rss_mb': m['peak_rss_mb'], 'peak_rss_ratio': m['peak_rss_mb'] / p0['peak_rss_mb'],
+            'train_rss_mb': m['peak_rss_mb'] - m['rss_before_mb'],
+            'weights_equal_plain': all(x['weights_equal_plain'] for x in rs) and m['weights_sha256'] == p0['weights_sha256']})
+    return out
+
+
+def format_table(res:dict)->str:
+    def rr(r, k): return f"{r[k]:.3f} [{r[k + '_range'][0]:.3f}, {r[k + '_range'][1]:.3f}]"
+    lines = [f"{res['model']}; mode {res['mode']}" + (f" every {res['every']}" if res['mode'] != 'train' else '')
+             + f"; {res['rounds']} processes per contender, each {res['updates']} timed updates (after {res['warmup']}) "
+               f"alternating with the plain loop every {res['block']}; medians over processes [min, max]",
+             '| contender | median per update (CPU) | ratio to plain: median (CPU) | mean (CPU) | median (wall) | mean (wall) '
+             '| peak RSS alone (ratio) | RSS growth in training | weights == plain |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for c, r in res['contenders'].items():
+        lines.append(f"| {'plain (A/A: against itself)' if c == 'plain' else c} | {r['cpu_median_us']:.0f} us (plain {r['cpu_base_median_us']:.0f} us) "
+                     f"| {rr(r, 'cpu_median_ratio')} | {rr(r, 'cpu_mean_ratio')} | {rr(r, 'median_ratio')} | {rr(r, 'mean_ratio')} "
+                     f"| {r['peak_rss_mb']:.0f} MB ({r['peak_rss_ratio']:.3f}) | {r['train_rss_mb']:.1f} MB | {r['weights_equal_plain']} |")
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__': sys.exit(main())

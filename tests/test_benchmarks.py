@@ -1,0 +1,68 @@
+"""Smoke tests of benchmarks/: each benchmark starts and produces its table at a tiny size (seconds, not minutes).
+
+The numbers themselves are not checked here (the machine is shared and noisy); what is checked could fail: the
+scripts run, the ml_suite Trainer ends with the plain loop's weights bit for bit, a background checkpoint is durable
+and named when `Trainer.save` has been waited for, and a dry run does not load the compiler.
+"""
+import json, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / 'benchmarks'
+
+
+def run(*args, timeout=300):
+    out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_overhead_runs_and_ml_suite_matches_the_plain_loop_bitwise(tmp_path):
+    out = run(BENCH / 'overhead.py', '--rounds=1', '--updates=30', '--warmup=5', '--block=10', '--in-features=16',
+              '--hidden=16', '--contenders=ml_suite', f'--json={tmp_path / "r.json"}')
+    assert '| ml_suite |' in out
+    res = json.loads((tmp_path / 'r.json').read_text())['contenders']['ml_suite']
+    assert res['weights_equal_plain'] is True
+    assert res['median_ratio'] > 0
+
+
+@pytest.mark.parametrize('mode', ['val', 'ckpt'])
+def test_overhead_with_validation_and_checkpoints(mode):
+    out = run(BENCH / 'overhead.py', '--contender=ml_suite', f'--mode={mode}', '--every=10', '--updates=30', '--warmup=5',
+              '--block=10', '--in-features=16', '--hidden=16')
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res['weights_equal_plain'] is True and res['blocks'] >= 2
+
+
+def test_checkpoint_benchmark_runs(tmp_path):
+    out = run(BENCH / 'checkpoint.py', '--mb=2', '--rounds=1', f'--dir={tmp_path}', f'--json={tmp_path / "r.json"}')
+    assert 'stall: Trainer.save / torch.save' in out
+    res = json.loads((tmp_path / 'r.json').read_text())
+    assert 1 < res['state_mb'] < 4
+    assert list(tmp_path.iterdir()) == [tmp_path / 'r.json']   # nothing left behind
+
+
+def test_gpu_script_runs_on_cpu_at_a_tiny_size(tmp_path):
+    out = run(BENCH / 'gpu.py', '--device=cpu', '--size=16', '--width=4', '--depth=1', '--batch=2', '--steps=1',
+              '--warmup=1', '--no-compile', '--matmul-n=64', f'--json={tmp_path / "r.json"}')
+    assert '| bf16 autocast |' in out
+    res = json.loads((tmp_path / 'r.json').read_text())
+    assert res['step_flops'] > 0 and all(r['mfu'] > 0 for r in res['rows'])
+
+
+def test_startup_benchmark_runs_and_dry_run_skips_the_compiler(tmp_path):
+    out = run(BENCH / 'startup.py', '--rounds=1', '--limit-runs=0')
+    assert 'dry run' in out and 'import torch' in out
+    code = ("import sys; from ml_suite.train import dry_run\n"
+            f"dry_run({str(ROOT / 'configs' / 'quickstart.yml')!r}, out=lambda s: None)\n"
+            "print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy', 'wandb', 'matplotlib') if m in sys.modules))")
+    assert run('-c', code).strip() == '[]'
+
+
+@pytest.mark.slow
+def test_a_time_limited_run_stops_in_time_with_a_checkpoint(tmp_path):
+    run(BENCH / 'startup.py', '--rounds=0', '--limit=30', '--limit-runs=1', f'--json={tmp_path / "r.json"}', timeout=120)
+    res = json.loads((tmp_path / 'r.json').read_text())['time_limit']
+    assert res['all_stopped_with_checkpoint'], res
+    assert res['worst_wall_fraction'] <= 1.0, res
