@@ -114,25 +114,25 @@ class Trainer:
 def train_step(self:Trainer, batches:list)->None:
     "One gradient update from the micro-batches `batches`."
     if not self.model.training: self.model.train()   # validation leaves it in eval mode
-    n = len(batches)
+    n, fp16 = len(batches), self.scaler.is_enabled()           # fp16: the gradient scaler takes part
     for i, (x, y) in enumerate(batches):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         sync = i == n - 1 or not hasattr(self.model, 'no_sync')   # DDP all-reduces on the last micro-batch only
         with (nullcontext() if sync else self.model.no_sync()), self.autocast():
             loss = self.criterion(self.model(x), y)
             if n > 1: loss = loss / n
-        self.scaler.scale(loss).backward()
+        (self.scaler.scale(loss) if fp16 else loss).backward()
         self._losses.append(loss.detach())
         self.samples += len(x) * self.dist.world_size
     if len(self._losses) >= 64: self._sum_losses()
-    self.scaler.unscale_(self.optimizer)
+    if fp16: self.scaler.unscale_(self.optimizer)                # true gradients for clipping and the logged norm
     if self.max_grad_norm or self._will_log():
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
         if self.max_grad_norm: self.grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         else: self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     self.lr = self.optimizer.param_groups[0]['lr']                 # the LR this update used
-    self.scaler.step(self.optimizer)
-    self.scaler.update()
+    if fp16: self.scaler.step(self.optimizer); self.scaler.update()   # skips the step if a gradient overflowed
+    else: self.optimizer.step()
     self.optimizer.zero_grad(set_to_none=True)
     if self.scheduler is not None: self.scheduler.step()
     self.updates += 1
@@ -194,8 +194,10 @@ def _should_stop(self:Trainer)->bool:
     "Agree with the other ranks whether to stop now (signal, time limit), and save first if a timed save is due."
     req = hpc.stop_request()
     act = req[1] if req else None
-    requeue, exit_, interrupt, late, save_now = self._agree(act == 'requeue', act == 'exit', act == 'interrupt',
-        self.timekeeper.should_stop(self._is_val_update(self.updates + 1)), self._minutes_due())
+    late = self.timekeeper.limit is not None and self.timekeeper.should_stop(self._is_val_update(self.updates + 1))
+    flags = (act == 'requeue', act == 'exit', act == 'interrupt', late, self._minutes_due())
+    if self._ctrl is None and not any(flags): return False   # one process and nothing to do: the usual case, kept cheap
+    requeue, exit_, interrupt, late, save_now = self._agree(*flags)
     if requeue or exit_ or interrupt or late:
         self.stop_action = 'requeue' if requeue or late else 'exit' if exit_ else 'interrupt'
         self.stop_reason = req[0] if req else 'time limit' if late else 'a signal on another rank'
