@@ -6,18 +6,18 @@ Docs: https://ml-suite.github.io/ml_suite/config.html.md"""
 
 # %% ../nbs/05_config.ipynb #e1a82d9f
 from __future__ import annotations
-import copy, inspect, os, re, typing
+import copy, inspect, os, re, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
 from typing import Literal, Optional, Union
 import yaml
-from .core import ConfigError, did_you_mean, resolve_object, check_kwargs
+from .core import ConfigError, did_you_mean, resolve_object, check_kwargs, stage_lengths
 
 # %% auto #0
 __all__ = ['REQUIRED', 'DatasetConfig', 'ModelConfig', 'OptimizerConfig', 'StageConfig', 'SchedulerConfig', 'CheckpointConfig',
            'PreemptionConfig', 'WandbConfig', 'Config', 'Source', 'read_yaml', 'read_dotenv', 'load_dotenv',
-           'expand_env', 'apply_overrides', 'from_dict', 'parse_time_limit', 'stages', 'validate_config', 'load_config',
-           'config_to_dict']
+           'expand_env', 'apply_overrides', 'from_dict', 'parse_time_limit', 'stages', 'check_values',
+           'validate_config', 'load_config', 'config_to_dict']
 
 # %% ../nbs/05_config.ipynb #4f5bea5a
 REQUIRED = object()  # marks a key without a default
@@ -161,7 +161,12 @@ def read_yaml(path:Path)->tuple[dict, dict]:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist (looked in {path.resolve().parent}). "
                           f"Check the path, or copy one of the files in configs/ there.")
-    text = path.read_text()
+    try: text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {e.object[e.start:e.start+1]!r} at position "
+                          f"{e.start}). Save it as UTF-8, as any editor can.") from None
+    except OSError as e:
+        raise ConfigError(f"config file '{path}' cannot be read: {e.strerror}. Check its permissions.") from None
     try:
         node, data = yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -264,7 +269,7 @@ def _describe(v)->str:
 def _coerce(v, tp, path, src):
     key, where = '.'.join(map(str, path)), src.where(path)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Union:
+    if origin in (Union, types.UnionType):   # Optional[int] and int | None alike
         if v is None and type(None) in args: return None
         errs = []
         for a in (a for a in args if a is not type(None)):
@@ -319,12 +324,14 @@ def from_dict(cls, data, path=(), src:Source=None):
                               f"Valid keys {sect_words}: {', '.join(names)}.")
     for f in fields(cls):
         if f.default is REQUIRED and f.name not in vals:
-            raise ConfigError(f"missing required key '{'.'.join(path + (f.name,))}'{src.where(path)}; add "
+            near = [k for k in extra if did_you_mean(k, [f.name])]   # a misspelt required key lands in kwargs
+            hint = f"; did you mean '{f.name}' instead of '{near[0]}'{src.where(path + (near[0],))}?" if near else ''
+            raise ConfigError(f"missing required key '{'.'.join(path + (f.name,))}'{src.where(path)}{hint}; add "
                               f"'{f.name}: ...' to {sect} (see configs/quickstart.yml for an example).")
     if has_kwargs: vals['kwargs'] = extra
     return cls(**vals)
 
-# %% ../nbs/05_config.ipynb #59a9fbf6
+# %% ../nbs/05_config.ipynb #bdb232e1
 def parse_time_limit(v, key:str='time_limit', where:str='')->Optional[float]:
     "Seconds in a time limit written as SLURM writes them: 'MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM[:SS]' (or seconds)."
     if v is None: return None
@@ -342,7 +349,7 @@ def parse_time_limit(v, key:str='time_limit', where:str='')->Optional[float]:
     raise ConfigError(f"{key}{where} must be a positive duration such as '12:00:00' (HH:MM:SS) or '1-00:00:00' "
                       f"(D-HH:MM:SS), got {v!r}.")
 
-# %% ../nbs/05_config.ipynb #08d9bd14
+# %% ../nbs/05_config.ipynb #48b1ccf3
 def _positive(cfg, src, *keys, allow_zero=False):
     for k in keys:
         obj, path = cfg, k.split('.')
@@ -358,14 +365,16 @@ def stages(cfg:Config)->list[dict]:
         if s is not None: out.append(dict(name=s.name, num_updates=s.num_updates, _key=k, **s.kwargs))
     return out
 
-# %% ../nbs/05_config.ipynb #48b1ccf3
-def validate_config(cfg:Config, src:Source)->Config:
-    "Check ranges, consistency and every name `cfg` refers to; raise `ConfigError` at the first problem."
-    import torch
-    from ml_suite.data import DATASETS
-    from ml_suite.models import MODELS
-    from ml_suite.losses import LOSSES, METRICS
-    from ml_suite.optim import build_optimizer, build_lr_scheduler, optimizer_class, scheduler_class, stage_lengths
+# %% ../nbs/05_config.ipynb #d04954c0
+def _callable(obj, key:str, where:str, value:str):
+    "`obj`, if it can be called (a class or a function); else a `ConfigError`."
+    if not callable(obj):
+        raise ConfigError(f"{key}{where} is '{value}', which is a {type(obj).__name__}, not a class or function. "
+                          f"Point it at the class (or a function that builds one).")
+    return obj
+
+def check_values(cfg:Config, src:Source)->Config:
+    "Check ranges, the rules between keys and import paths of `cfg`, without importing torch."
     w = lambda *p: src.where(p)
     _positive(cfg, src, 'batch_size', 'total_updates', 'updates_per_epoch', 'grad_accum_steps', 'val_batch_size', 'log_every')
     _positive(cfg, src, 'num_workers', 'checkpoint.save_every_epochs', 'checkpoint.keep_last', 'checkpoint.every_updates',
@@ -398,22 +407,78 @@ def validate_config(cfg:Config, src:Source)->Config:
             seen[n] = k
         setattr(cfg.preemption, k, [n for n, kk in seen.items() if kk == k])
     if not re.fullmatch(r'auto|cpu|cuda(:\d+)?|mps', cfg.device):
-        raise ConfigError(f"device{w('device')} must be auto, cpu, cuda or cuda:N, got {cfg.device!r}.")
+        raise ConfigError(f"device{w('device')} must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"
+                          f"{did_you_mean(cfg.device, ['auto', 'cpu', 'cuda']) or '.'}")
+    stage_lengths(stages(cfg), cfg.total_updates, lambda k: w('lr_scheduler', k, 'num_updates') if k else w('lr_scheduler'))
+    # import paths (built-in names need the registries, which need torch: `validate_config` checks those)
+    for key, value in [('dataset.name', cfg.dataset.name), ('model.type', cfg.model.type),
+                       ('model.criterion', cfg.model.criterion)] + [('metrics', m) for m in cfg.metrics]:
+        if isinstance(value, str) and ':' in value:
+            _callable(resolve_object(value, {}, key, w(*key.split('.')), src.folder), key, w(*key.split('.')), value)
+    return cfg
+
+# %% ../nbs/05_config.ipynb #d4d5ddb8
+def _check_types(fn, kwargs:dict, path:tuple, src:Source)->dict:
+    "`kwargs`, each value checked against (and converted to) the type annotated on `fn`'s parameter of that name."
+    try: hints, params = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn), inspect.signature(fn).parameters
+    except Exception: return kwargs   # annotations that do not resolve (forward references, ...): nothing to check
+    out = {}
+    for k, v in kwargs.items():
+        implicit_none = v is None and k in params and params[k].default is None   # `x:int=None` takes None too
+        out[k] = v if k not in hints or implicit_none else _coerce(v, hints[k], path + (k,), src)
+    return out
+
+def _construct(fn, kwargs:dict, section:str, where:str, meta:bool=False):
+    "Build `fn(**kwargs)` now (on the meta device if `meta`), turning its refusal into a `ConfigError`."
+    import torch
+    try:
+        if meta:
+            with torch.device('meta'): return fn(**kwargs)
+        return fn(**kwargs)
+    except Exception as e:   # whatever a throwaway instance raises (ConfigError included) says the values are wrong
+        raise ConfigError(f"{section}{where} is refused by {getattr(fn, '__name__', fn)}({_args(kwargs)}): "
+                          f"{_reason(e)}. Fix the value it names.") from None
+
+def _args(kwargs:dict)->str: return ', '.join(f"{k}={v!r}" for k, v in kwargs.items())
+def _reason(e:Exception)->str:
+    msg = str(e).rstrip('.')
+    return msg if isinstance(e, (ValueError, TypeError)) and msg else f"{type(e).__name__}: {msg}"
+
+# %% ../nbs/05_config.ipynb #3039c9e6
+def validate_config(cfg:Config, src:Source)->Config:
+    "Check ranges, consistency and every name `cfg` refers to; raise `ConfigError` at the first problem."
+    check_values(cfg, src)
+    import torch
+    from ml_suite.data import DATASETS
+    from ml_suite.models import MODELS
+    from ml_suite.losses import LOSSES, METRICS
+    from ml_suite.optim import build_optimizer, build_lr_scheduler, optimizer_class, scheduler_class
+    w = lambda *p: src.where(p)
     if cfg.device.startswith('cuda') and not torch.cuda.is_available():
         raise ConfigError(f"device{w('device')} is {cfg.device!r}, but this machine has no usable CUDA GPU. "
                           f"Use device: auto (GPU when there is one) or device: cpu.")
     # names, and the keys each constructor receives
-    ds_cls = resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', w('dataset', 'name'), src.folder)
+    ds_cls = _callable(resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', w('dataset', 'name'), src.folder),
+                       'dataset.name', w('dataset', 'name'), cfg.dataset.name)
     check_kwargs(ds_cls, cfg.dataset.kwargs, 'dataset', lambda k: w('dataset', k) if k else w('dataset'),
                  reserved=[f.name for f in fields(DatasetConfig) if f.name != 'kwargs'], skip=('split',))
-    m_cls = resolve_object(cfg.model.type, MODELS, 'model.type', w('model', 'type'), src.folder)
+    cfg.dataset.kwargs = _check_types(ds_cls, cfg.dataset.kwargs, ('dataset',), src)
+    m_cls = _callable(resolve_object(cfg.model.type, MODELS, 'model.type', w('model', 'type'), src.folder),
+                      'model.type', w('model', 'type'), cfg.model.type)
     check_kwargs(m_cls, cfg.model.kwargs, 'model', lambda k: w('model', k) if k else w('model'), reserved=['type', 'criterion'])
-    resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', w('model', 'criterion'), src.folder)
+    cfg.model.kwargs = _check_types(m_cls, cfg.model.kwargs, ('model',), src)
+    _callable(resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', w('model', 'criterion'), src.folder),
+              'model.criterion', w('model', 'criterion'), cfg.model.criterion)
     for i, m in enumerate(cfg.metrics):
-        resolve_object(m, METRICS, 'metrics', w('metrics'), src.folder)
+        _callable(resolve_object(m, METRICS, 'metrics', w('metrics'), src.folder), 'metrics', w('metrics'), m)
+    if cfg.dataset.name in DATASETS:   # built-ins only: a user's dataset may load files when it is built
+        for sk in ('train_split', 'val_split'):
+            _construct(ds_cls, {'split': getattr(cfg.dataset, sk), **cfg.dataset.kwargs}, 'dataset', w('dataset'))
+    if cfg.model.type in MODELS: _construct(m_cls, cfg.model.kwargs, 'model', w('model'), meta=True)
     o_cls = optimizer_class(cfg.optimizer.name, w('optimizer', 'name'))
     check_kwargs(o_cls, cfg.optimizer.kwargs, 'optimizer', lambda k: w('optimizer', k) if k else w('optimizer'),
                  reserved=('name', 'learning_rate', 'weight_decay'), skip=('params', 'lr', 'weight_decay'))
+    cfg.optimizer.kwargs = _check_types(o_cls, cfg.optimizer.kwargs, ('optimizer',), src)
     st = stages(cfg)
     lengths = stage_lengths(st, cfg.total_updates, lambda k: w('lr_scheduler', k, 'num_updates') if k else w('lr_scheduler'))
     for s, n in zip(st, lengths):
@@ -421,26 +486,31 @@ def validate_config(cfg:Config, src:Source)->Config:
         kw = {a: v for a, v in s.items() if a not in ('name', 'num_updates', '_key')}
         check_kwargs(cls, kw, f'lr_scheduler.{k}', lambda a: w('lr_scheduler', k, a) if a else w('lr_scheduler', k),
                      reserved=('name', 'num_updates'), skip=('optimizer', 'total_iters', 'T_max'))
+        kw = _check_types(cls, kw, ('lr_scheduler', k), src)
+        s.update(kw); getattr(cfg.lr_scheduler, k).kwargs.update(kw)
         kw.update({a: n for a in ('total_iters', 'T_max') if a in inspect.signature(cls).parameters and a not in kw})
         try: cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), **kw)  # torch's own checks, now
-        except (TypeError, ValueError) as e:
+        except Exception as e:   # a value of the wrong kind can fail in any way inside torch: all mean "refused"
             raise ConfigError(f"lr_scheduler.{k}{w('lr_scheduler', k)} is rejected by torch.optim.lr_scheduler."
-                              f"{cls.__name__}: {str(e).rstrip('.')}. Fix the value it names.") from None
+                              f"{cls.__name__}({_args(kw)}): {_reason(e)}. Fix the value it names.") from None
     p = torch.nn.Parameter(torch.zeros(1))  # build both once on a dummy parameter: torch's own checks run now
-    try: opt = build_optimizer([p], cfg.optimizer.name, cfg.optimizer.learning_rate, cfg.optimizer.weight_decay, **cfg.optimizer.kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"optimizer{w('optimizer')} is rejected by torch.optim.{o_cls.__name__}: {str(e).rstrip('.')}. "
+    o = cfg.optimizer
+    try: opt = build_optimizer([p], o.name, o.learning_rate, o.weight_decay, **o.kwargs)
+    except Exception as e:
+        args = _args(dict(learning_rate=o.learning_rate, weight_decay=o.weight_decay, **o.kwargs))
+        raise ConfigError(f"optimizer{w('optimizer')} is rejected by torch.optim.{o_cls.__name__}({args}): {_reason(e)}. "
                           f"Fix the value it names.") from None
     try: build_lr_scheduler(opt, st, cfg.total_updates)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {str(e).rstrip('.')}. Check the stages.") from None
+    except Exception as e:
+        raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {_reason(e)}. Check the stages.") from None
     return cfg
 
-# %% ../nbs/05_config.ipynb #d04954c0
+# %% ../nbs/05_config.ipynb #c948eff3
 def load_config(
     config,            # path to a YAML file, or a dict
     overrides=(),      # 'dotted.key=value' strings
     environ=None,      # the environment (default: os.environ; .env files fill in what it lacks)
+    names:bool=True,   # False: only `check_values`, which does not import torch (built-in names stay unchecked)
 )->tuple[Config, Source]:
     "Read, override, expand and validate a config; raise `ConfigError` with file and line on any problem."
     if isinstance(config, (str, os.PathLike)):
@@ -452,9 +522,9 @@ def load_config(
     data = apply_overrides(data, overrides, src)
     data = expand_env(data, (), src, environ)
     cfg = from_dict(Config, data, (), src)
-    return validate_config(cfg, src), src
+    return (validate_config if names else check_values)(cfg, src), src
 
-# %% ../nbs/05_config.ipynb #04a7caa5
+# %% ../nbs/05_config.ipynb #b9e59b29
 def config_to_dict(cfg)->dict:
     "The config as plain data, with each section's passed-on keys back in place: what `load_config` would read."
     out = {}

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['ConfigError', 'RunError', 'RunDirLocked', 'did_you_mean', 'resolve_object', 'check_kwargs', 'DistInfo',
-           'is_main_process']
+__all__ = ['ConfigError', 'RunError', 'RunDirLocked', 'did_you_mean', 'resolve_object', 'check_kwargs', 'stage_lengths',
+           'DistInfo', 'is_main_process']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 class ConfigError(ValueError):
@@ -58,11 +58,16 @@ def resolve_object(
     mod_name, _, attr = name.partition(':')
     added = search_path is not None and str(search_path) not in sys.path
     if added: sys.path.insert(0, str(search_path))
+    nobytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True   # no __pycache__ beside the user's config
     try: mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise ConfigError(f"{key}{where} is '{name}', but module '{mod_name}' cannot be imported ({e}). Put "
                           f"{mod_name.replace('.', '/')}.py beside the config file or on PYTHONPATH, or install its package.") from None
+    except Exception as e:   # the module exists but fails as it is imported: a SyntaxError, an empty or relative name, ...
+        raise ConfigError(f"{key}{where} is '{name}', but importing module '{mod_name}' failed with "
+                          f"{type(e).__name__}: {e}. Fix that module, or the import path.") from None
     finally:
+        sys.dont_write_bytecode = nobytecode
         if added: sys.path.remove(str(search_path))
     obj = mod
     for part in attr.split('.'):
@@ -101,6 +106,24 @@ def check_kwargs(
                           f"for {getattr(fn, '__qualname__', fn)}; add them to the {section} section.")
 
 # %% ../nbs/00_core.ipynb #3981d44c
+def stage_lengths(stages:list[dict], total_updates:int, where=lambda k: '')->list[int]:
+    "Each stage's number of updates, with one `-1` replaced by what the others leave of `total_updates`."
+    ns = [s.get('num_updates', -1) for s in stages]
+    keys = [s.get('_key', f'stage {i}') for i, s in enumerate(stages)]
+    for k, n in zip(keys, ns):
+        if not isinstance(n, int) or isinstance(n, bool) or (n < 1 and n != -1):
+            raise ConfigError(f"lr_scheduler.{k}.num_updates{where(k)} must be a positive integer or -1 (the remaining updates), got {n!r}.")
+    if ns.count(-1) > 1:
+        raise ConfigError(f"lr_scheduler{where(None)}: only one stage can have num_updates -1 (the remaining updates); "
+                          f"{', '.join(k for k, n in zip(keys, ns) if n == -1)} all do. Give all but one a number.")
+    fixed = sum(n for n in ns if n != -1)
+    if fixed > total_updates or (fixed == total_updates and -1 in ns):
+        raise ConfigError(f"lr_scheduler{where(None)}: the stages' num_updates add up to {fixed}"
+                          f"{' plus at least 1 for the -1 stage' if -1 in ns else ''}, more than total_updates={total_updates}. "
+                          f"Shorten the stages or raise total_updates.")
+    return [total_updates - fixed if n == -1 else n for n in ns]
+
+# %% ../nbs/00_core.ipynb #8e836ca5
 @dataclass(frozen=True)
 class DistInfo:
     "Rank, local rank and world size of this process, from torchrun's or SLURM's environment."
@@ -123,7 +146,7 @@ class DistInfo:
     @property
     def distributed(self)->bool: return self.world_size > 1
 
-# %% ../nbs/00_core.ipynb #c1f539f0
+# %% ../nbs/00_core.ipynb #26764659
 def is_main_process()->bool:
     "True on the one process that writes files: global rank 0 (or the only process)."
     return DistInfo.from_env().is_main

@@ -9,11 +9,10 @@ from __future__ import annotations
 import inspect
 import torch
 from torch.optim import lr_scheduler as lrs
-from .core import ConfigError, check_kwargs, did_you_mean
+from .core import ConfigError, check_kwargs, did_you_mean, stage_lengths  # stage_lengths: torch-free, for the config check
 
 # %% auto #0
-__all__ = ['optimizer_class', 'build_optimizer', 'scheduler_class', 'stage_lengths', 'build_lr_scheduler',
-           'without_dynamo_import']
+__all__ = ['optimizer_class', 'build_optimizer', 'scheduler_class', 'build_lr_scheduler', 'without_dynamo_import']
 
 # %% ../nbs/04_optim.ipynb #4eb1e264
 def optimizer_class(name:str, where:str=''):
@@ -49,23 +48,6 @@ def scheduler_class(name:str, where:str=''):
     hint = (" ReduceLROnPlateau needs a metric at each step and cannot be a stage." if str(name).lower() == 'reducelronplateau' else '')
     raise ConfigError(f"unknown lr_scheduler stage name '{name}'{where}{did_you_mean(name, table) or '.'}{hint} "
                       f"Use one of torch.optim.lr_scheduler's: {', '.join(sorted(table))}.")
-
-def stage_lengths(stages:list[dict], total_updates:int, where=lambda k: '')->list[int]:
-    "Each stage's number of updates, with one `-1` replaced by what the others leave of `total_updates`."
-    ns = [s.get('num_updates', -1) for s in stages]
-    keys = [s.get('_key', f'stage {i}') for i, s in enumerate(stages)]
-    for k, n in zip(keys, ns):
-        if not isinstance(n, int) or isinstance(n, bool) or (n < 1 and n != -1):
-            raise ConfigError(f"lr_scheduler.{k}.num_updates{where(k)} must be a positive integer or -1 (the remaining updates), got {n!r}.")
-    if ns.count(-1) > 1:
-        raise ConfigError(f"lr_scheduler{where(None)}: only one stage can have num_updates -1 (the remaining updates); "
-                          f"{', '.join(k for k, n in zip(keys, ns) if n == -1)} all do. Give all but one a number.")
-    fixed = sum(n for n in ns if n != -1)
-    if fixed > total_updates or (fixed == total_updates and -1 in ns):
-        raise ConfigError(f"lr_scheduler{where(None)}: the stages' num_updates add up to {fixed}"
-                          f"{' plus at least 1 for the -1 stage' if -1 in ns else ''}, more than total_updates={total_updates}. "
-                          f"Shorten the stages or raise total_updates.")
-    return [total_updates - fixed if n == -1 else n for n in ns]
 
 def build_lr_scheduler(
     optimizer:torch.optim.Optimizer,

@@ -317,6 +317,7 @@ def _main(argv=None)->int:
     config = a.config_path or (args.pop(0) if args and '=' not in args[0] else None)
     if config is None: p.error("give a config file: ml-suite-train CONFIG [key=value ...]")
     try:
+        load_config(config, args, names=False)   # before torch is imported: most config errors return in a fraction of a second
         if a.dry_run: dry_run(config, args); return EXIT_OK
         from ml_suite.timekeeper import process_start
         t = train(config, args, start_time=process_start())   # the budget counts the interpreter's start-up too
