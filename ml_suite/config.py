@@ -6,7 +6,7 @@ Docs: https://ml-suite.github.io/ml_suite/config.html.md"""
 
 # %% ../nbs/05_config.ipynb #e1a82d9f
 from __future__ import annotations
-import copy, inspect, os, re, types, typing
+import copy, difflib, inspect, os, re, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
 from typing import Literal, Optional, Union
@@ -281,6 +281,9 @@ def _coerce(v, tp, path, src):
     if origin is Literal:
         if v in args: return v
         raise ConfigError(f"{key}{where} must be one of {', '.join(map(repr, args))}, got {v!r}{did_you_mean(v, args) or '.'}")
+    if origin in (list, tuple):   # list[int], tuple[float, float]: a YAML list
+        if isinstance(v, list): return v
+        raise ConfigError(f"{key}{where} must be a list, got {_describe(v)}.")
     if is_dataclass(tp): return from_dict(tp, v, path, src)
     if tp is bool:
         if isinstance(v, bool): return v
@@ -322,6 +325,11 @@ def from_dict(cls, data, path=(), src:Source=None):
             sect_words = f"in {sect}" if path else "at the top level"
             raise ConfigError(f"unknown key '{k}' {sect_words}{where}{did_you_mean(k, names) or '.'} "
                               f"Valid keys {sect_words}: {', '.join(names)}.")
+    for k in extra:   # a misspelt key of the section's own would be passed on, and its default used meanwhile
+        near = difflib.get_close_matches(str(k), [n for n in names if n not in vals], n=1, cutoff=0.8)
+        if near:
+            raise ConfigError(f"unknown key '{k}' in {sect}{src.where(path + (k,))}; did you mean '{near[0]}'? {sect} "
+                              f"reads {', '.join(names)} itself and passes other keys on to the constructor.")
     for f in fields(cls):
         if f.default is REQUIRED and f.name not in vals:
             near = [k for k in extra if did_you_mean(k, [f.name])]   # a misspelt required key lands in kwargs

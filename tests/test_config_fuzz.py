@@ -12,7 +12,7 @@ import contextlib, copy, io, os, resource, signal, subprocess, sys, tempfile, ti
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 import pytest, yaml
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, event, given, settings, strategies as st
 from conftest import ROOT, all_files
 
 import torch
@@ -25,7 +25,7 @@ from ml_suite.train import main
 
 # Derandomized: the same examples on every run. CPU time per example is asserted instead of a wall-clock deadline,
 # which a loaded machine would break.
-FAST = settings(derandomize=True, max_examples=25, deadline=None, database=None,
+FAST = settings(derandomize=True, max_examples=40, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 LARGE = settings(FAST, max_examples=400)
 
@@ -92,6 +92,8 @@ def get(d, path):
     return d
 
 def put(d, path, value):
+    "A copy of `d` with the value at `path` (the top level if `path` is empty) replaced by `value`."
+    if not path: return copy.deepcopy(value)
     d = copy.deepcopy(d); get(d, path[:-1])[path[-1]] = value
     return d
 
@@ -132,6 +134,7 @@ def check_message(case:Case, code, msg:str):
 
 def run_in_process(case:Case):
     "Run `main` on `case` in a fresh folder (the working directory); check the exit, the message, files and CPU time."
+    event(case.what.split(':')[0])   # what was tried: pytest --hypothesis-show-statistics
     env, cwd, handlers = dict(os.environ), os.getcwd(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
@@ -371,7 +374,7 @@ def bad_override(draw):
         path, _ = draw(st.sampled_from(list(leaves(base)))); ov = '.'.join(path) + '.x=1'; frag = ['not a section']
     elif kind == 'bad_key': ov = draw(st.sampled_from(['=3', 'a..b=1', '.seed=1', 'seed.=1', '1seed=2', 'see d=1'])); frag = ['key=value']
     else: ov = 'run_dir=${ML_SUITE_FUZZ_UNSET_VAR}'; frag = ['ML_SUITE_FUZZ_UNSET_VAR']
-    return Case(f"override {ov!r}", base, overrides=[ov], fragments=frag)
+    return Case(f"override, {kind}: {ov!r}", base, overrides=[ov], fragments=frag)
 
 MUTATIONS = dict(wrong_type=wrong_type(), section_replaced=section_replaced(), unknown_key=unknown_key(),
                  misspelt_key=misspelt_key(), missing_key=missing_key(), out_of_range=out_of_range(),
@@ -379,19 +382,17 @@ MUTATIONS = dict(wrong_type=wrong_type(), section_replaced=section_replaced(), u
                  malformed_yaml=malformed_yaml(), bad_override=bad_override())
 
 @pytest.mark.parametrize('kind', MUTATIONS)
-def test_bad_config_is_one_paragraph_exit_2(kind):
-    @FAST
-    @given(MUTATIONS[kind])
-    def prop(case): run_in_process(case)
-    prop()
+@FAST
+@given(data=st.data())
+def test_bad_config_is_one_paragraph_exit_2(kind, data):
+    run_in_process(data.draw(MUTATIONS[kind], label='case'))
 
 @pytest.mark.slow
-def test_bad_config_large():
+@LARGE
+@given(case=st.one_of(*MUTATIONS.values()))
+def test_bad_config_large(case):
     "Many more examples of every mutation at once (minutes)."
-    @LARGE
-    @given(st.one_of(*MUTATIONS.values()))
-    def prop(case): run_in_process(case)
-    prop()
+    run_in_process(case)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The real command in a fresh process: exit 2 in well under a second of CPU, torch never imported
