@@ -460,7 +460,7 @@ def validate_config(cfg:Config, src:Source)->Config:
     from ml_suite.data import DATASETS
     from ml_suite.models import MODELS
     from ml_suite.losses import LOSSES, METRICS
-    from ml_suite.optim import build_optimizer, build_lr_scheduler, optimizer_class, scheduler_class
+    from ml_suite.optim import build_optimizer, build_lr_scheduler, optimizer_class, scheduler_class, without_dynamo_import
     w = lambda *p: src.where(p)
     if cfg.device.startswith('cuda') and not torch.cuda.is_available():
         raise ConfigError(f"device{w('device')} is {cfg.device!r}, but this machine has no usable CUDA GPU. "
@@ -489,28 +489,29 @@ def validate_config(cfg:Config, src:Source)->Config:
     cfg.optimizer.kwargs = _check_types(o_cls, cfg.optimizer.kwargs, ('optimizer',), src)
     st = stages(cfg)
     lengths = stage_lengths(st, cfg.total_updates, lambda k: w('lr_scheduler', k, 'num_updates') if k else w('lr_scheduler'))
-    for s, n in zip(st, lengths):
-        cls, k = scheduler_class(s['name'], w('lr_scheduler', s['_key'], 'name')), s['_key']
-        kw = {a: v for a, v in s.items() if a not in ('name', 'num_updates', '_key')}
-        check_kwargs(cls, kw, f'lr_scheduler.{k}', lambda a: w('lr_scheduler', k, a) if a else w('lr_scheduler', k),
-                     reserved=('name', 'num_updates'), skip=('optimizer', 'total_iters', 'T_max'))
-        kw = _check_types(cls, kw, ('lr_scheduler', k), src)
-        s.update(kw); getattr(cfg.lr_scheduler, k).kwargs.update(kw)
-        kw.update({a: n for a in ('total_iters', 'T_max') if a in inspect.signature(cls).parameters and a not in kw})
-        try: cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), **kw)  # torch's own checks, now
-        except Exception as e:   # a value of the wrong kind can fail in any way inside torch: all mean "refused"
-            raise ConfigError(f"lr_scheduler.{k}{w('lr_scheduler', k)} is rejected by torch.optim.lr_scheduler."
-                              f"{cls.__name__}({_args(kw)}): {_reason(e)}. Fix the value it names.") from None
-    p = torch.nn.Parameter(torch.zeros(1))  # build both once on a dummy parameter: torch's own checks run now
-    o = cfg.optimizer
-    try: opt = build_optimizer([p], o.name, o.learning_rate, o.weight_decay, **o.kwargs)
-    except Exception as e:
-        args = _args(dict(learning_rate=o.learning_rate, weight_decay=o.weight_decay, **o.kwargs))
-        raise ConfigError(f"optimizer{w('optimizer')} is rejected by torch.optim.{o_cls.__name__}({args}): {_reason(e)}. "
-                          f"Fix the value it names.") from None
-    try: build_lr_scheduler(opt, st, cfg.total_updates)
-    except Exception as e:
-        raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {_reason(e)}. Check the stages.") from None
+    with without_dynamo_import():   # throwaway optimizers: the compiler's import would cost seconds here
+        for s, n in zip(st, lengths):
+            cls, k = scheduler_class(s['name'], w('lr_scheduler', s['_key'], 'name')), s['_key']
+            kw = {a: v for a, v in s.items() if a not in ('name', 'num_updates', '_key')}
+            check_kwargs(cls, kw, f'lr_scheduler.{k}', lambda a: w('lr_scheduler', k, a) if a else w('lr_scheduler', k),
+                         reserved=('name', 'num_updates'), skip=('optimizer', 'total_iters', 'T_max'))
+            kw = _check_types(cls, kw, ('lr_scheduler', k), src)
+            s.update(kw); getattr(cfg.lr_scheduler, k).kwargs.update(kw)
+            kw.update({a: n for a in ('total_iters', 'T_max') if a in inspect.signature(cls).parameters and a not in kw})
+            try: cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), **kw)  # torch's own checks, now
+            except Exception as e:   # a value of the wrong kind can fail in any way inside torch: all mean "refused"
+                raise ConfigError(f"lr_scheduler.{k}{w('lr_scheduler', k)} is rejected by torch.optim.lr_scheduler."
+                                  f"{cls.__name__}({_args(kw)}): {_reason(e)}. Fix the value it names.") from None
+        p = torch.nn.Parameter(torch.zeros(1))  # build both once on a dummy parameter: torch's own checks run now
+        o = cfg.optimizer
+        try: opt = build_optimizer([p], o.name, o.learning_rate, o.weight_decay, **o.kwargs)
+        except Exception as e:
+            args = _args(dict(learning_rate=o.learning_rate, weight_decay=o.weight_decay, **o.kwargs))
+            raise ConfigError(f"optimizer{w('optimizer')} is rejected by torch.optim.{o_cls.__name__}({args}): {_reason(e)}. "
+                              f"Fix the value it names.") from None
+        try: build_lr_scheduler(opt, st, cfg.total_updates)
+        except Exception as e:
+            raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {_reason(e)}. Check the stages.") from None
     return cfg
 
 # %% ../nbs/05_config.ipynb #c948eff3

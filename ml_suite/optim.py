@@ -80,6 +80,7 @@ def without_dynamo_import():
     import sys
     if 'torch._dynamo' in sys.modules: yield; return
     fns = [m.__wrapped__ for m in (getattr(torch.optim.Optimizer, n) for n in _DYNAMO_WRAPPED) if hasattr(m, '__wrapped__')]
+    fns = [f for f in fns if '__dynamo_disable' not in f.__dict__]   # nested blocks: the outermost one undoes it
     for f in fns: setattr(f, '__dynamo_disable', f)     # torch's cache of "this method, not traced by dynamo"
     try: yield
     finally:
