@@ -1,0 +1,210 @@
+"""Faults of the machine, with real filesystems and real signals: a full disk (a small tmpfs), a read-only run
+directory, Ctrl-C once and twice, and checkpoints that carry a pickled payload."""
+import hashlib, os, signal, subprocess, sys, threading, time
+from contextlib import contextmanager
+from pathlib import Path
+import pytest, torch
+from conftest import tiny_config, write_config, run_cli, read_rows
+
+@contextmanager
+def tmpfs(path: Path, size='8m', ro=False):
+    "A small tmpfs mounted at `path` (root only; the test is skipped where mounting is not permitted)."
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}' + (',ro' if ro else ''), 'tmpfs', str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0: pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
+    try: yield path
+    finally: subprocess.run(['umount', '-l', str(path)], capture_output=True)
+
+def remount(path: Path, mode: str):
+    subprocess.run(['mount', '-o', f'remount,{mode}', str(path)], check=True, capture_output=True)
+
+def digest(p: Path) -> str: return hashlib.sha256(p.read_bytes()).hexdigest()
+
+# A model as cheap to train as the tiny one, whose checkpoint is ~1 MB: a parameter that gets no gradient (so no
+# optimizer state either) makes the file big enough that the small files of a run fit where a checkpoint does not.
+BIG = '''
+import torch
+class Big(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.ballast = torch.nn.Parameter(torch.zeros(250_000))
+    def forward(self, x): return self.conv(x)
+'''
+
+def fill(folder: Path, leave: int) -> Path:
+    "Fill the filesystem of `folder` until only about `leave` bytes are free."
+    import shutil
+    filler = folder / 'filler'
+    with open(filler, 'wb') as f:
+        f.write(b'\0' * max(shutil.disk_usage(folder).free - leave, 0))
+    return filler
+
+def test_full_disk_at_a_checkpoint_is_one_paragraph_and_the_old_checkpoints_survive(tmp_path):
+    (tmp_path / 'big.py').write_text(BIG)
+    with tmpfs(tmp_path / 'disk', '8m') as disk:
+        run = disk / 'run'
+        cfg = write_config(tmp_path / 'train.yml', tiny_config(model=dict(type='big:Big', criterion='mse'), total_updates=20,
+                                                               updates_per_epoch=10, run_dir=str(run)))
+        r = run_cli(cfg, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        before = {n: digest(run / n) for n in ('latest.pt', 'previous.pt', 'best.pt')}
+        size = (run / 'latest.pt').stat().st_size
+        assert size > 10**6
+        filler = fill(disk, size // 2)                 # room for log lines and metrics rows, not for a checkpoint
+        r = run_cli(cfg, 'total_updates=40', cwd=tmp_path)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert 'Traceback' not in r.stderr + r.stdout
+        msg = r.stderr.strip().splitlines()
+        assert len(msg) == 1 and msg[0].startswith('ml-suite-train: error: cannot write checkpoint'), r.stderr
+        for words in (str(run / 'latest.pt'), 'no space left on device', 'free; this checkpoint needs about',
+                      'latest.pt is still update 20', 'Free space', 'run_dir', 'RESULTS_DIR', 'rerun the same command'):
+            assert words in msg[0], (words, msg[0])
+        assert 'no space left on device' in (run / 'training.log').read_text()
+        assert not list(run.glob('.*tmp')) and not list(run.glob('*.tmp')), 'a temporary file was left behind'
+        assert {n: digest(run / n) for n in before} == before, 'a previous checkpoint was changed'
+        for n in before: torch.load(run / n, weights_only=True)
+        assert torch.load(run / 'latest.pt', weights_only=True)['updates'] == 20
+        filler.unlink()
+        r = run_cli(cfg, 'total_updates=40', cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert 'resumed from' in r.stdout and 'at update 20/40' in r.stdout
+        assert [row['update'] for row in read_rows(run)] == [5, 10, 15, 20, 25, 30, 35, 40]
+
+def test_metrics_and_log_on_a_full_disk_warn_once_and_leave_no_half_line(tmp_path):
+    from ml_suite.tracking import MetricsLog, read_metrics, setup_logging, close_logging, logger
+    with tmpfs(tmp_path / 'disk', '1m') as disk:
+        import io, contextlib
+        log, err = MetricsLog(disk / 'metrics.jsonl'), io.StringIO()
+        log.write({'update': 1, 'train_loss': 0.5})
+        setup_logging(disk)
+        try:
+            fill(disk, 0)
+            with contextlib.redirect_stderr(err):
+                for u in range(2, 600): log.write({'update': u, 'train_loss': 0.5, 'pad': 'x' * 100})   # no exception
+                for _ in range(200): logger.info('y' * 200)
+        finally: close_logging()
+        rows = read_metrics(disk / 'metrics.jsonl')
+        assert rows[0]['update'] == 1 and [r['update'] for r in rows] == list(range(1, len(rows) + 1))
+        assert (disk / 'metrics.jsonl').read_text().endswith('\n'), 'a half row was left'
+        assert err.getvalue().count('cannot write') == 1 and 'Traceback' not in err.getvalue(), err.getvalue()
+        assert 'No space left on device' in err.getvalue()
+
+def test_unwritable_run_dir_is_refused_before_training_and_a_missing_one_is_created(tmp_path):
+    with tmpfs(tmp_path / 'disk', '4m') as disk:
+        run = disk / 'results' / 'exp1'                                    # missing parents: created
+        cfg = write_config(tmp_path / 'train.yml', tiny_config(total_updates=5, updates_per_epoch=5, run_dir=str(run)))
+        assert run_cli(cfg, cwd=tmp_path).returncode == 0
+        files = {p: digest(p) for p in run.iterdir() if p.is_file()}
+        remount(disk, 'ro')                                                # root ignores chmod; a read-only mount it cannot
+        try:
+            for target in (run, disk / 'other' / 'run'):
+                t0 = time.monotonic()
+                r = run_cli(cfg, f'run_dir={target}', 'total_updates=10', cwd=tmp_path)
+                assert r.returncode == 1, r.stdout + r.stderr
+                assert 'Traceback' not in r.stderr and 'update 1' not in r.stdout
+                assert f'the run directory {target} is not writable' in r.stderr and 'Read-only file system' in r.stderr
+                assert 'run_dir=PATH' in r.stderr and 'RESULTS_DIR' in r.stderr
+        finally: remount(disk, 'rw')
+        assert {p: digest(p) for p in run.iterdir() if p.is_file()} == files and not (disk / 'other').exists()
+        r = run_cli(cfg, 'total_updates=10', cwd=tmp_path)
+        assert r.returncode == 0 and 'at update 5/10' in r.stdout, r.stderr
+
+SLOW = '''
+import os, time
+from pathlib import Path
+from ml_suite.data import HeatDataset
+
+class SlowHeat(HeatDataset):
+    "The heat data; with $SLOW_VAL set, validation reads slowly (from sample 4 on, so that a look at the first samples
+    while the run is built stays quick) and touches $SLOW_VAL, so a test can see it running."
+    def __getitem__(self, i):
+        if self.split == 'val' and i >= 4 and os.environ.get('SLOW_VAL'):
+            Path(os.environ['SLOW_VAL']).touch(); time.sleep(0.1)
+        return super().__getitem__(i)
+'''
+
+class Run:
+    "The CLI in its own process group (as a terminal's foreground job), its output read by a thread."
+    def __init__(self, cfg_path, cwd, env=None, args=()):
+        self.p = subprocess.Popen([sys.executable, '-m', 'ml_suite.train', str(cfg_path), *args], cwd=cwd,
+                                  env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})}, start_new_session=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.out, self.err = [], []
+        threading.Thread(target=lambda: self.out.extend(self.p.stdout), daemon=True).start()
+        threading.Thread(target=lambda: self.err.extend(self.p.stderr), daemon=True).start()
+    def ctrl_c(self): os.killpg(self.p.pid, signal.SIGINT)   # what a terminal does: the whole foreground group
+    def wait_for(self, pred, timeout=120):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self.p.poll() is None and not pred(): time.sleep(0.01)
+        assert pred(), ''.join(self.out + self.err)
+    def text(self): time.sleep(0.2); return ''.join(self.out), ''.join(self.err)
+
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_the_run_resumes_from_it(tmp_path):
+    cfg = write_config(tmp_path / 'train.yml', tiny_config(total_updates=3000, updates_per_epoch=1000, log_every=10))
+    run = Run(cfg, tmp_path)
+    run.wait_for(lambda: any('update 20/3000' in l for l in run.out))
+    run.ctrl_c()
+    assert run.p.wait(timeout=60) == 130
+    out, err = run.text()
+    assert 'Traceback' not in out + err
+    assert 'Ctrl-C: finishing this update, saving a checkpoint' in err and '(SIGINT); saving a checkpoint' in out
+    state = torch.load(tmp_path / 'latest.pt', weights_only=True)
+    stopped = state['updates']
+    assert 20 <= stopped < 3000
+    rows = read_rows(tmp_path)
+    r = run_cli(cfg, f'total_updates={stopped + 20}', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f'at update {stopped}/{stopped + 20}' in r.stdout
+    updates = [row['update'] for row in read_rows(tmp_path)]
+    assert updates == sorted(set(updates)) and updates[:len(rows)] == [row['update'] for row in rows]
+    assert updates[-1] == stopped + 20
+
+def test_a_second_ctrl_c_exits_at_once_and_latest_stays_complete(tmp_path):
+    (tmp_path / 'slow.py').write_text(SLOW)
+    marker = tmp_path / 'validating'
+    cfg = write_config(tmp_path / 'train.yml', tiny_config(dataset=dict(name='slow:SlowHeat', size=16, modes=4, num_samples=128),
+                                                           total_updates=40, updates_per_epoch=20, log_every=5,
+                                                           val_batch_size=4, checkpoint=dict(every_updates=10)))
+    run = Run(cfg, tmp_path, env={'SLOW_VAL': str(marker)})   # the first validation (update 20) takes ~13 s
+    run.wait_for(marker.exists)
+    run.ctrl_c()                                       # the first: save and stop after this validation
+    time.sleep(1.5)                                    # later than a launcher's forwarded copy of the first
+    t0 = time.monotonic(); run.ctrl_c()                # the second, while it is still validating
+    code = run.p.wait(timeout=60)
+    took = time.monotonic() - t0
+    out, err = run.text()
+    assert code == 130, out + err
+    assert took < 3, f'the second Ctrl-C took {took:.1f} s to end the process (validation alone takes ~13 s)'
+    assert 'Traceback' not in out + err
+    assert 'interrupted twice: stopped at once' in err and 'latest.pt is the last complete one' in err
+    assert 'interrupted again at update 20' in (tmp_path / 'training.log').read_text()
+    assert torch.load(tmp_path / 'latest.pt', weights_only=True)['updates'] == 10
+    assert not list(tmp_path.glob('.*.tmp'))
+    r = run_cli(cfg, cwd=tmp_path)                     # without SLOW_VAL: quick
+    assert r.returncode == 0 and 'at update 10/40' in r.stdout, r.stderr
+
+class Payload:
+    "Unpickling this runs a shell command that creates a marker file."
+    def __init__(self, marker): self.marker = str(marker)
+    def __reduce__(self): return (os.system, (f'touch {self.marker}',))
+
+def test_a_pickled_payload_is_refused_everywhere_a_checkpoint_is_loaded(tmp_path):
+    from ml_suite.checkpoint import load_checkpoint, CheckpointDamaged
+    from ml_suite.inference import load_model
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pt'
+    torch.save({'model': Payload(marker), 'optimizer': {}, 'scheduler': {}, 'updates': 1, 'data': {}}, evil)
+    with pytest.raises(CheckpointDamaged, match='GLOBAL posix.system'): load_checkpoint(evil)
+    with pytest.raises(CheckpointDamaged, match='refuses to unpickle'): load_model(evil, device='cpu')
+    run = tmp_path / 'run'; run.mkdir()
+    (run / 'latest.pt').write_bytes(evil.read_bytes())                     # as this run's own latest.pt
+    cfg = write_config(tmp_path / 'train.yml', tiny_config(total_updates=5, updates_per_epoch=5, run_dir=str(run)))
+    r = run_cli(cfg, cwd=tmp_path)
+    assert r.returncode == 1 and 'every checkpoint in' in r.stderr and 'GLOBAL posix.system' in r.stdout, r.stdout + r.stderr
+    r = run_cli(cfg, f'run_dir={tmp_path / "run2"}', f'checkpoint.path={evil}', cwd=tmp_path)   # as a pretrained model
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'cannot be read as a checkpoint' in r.stderr and 'checkpoint.path' in r.stderr
+    assert 'Traceback' not in r.stderr
+    assert not marker.exists(), 'loading a checkpoint ran the pickled payload'
