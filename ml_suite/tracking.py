@@ -151,10 +151,12 @@ class WandbTracker:
             mode = 'online' if has_key else 'offline'
             if mode == 'offline': logger.info(f"wandb: no API key found (WANDB_API_KEY or `wandb login`), logging offline; "
                                               f"upload later with: wandb sync {Path(run_dir) / 'wandb'}/offline-run-*")
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=mask_secrets(cfg.name, as_source=True),
-                              tags=mask_secrets(list(cfg.tags), as_source=True) or None,
-                              config=mask_secrets(config_dict, as_source=True), dir=str(run_dir), mode=mode, id=run_id,
-                              resume='allow')
+        m = lambda v: mask_secrets(v, as_source=True)
+        argv, sys.argv = sys.argv, m(list(sys.argv))    # wandb records the command line too
+        try:
+            self.run = wandb.init(project=m(cfg.project), entity=m(cfg.entity), name=m(cfg.name), tags=m(list(cfg.tags)) or None,
+                                  config=m(config_dict), dir=str(run_dir), mode=mode, id=run_id, resume='allow')
+        finally: sys.argv = argv
         self.id = self.run.id
 
     def log(self, row:dict):

@@ -215,7 +215,8 @@ def train(
         elif plan != 'fresh':
             try: state = load_checkpoint(ckpt, required=REQUIRED_KEYS if plan == 'resume' else ('model',))
             except CheckpointDamaged as e:
-                raise RunError(f"{e} It was named by checkpoint.path; point that at a checkpoint written by ml_suite.") from None
+                key = 'checkpoint.path' if cfg.checkpoint.path else 'checkpoint.checkpoint_name'
+                raise RunError(f"{e} It was named by {key}; point that at a checkpoint written by ml_suite.") from None
         if state is not None and plan == 'resume':
             trainer.load_state_dict(state)
             logger.info(f"resumed from {ckpt} at update {trainer.updates}/{cfg.total_updates}")
@@ -227,7 +228,9 @@ def train(
             if trainer.metrics_log: trainer.metrics_log.resume_at(0)
         if dist.is_main:
             record = run_record(src.folder)
-            with open(run_dir / 'starts.jsonl', 'a') as f: f.write(json.dumps(record) + '\n')
+            try:
+                with open(run_dir / 'starts.jsonl', 'a') as f: f.write(json.dumps(record) + '\n')
+            except OSError as e: logger.warning(f"cannot append to {run_dir / 'starts.jsonl'} ({e.strerror or e})")
             if cfg.wandb.enabled:
                 tracker = WandbTracker(cfg.wandb, run_dir, {**config_to_dict(cfg), 'run': record}, run_id=trainer.wandb_id)
                 trainer.trackers.append(tracker); trainer.wandb_id = tracker.id

@@ -161,6 +161,24 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_the_run_resumes_from_it(tmp_pat
     assert updates == sorted(set(updates)) and updates[:len(rows)] == [row['update'] for row in rows]
     assert updates[-1] == stopped + 20
 
+@pytest.mark.slow
+def test_ctrl_c_then_rerun_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    over = dict(total_updates=400, updates_per_epoch=100, log_every=10, checkpoint=dict(every_updates=50),
+                lr_scheduler=dict(first_stage=dict(name='LinearLR', start_factor=0.1, num_updates=20),
+                                  second_stage=dict(name='CosineAnnealingLR', num_updates=-1)))
+    ref = write_config(tmp_path / 'ref' / 'train.yml', tiny_config(**over))
+    assert run_cli(ref, cwd=tmp_path / 'ref').returncode == 0
+    cfg = write_config(tmp_path / 'int' / 'train.yml', tiny_config(**over))
+    run = Run(cfg, tmp_path / 'int')
+    run.wait_for(lambda: any('update 30/400' in l for l in run.out))
+    run.ctrl_c()
+    assert run.p.wait(timeout=60) == 130
+    assert 30 <= torch.load(tmp_path / 'int' / 'latest.pt', weights_only=True)['updates'] < 400
+    assert run_cli(cfg, cwd=tmp_path / 'int').returncode == 0
+    a, b = (torch.load(d / 'latest.pt', weights_only=True) for d in (tmp_path / 'ref', tmp_path / 'int'))
+    assert a['updates'] == b['updates'] == 400
+    for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
+
 def test_a_second_ctrl_c_exits_at_once_and_latest_stays_complete(tmp_path):
     (tmp_path / 'slow.py').write_text(SLOW)
     marker = tmp_path / 'validating'
