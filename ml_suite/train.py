@@ -250,6 +250,9 @@ def train(
             import torch
             if isinstance(e, torch.OutOfMemoryError): logger.error(oom_advice(cfg))
             raise
+        if trainer.stop_action in ('interrupt', 'exit') and not trainer.finished:
+            logger.info(f"stopped with a checkpoint of update {trainer.updates} in {run_dir / 'latest.pt'}; "
+                        f"rerun the same command to continue")
         if trainer.stop_action == 'requeue':
             if dist.is_main:
                 from ml_suite.hpc import requeue_job
