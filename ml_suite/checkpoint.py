@@ -178,7 +178,8 @@ def save_error(
     kept = (f"The previous checkpoints are intact: latest.pt is still {last}." if last else
             "The previous checkpoints are intact: latest.pt is still the last complete one.")
     if full:
-        return RunError(f"cannot write checkpoint {path}: no space left on device ({path.parent} has "
+        why = 'disk quota exceeded' if code == errno.EDQUOT else 'no space left on device'
+        return RunError(f"cannot write checkpoint {path}: {why} ({path.parent} has "
                         f"{_fmt_bytes(free) if free is not None else 'an unknown amount'} free; this checkpoint needs about "
                         f"{_fmt_bytes(need)}). {kept} Free space on that disk, or move the run directory to a disk with "
                         f"room and point run_dir (or RESULTS_DIR) at it; then rerun the same command: it resumes from latest.pt.")
