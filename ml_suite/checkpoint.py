@@ -15,7 +15,7 @@ from .core import ConfigError, RunError, RunDirLocked
 # %% auto #0
 __all__ = ['REQUIRED_KEYS', 'write_temporary', 'commit_temporary', 'save_checkpoint', 'link_checkpoint', 'CheckpointDamaged',
            'load_checkpoint', 'unwrap_model', 'clean_state_dict', 'load_weights', 'get_rng_state', 'set_rng_state',
-           'checkpoint_path', 'Checkpointer', 'RunLock']
+           'checkpoint_path', 'state_bytes', 'save_error', 'Checkpointer', 'RunLock']
 
 # %% ../nbs/07_checkpoint.ipynb #52b431a0
 def _fsync_dir(folder:Path):
@@ -64,12 +64,15 @@ def link_checkpoint(src:Path, dst:Path)->Path:
     src, dst = Path(src), Path(dst)
     tmp = dst.with_name(f'.{dst.name}.{os.getpid()}.tmp')
     if tmp.exists(): tmp.unlink()
-    try: os.link(src, tmp)
-    except OSError:
-        import shutil
-        shutil.copyfile(src, tmp)
-        with open(tmp, 'rb+') as f: os.fsync(f.fileno())
-    os.replace(tmp, dst)
+    try:
+        try: os.link(src, tmp)
+        except OSError:
+            import shutil
+            shutil.copyfile(src, tmp)
+            with open(tmp, 'rb+') as f: os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise    # a copy that failed half way (a full disk) leaves nothing behind
     _fsync_dir(dst.parent)
     return dst
 
@@ -144,11 +147,53 @@ def checkpoint_path(run_dir:Path, name='latest')->Path:
     return Path(run_dir) / (f'epoch_{int(name)}.pt' if name.isdigit() else f'{name}.pt')
 
 # %% ../nbs/07_checkpoint.ipynb #52317e14
+def _fmt_bytes(n:float)->str:
+    for unit in ('B', 'KB', 'MB', 'GB', 'TB'):
+        if abs(n) < 1000 or unit == 'TB': return f"{n:.0f} {unit}" if unit == 'B' else f"{n:.1f} {unit}"
+        n /= 1000
+
+def state_bytes(state)->int:
+    "The bytes of the tensors in `state` (nested dicts, lists): about the size of its checkpoint file."
+    if isinstance(state, torch.Tensor): return state.untyped_storage().nbytes() if state.numel() else 0
+    if isinstance(state, dict): return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)): return sum(state_bytes(v) for v in state)
+    return 0
+
+def save_error(
+    e:BaseException,   # what the write, fsync or rename raised
+    path:Path,         # the checkpoint being written
+    need:int,          # its size in bytes (estimated, or the temporary file's)
+    last:str='',       # what `latest.pt` holds now, e.g. 'update 40'
+)->RunError|None:
+    "A one-paragraph `RunError` for a checkpoint that could not be written to disk; None if `e` is not a disk error."
+    import errno, shutil
+    if not isinstance(e, (OSError, RuntimeError)): return None   # Ctrl-C, a bug: not the disk's doing
+    path = Path(path)
+    try: free = shutil.disk_usage(path.parent).free
+    except OSError: free = None
+    code = getattr(e, 'errno', None)
+    torch_write = isinstance(e, RuntimeError) and any(w in str(e) for w in ('inline_container', 'PytorchStreamWriter', 'file write failed'))
+    full = code in (errno.ENOSPC, errno.EDQUOT) or (torch_write and free is not None and free < need * 1.01 + 2**16)
+    if not (full or isinstance(e, OSError) or torch_write): return None
+    kept = (f"The previous checkpoints are intact: latest.pt is still {last}." if last else
+            "The previous checkpoints are intact: latest.pt is still the last complete one.")
+    if full:
+        why = 'disk quota exceeded' if code == errno.EDQUOT else 'no space left on device'
+        return RunError(f"cannot write checkpoint {path}: {why} ({path.parent} has "
+                        f"{_fmt_bytes(free) if free is not None else 'an unknown amount'} free; this checkpoint needs about "
+                        f"{_fmt_bytes(need)}). {kept} Free space on that disk, or move the run directory to a disk with "
+                        f"room and point run_dir (or RESULTS_DIR) at it; then rerun the same command: it resumes from latest.pt.")
+    why = getattr(e, 'strerror', None) or str(e).strip().splitlines()[0][:200]
+    return RunError(f"cannot write checkpoint {path} ({why}). {kept} Check that {path.parent} is writable and its disk "
+                    f"is healthy (or point run_dir elsewhere); then rerun the same command: it resumes from latest.pt.")
+
+# %% ../nbs/07_checkpoint.ipynb #10813d21
 class Checkpointer:
     "Saves `latest`, `previous`, `best` and numbered checkpoints in `run_dir`; finds the newest good one to resume."
     def __init__(self, run_dir:Path, keep_last:int=0):  # keep only the newest `keep_last` epoch_N.pt (0: all)
         self.run_dir, self.keep_last = Path(run_dir), keep_last
         self._thread, self._error, self._seconds = None, None, None
+        self.last = ''    # what latest.pt holds, e.g. 'update 40' (for messages), once known
 
     def save(self, state:dict, best:bool=False, epoch:int|None=None,
              background:bool=False,  # return once `state` is written; a thread fsyncs, renames and links
@@ -157,16 +202,28 @@ class Checkpointer:
         import time, threading
         self.wait()                                      # one save in flight at a time
         t0, latest = time.monotonic(), checkpoint_path(self.run_dir, 'latest')
-        tmp = write_temporary(state, latest)             # training may change the tensors once this returns
+        desc = f"update {state['updates']}" if isinstance(state.get('updates'), int) else 'the new state'
+        try: tmp = write_temporary(state, latest)        # training may change the tensors once this returns
+        except BaseException as e:
+            err = save_error(e, latest, state_bytes(state), self.last)
+            if err is None: raise
+            raise err from None
         if not background:
-            try: self._commit(tmp, best, epoch, t0)
-            except BaseException: Path(tmp).unlink(missing_ok=True); raise
+            try: self._commit(tmp, best, epoch, t0, desc)
+            except BaseException as e:
+                size = Path(tmp).stat().st_size if Path(tmp).exists() else state_bytes(state)
+                Path(tmp).unlink(missing_ok=True)
+                err = save_error(e, latest, size, self.last)
+                if err is None: raise
+                raise err from None
             return latest
-        self._thread = threading.Thread(target=self._commit_or_keep_error, args=(tmp, best, epoch, t0), name='ml_suite-checkpoint')
+        # a daemon: a second Ctrl-C ends the process at once; the rename is atomic, so latest.pt is old or new, never half
+        self._thread = threading.Thread(target=self._commit_or_keep_error, args=(tmp, best, epoch, t0, desc),
+                                        name='ml_suite-checkpoint', daemon=True)
         self._thread.start()
         return latest
 
-    def _commit(self, tmp:Path, best:bool, epoch:int|None, t0:float):
+    def _commit(self, tmp:Path, best:bool, epoch:int|None, t0:float, desc:str=''):
         import time
         latest = checkpoint_path(self.run_dir, 'latest')
         _fsync_file(tmp)                                 # durable before any name points at it
@@ -177,11 +234,15 @@ class Checkpointer:
             link_checkpoint(latest, checkpoint_path(self.run_dir, epoch))
             if self.keep_last:
                 for old in self.numbered()[self.keep_last:]: old.unlink(missing_ok=True)
-        self._seconds = time.monotonic() - t0
+        self._seconds, self.last = time.monotonic() - t0, desc
 
-    def _commit_or_keep_error(self, *args):
-        try: self._commit(*args)
-        except BaseException as e: self._error = e; Path(args[0]).unlink(missing_ok=True)
+    def _commit_or_keep_error(self, tmp, *args):
+        try: size = Path(tmp).stat().st_size
+        except OSError: size = 0
+        try: self._commit(tmp, *args)
+        except BaseException as e:   # kept for the main thread: the next `save` or `wait` raises it
+            Path(tmp).unlink(missing_ok=True)
+            self._error = save_error(e, checkpoint_path(self.run_dir, 'latest'), size, self.last) or e
 
     def wait(self)->float|None:
         "Wait until the last save is durable and named; its seconds from start to durable (None: no save since the last wait)."
@@ -212,16 +273,18 @@ class Checkpointer:
         "The first candidate that loads; each damaged one is reported through `warn`. `(None, None)` if there are none."
         cands, damaged = self.candidates(name), []
         for p in cands:
-            try: return p, load_checkpoint(p, required=REQUIRED_KEYS)
+            try: state = load_checkpoint(p, required=REQUIRED_KEYS)
             except CheckpointDamaged as e:
                 damaged.append(p.name)
-                warn(f"checkpoint {p} is damaged and is skipped: {e}")
+                warn(f"checkpoint {p} is damaged and is skipped: {e}"); continue
+            if p.name == 'latest.pt': self.last = f"update {state['updates']}"
+            return p, state
         if damaged:
             raise RunError(f"every checkpoint in {self.run_dir} is damaged ({', '.join(damaged)}), so the run cannot resume. "
                            f"Move them away to start over, or restore one from a backup; ml_suite does not start over silently.")
         return None, None
 
-# %% ../nbs/07_checkpoint.ipynb #285ca23d
+# %% ../nbs/07_checkpoint.ipynb #3800ce9b
 class RunLock:
     "An exclusive lock on a run directory, held while training; released when the process ends, however it ends."
     held:set = set()   # lock files this process holds (a record lock does not conflict with its own process)
@@ -255,8 +318,9 @@ class RunLock:
                                f"{who.get('host', '?')}, started {who.get('started', '?')}: {who.get('command', '?')}). "
                                f"Wait for it to end or stop it, or give this run another run_dir.") from None
         except OSError: pass  # a filesystem without locks: go on unlocked rather than refuse to train
+        from ml_suite.tracking import mask_secrets
         info = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%d %H:%M:%S'),
-                    command=' '.join(sys.argv)[:300])
+                    command=mask_secrets(' '.join(sys.argv))[:300])
         os.ftruncate(fd, 0); os.pwrite(fd, json.dumps(info).encode(), 0)
         self.fd = fd
         RunLock.held.add(str(self.path.resolve()))

@@ -14,9 +14,19 @@ __all__ = ['install_stop_handlers', 'restore_handlers', 'stop_request', 'clear_s
 # %% ../nbs/12_hpc.ipynb #8b99d10b
 _requests:list = []   # (signal name, action) in the order they came
 
+_first_sigint:list = []   # when the first Ctrl-C came (time.monotonic())
+
 def _record(signum, frame):
+    import time
     name = signal.Signals(signum).name
-    if name == 'SIGINT' and any(n == 'SIGINT' for n, _ in _requests): raise KeyboardInterrupt  # a second Ctrl-C
+    if name == 'SIGINT' and any(n == 'SIGINT' for n, _ in _requests):
+        if time.monotonic() - _first_sigint[0] < 1.0: return   # the same Ctrl-C, forwarded by torchrun or srun
+        raise KeyboardInterrupt                                # a second Ctrl-C: stop at once
+    if name == 'SIGINT':
+        _first_sigint[:] = [time.monotonic()]
+        if os.environ.get('RANK', '0') == '0':   # os.write: safe in a signal handler; logging (it takes locks) is not
+            os.write(2, b"\nCtrl-C: finishing this update, saving a checkpoint, then stopping "
+                        b"(press Ctrl-C again to stop at once, without the checkpoint)\n")
     _requests.append((name, _actions.get(name, 'exit')))
 
 _actions:dict = {}
@@ -46,7 +56,7 @@ def stop_request()->tuple|None:
 
 def clear_stop_requests(): _requests.clear()
 
-# %% ../nbs/12_hpc.ipynb #be0ee42d
+# %% ../nbs/12_hpc.ipynb #658d309c
 def slurm_job_id(environ=None)->str|None:
     "The id to requeue: `<array job>_<task>` for an array task, else the job id; None outside SLURM."
     environ = os.environ if environ is None else environ

@@ -10,10 +10,38 @@ import json, logging, math, os, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['logger', 'read_metrics', 'MetricsLog', 'setup_logging', 'close_logging', 'WandbTracker', 'run_record', 'in_notebook',
-           'TerminalBar', 'NotebookProgress', 'make_progress']
+__all__ = ['logger', 'find_secrets', 'collect_secrets', 'mask_secrets', 'read_metrics', 'MetricsLog', 'setup_logging',
+           'close_logging', 'WandbTracker', 'run_record', 'in_notebook', 'TerminalBar', 'NotebookProgress',
+           'make_progress']
 
 # %% ../nbs/08_tracking.ipynb #be4eefc1
+import re as _re
+_SECRET_NAME = _re.compile(r'KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|PRIVATE|COOKIE', _re.I)
+_secrets:dict = {}   # value -> variable name, longest value first; filled by `collect_secrets`
+
+def find_secrets(environ=None, min_length:int=8)->dict:
+    "`{value: name}` of the environment variables that hold secrets (by name), longest value first."
+    environ = os.environ if environ is None else environ
+    found = {v: k for k, v in environ.items() if (k == 'WANDB_API_KEY' or _SECRET_NAME.search(k))
+             and isinstance(v, str) and len(v.strip()) >= min_length}
+    return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
+
+def collect_secrets(environ=None)->dict:
+    "Remember the secrets of `environ` (default: `os.environ`, after `.env` is read) for `mask_secrets`."
+    _secrets.clear(); _secrets.update(find_secrets(environ))
+    return _secrets
+
+def mask_secrets(obj, as_source:bool=False):
+    "`obj` (a string, or dicts and lists of them) with every secret replaced by `***` (`${NAME}` with `as_source`)."
+    if not _secrets: return obj
+    if isinstance(obj, dict): return {mask_secrets(k, as_source): mask_secrets(v, as_source) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return type(obj)(mask_secrets(v, as_source) for v in obj)
+    if not isinstance(obj, str): return obj
+    for value, name in _secrets.items():
+        if value in obj: obj = obj.replace(value, f'${{{name}}}' if as_source else '***')
+    return obj
+
+# %% ../nbs/08_tracking.ipynb #b6777d90
 def read_metrics(path:Path)->list[dict]:
     "The rows of a `metrics.jsonl` file; a cut last line (from a crash) is skipped."
     rows = []
@@ -36,9 +64,20 @@ class MetricsLog:
 
     def write(self, row:dict):
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        with open(self.path, 'a') as f: f.write(json.dumps(clean) + '\n')
+        line = mask_secrets(json.dumps(clean)) + '\n'
+        try: size = self.path.stat().st_size if self.path.exists() else 0
+        except OSError: size = None
+        try:
+            with open(self.path, 'a') as f: f.write(line)
+        except OSError as e:   # a full disk: no traceback, no half line; the checkpoint's save reports the disk
+            if size is not None:
+                try: os.truncate(self.path, size)
+                except OSError: pass
+            if not getattr(self, '_warned', False):
+                self._warned = True
+                logger.warning(f"cannot append to {self.path} ({e.strerror or e}); metrics rows are skipped until it can")
 
-# %% ../nbs/08_tracking.ipynb #9f24849d
+# %% ../nbs/08_tracking.ipynb #54580c99
 logger = logging.getLogger('ml_suite')
 
 class _RankFilter(logging.Filter):
@@ -58,21 +97,38 @@ class _Console(logging.StreamHandler):
     "A console handler that clears the progress bar's line before a message and redraws the bar after it."
     bar = None
     def emit(self, record):
+        if not getattr(record, 'console', True): return   # for the log file only (the command line prints it itself)
         if self.bar is not None: self.stream.write('\r\033[K')
         super().emit(record)
         if self.bar is not None: self.bar.draw(force=True)
+
+class _MaskingFormatter(logging.Formatter):
+    "Formats a record, traceback included, with every secret masked (see `mask_secrets`)."
+    def format(self, record): return mask_secrets(super().format(record))
+
+class _LogFile(logging.FileHandler):
+    "`training.log`; when the disk is full it says so once on stderr instead of printing a traceback per line."
+    def handleError(self, record):
+        if not getattr(self, '_warned', False):
+            self._warned = True
+            e = sys.exc_info()[1]
+            sys.stderr.write(f"ml_suite: cannot write {self.baseFilename} ({getattr(e, 'strerror', None) or e}); "
+                             f"log lines go to the console only\n")
+    def close(self):
+        try: super().close()
+        except OSError: pass   # the last lines could not be flushed: said once already
 
 def setup_logging(run_dir:Path|None=None, rank:int=0, world_size:int=1)->logging.Logger:
     "Log to the console and `run_dir/training.log`: everything from rank 0, warnings and errors from the other ranks."
     for h in list(logger.handlers): logger.removeHandler(h); h.close()
     logger.setLevel(logging.INFO); logger.propagate = False
     tag = ' [rank %(rank)s]' if world_size > 1 else ''
-    fmt = logging.Formatter(f'%(asctime)s{tag} %(levelname)s %(message)s', '%Y-%m-%d %H:%M:%S')
+    fmt = _MaskingFormatter(f'%(asctime)s{tag} %(levelname)s %(message)s', '%Y-%m-%d %H:%M:%S')
     console = _Console(sys.stdout)
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     handlers = [console]
     if run_dir is not None:  # rank 0 writes everything; the other ranks append their warnings and errors
-        fh = logging.FileHandler(Path(run_dir) / 'training.log')
+        fh = _LogFile(Path(run_dir) / 'training.log')
         fh.setLevel(logging.INFO if rank == 0 else logging.WARNING)
         handlers.append(fh)
     for f in list(logger.filters): logger.removeFilter(f)
@@ -84,7 +140,7 @@ def close_logging():
     "Detach and close ml_suite's log handlers (the training.log file is released)."
     for h in list(logger.handlers): logger.removeHandler(h); h.close()
 
-# %% ../nbs/08_tracking.ipynb #3034093a
+# %% ../nbs/08_tracking.ipynb #40c5ca68
 class WandbTracker:
     "Logs rows to a Weights & Biases run (rank 0 only; `wandb` imported on first use)."
     def __init__(self, cfg, run_dir:Path, config_dict:dict, run_id:str|None=None):
@@ -95,9 +151,12 @@ class WandbTracker:
             mode = 'online' if has_key else 'offline'
             if mode == 'offline': logger.info(f"wandb: no API key found (WANDB_API_KEY or `wandb login`), logging offline; "
                                               f"upload later with: wandb sync {Path(run_dir) / 'wandb'}/offline-run-*")
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name, tags=list(cfg.tags) or None,
-                              config=config_dict, dir=str(run_dir), mode=mode, id=run_id,
-                              resume='allow')
+        m = lambda v: mask_secrets(v, as_source=True)
+        argv, sys.argv = sys.argv, m(list(sys.argv))    # wandb records the command line too
+        try:
+            self.run = wandb.init(project=m(cfg.project), entity=m(cfg.entity), name=m(cfg.name), tags=m(list(cfg.tags)) or None,
+                                  config=m(config_dict), dir=str(run_dir), mode=mode, id=run_id, resume='allow')
+        finally: sys.argv = argv
         self.id = self.run.id
 
     def log(self, row:dict):
@@ -105,7 +164,7 @@ class WandbTracker:
 
     def close(self): self.run.finish()
 
-# %% ../nbs/08_tracking.ipynb #54580c99
+# %% ../nbs/08_tracking.ipynb #ae20682f
 def _git_state(folder:Path)->dict:
     import subprocess
     def git(*a):
@@ -147,9 +206,9 @@ def run_record(config_dir:Path|None=None, argv=None)->dict:
            'python': platform.python_version(), **_env_lock(folder), **_hardware()}
     for k in ('SLURM_JOB_ID', 'SLURM_ARRAY_JOB_ID', 'SLURM_ARRAY_TASK_ID', 'SLURM_RESTART_COUNT', 'SLURM_JOB_NODELIST'):
         if k in os.environ: rec[k.lower()] = os.environ[k]
-    return {**rec, **_git_state(folder)}
+    return mask_secrets({**rec, **_git_state(folder)}, as_source=True)   # a key typed on the command line stays out
 
-# %% ../nbs/08_tracking.ipynb #40c5ca68
+# %% ../nbs/08_tracking.ipynb #41fe71ff
 def _fmt_time(s:float)->str:
     if not math.isfinite(s) or s < 0: return '?'
     s = int(s); return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

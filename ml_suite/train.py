@@ -14,8 +14,8 @@ from .config import Config, Source, load_config, config_to_dict, stages, parse_t
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_INTERRUPTED', 'resolve_run_dir',
-           'plan_start', 'build_trainer', 'oom_advice', 'train', 'dry_run', 'run_status', 'format_status',
-           'status_main', 'main']
+           'check_run_dir', 'plan_start', 'build_trainer', 'oom_advice', 'train', 'dry_run', 'run_status',
+           'format_status', 'status_main', 'main']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -29,6 +29,24 @@ def resolve_run_dir(cfg:Config, src:Source)->Path:
                       "hold the run); add 'run_dir': 'runs/my_run' to the dict.")
 
 # %% ../nbs/10_train.ipynb #67dac261
+def check_run_dir(run_dir:Path)->Path:
+    "Raise `RunError` unless `run_dir` exists or can be created, and can be written; leaves nothing behind."
+    import tempfile
+    run_dir = Path(run_dir)
+    base = next((p for p in [run_dir, *run_dir.parents] if p.exists()), None)
+    fix = ("Make it writable, or set run_dir (in the config, on the command line as run_dir=PATH, or through RESULTS_DIR "
+           "where the config uses ${RESULTS_DIR}) to a folder you can write to.")
+    if base is not None and not base.is_dir():
+        raise RunError(f"the run directory {run_dir} cannot be created: {base} is a file, not a folder. {fix}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.ml_suite_probe_', dir=base)
+        os.close(fd); os.unlink(probe)
+    except OSError as e:
+        where = 'it' if base == run_dir else f"its parent {base}, where it would be created,"
+        raise RunError(f"the run directory {run_dir} is not writable: {where} refuses new files ({e.strerror or e}). {fix}") from None
+    return run_dir
+
+# %% ../nbs/10_train.ipynb #39e64129
 def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|None]:
     """How to start: `('fresh', None)`, or `('resume'|'weights', file)`; `file` None means this run's own newest good
     checkpoint. Raises `ConfigError` if a requested checkpoint is missing."""
@@ -52,7 +70,7 @@ def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|N
                           f"{', '.join(sorted(q.name for q in run_dir.glob('*.pt'))) or 'no checkpoints yet'}.")
     return mode, source
 
-# %% ../nbs/10_train.ipynb #316a7818
+# %% ../nbs/10_train.ipynb #914a40e7
 def _instantiate(obj, **kw):
     return obj(**kw) if isinstance(obj, type) else obj
 
@@ -97,7 +115,7 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     t.evaluator = Evaluator(criterion, metrics, device, autocast=t.autocast)
     return t
 
-# %% ../nbs/10_train.ipynb #af0babfc
+# %% ../nbs/10_train.ipynb #008c1ee8
 def _init_distributed(dist:DistInfo, device, backend:str='auto', timeout_minutes:float=10.0):
     "Join the process group (NCCL with CUDA, gloo on CPU, unless `backend` says otherwise)."
     import datetime, torch, torch.distributed as tdist
@@ -117,7 +135,7 @@ def _first_slurm_node()->str:
     try: return subprocess.run(['scontrol', 'show', 'hostnames', nodes], capture_output=True, text=True, timeout=30).stdout.split()[0]
     except (OSError, IndexError, subprocess.SubprocessError): return nodes.split(',')[0].split('[')[0]
 
-# %% ../nbs/10_train.ipynb #914a40e7
+# %% ../nbs/10_train.ipynb #8bf45b50
 def _broadcast(obj, trainer):
     "`obj` from rank 0, on every rank."
     if trainer._ctrl is None: return obj
@@ -126,7 +144,7 @@ def _broadcast(obj, trainer):
     tdist.broadcast_object_list(box, src=0, group=trainer._ctrl)
     return box[0]
 
-# %% ../nbs/10_train.ipynb #008c1ee8
+# %% ../nbs/10_train.ipynb #17309c0f
 def oom_advice(cfg:Config)->str:
     "What to lower when the device runs out of memory, with this run's values."
     tips = [f"batch_size (now {cfg.batch_size} per process; keep the effective batch with grad_accum_steps, now {cfg.grad_accum_steps})"]
@@ -137,7 +155,14 @@ def oom_advice(cfg:Config)->str:
     return ("the device ran out of memory. Lower one of: " + "; ".join(tips) +
             ". Then rerun the same command: the run resumes from its last checkpoint.")
 
-# %% ../nbs/10_train.ipynb #6c6e40cc
+# %% ../nbs/10_train.ipynb #12349a2f
+def _wait_quietly(trainer):
+    "Let a checkpoint still being flushed in the background finish before an error ends the process."
+    if trainer.checkpointer is None: return
+    try: trainer.checkpointer.wait()
+    except Exception: pass   # its own error, if any, is not the one being reported
+
+# %% ../nbs/10_train.ipynb #5c1d5cf2
 def train(
     config,            # path to a YAML config, or a dict (which must name its run_dir)
     overrides=(),      # 'dotted.key=value' strings, as on the command line
@@ -146,25 +171,32 @@ def train(
     "Train from `config` exactly as `ml-suite-train` does; returns the finished (or stopped) `Trainer`."
     start = time.monotonic() if start_time is None else start_time
     from ml_suite.trainer import get_device
-    from ml_suite.tracking import setup_logging, close_logging, logger, WandbTracker, run_record, make_progress
-    from ml_suite.checkpoint import load_checkpoint, load_weights, RunLock, REQUIRED_KEYS
+    from ml_suite.tracking import setup_logging, close_logging, logger, WandbTracker, run_record, make_progress, collect_secrets, mask_secrets
+    from ml_suite.checkpoint import load_checkpoint, load_weights, RunLock, REQUIRED_KEYS, CheckpointDamaged
     if isinstance(overrides, str): overrides = [overrides]
     dist = DistInfo.from_env()
     cfg, src = load_config(config, overrides)
+    collect_secrets()                      # after .env is read: these values are masked in everything the run writes
     run_dir = resolve_run_dir(cfg, src)
+    if not dist.distributed: check_run_dir(run_dir)   # under torchrun: rank 0 checks below, and all ranks learn of it
     plan, ckpt = plan_start(cfg, run_dir, src)
     _init_distributed(dist, get_device(cfg.device, dist), cfg.dist_backend, cfg.dist_timeout_minutes)
     lock = refused = None
     try:
         trainer = build_trainer(cfg, src, run_dir, dist, start, compute_stats=plan == 'fresh')
+        trainer.config = mask_secrets(trainer.config, as_source=True)   # the config saved in checkpoints
         # -- nothing was written before this point --
         if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            try: lock = RunLock(run_dir).acquire()
-            except RunError as e: refused = e
-            if not refused:
+            try:
+                check_run_dir(run_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                lock = RunLock(run_dir).acquire()
                 trainer.checkpointer.remove_stale()
-                (run_dir / 'resolved_config.yml').write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+                (run_dir / 'resolved_config.yml').write_text(yaml.safe_dump(mask_secrets(config_to_dict(cfg), as_source=True), sort_keys=False))
+            except RunError as e: refused = e
+            except OSError as e:
+                refused = RunError(f"cannot start the run in {run_dir}: {e.strerror or e} ({e.filename or run_dir}). Free "
+                                   f"space on its disk or make it writable, or set run_dir to another folder.")
         if trainer._agree(refused is not None)[0]:   # every rank learns whether rank 0 could start the run
             raise refused or RunError(f"rank 0 could not start the run in {run_dir}; its message says why.")
         setup_logging(run_dir, dist.rank, dist.world_size)
@@ -180,7 +212,11 @@ def train(
                     f"{cfg.grad_accum_steps} = {cfg.batch_size * dist.world_size * cfg.grad_accum_steps}")
         state = None
         if plan != 'fresh' and ckpt is None: ckpt, state = trainer.checkpointer.load_newest_good(warn=logger.warning)
-        elif plan != 'fresh': state = load_checkpoint(ckpt, required=REQUIRED_KEYS if plan == 'resume' else ('model',))
+        elif plan != 'fresh':
+            try: state = load_checkpoint(ckpt, required=REQUIRED_KEYS if plan == 'resume' else ('model',))
+            except CheckpointDamaged as e:
+                key = 'checkpoint.path' if cfg.checkpoint.path else 'checkpoint.checkpoint_name'
+                raise RunError(f"{e} It was named by {key}; point that at a checkpoint written by ml_suite.") from None
         if state is not None and plan == 'resume':
             trainer.load_state_dict(state)
             logger.info(f"resumed from {ckpt} at update {trainer.updates}/{cfg.total_updates}")
@@ -192,17 +228,31 @@ def train(
             if trainer.metrics_log: trainer.metrics_log.resume_at(0)
         if dist.is_main:
             record = run_record(src.folder)
-            with open(run_dir / 'starts.jsonl', 'a') as f: f.write(json.dumps(record) + '\n')
+            try:
+                with open(run_dir / 'starts.jsonl', 'a') as f: f.write(json.dumps(record) + '\n')
+            except OSError as e: logger.warning(f"cannot append to {run_dir / 'starts.jsonl'} ({e.strerror or e})")
             if cfg.wandb.enabled:
                 tracker = WandbTracker(cfg.wandb, run_dir, {**config_to_dict(cfg), 'run': record}, run_id=trainer.wandb_id)
                 trainer.trackers.append(tracker); trainer.wandb_id = tracker.id
         trainer.progress = make_progress(cfg.total_updates, dist.rank, cfg.progress)
         try: trainer.fit()
+        except RunError as e:    # a full disk, say: one paragraph; the command line prints it, the log file keeps it
+            _wait_quietly(trainer)
+            logger.error(f"training stopped on rank {dist.rank} at update {trainer.updates}: {e}", extra={'console': False})
+            raise
+        except KeyboardInterrupt:
+            logger.warning(f"interrupted again at update {trainer.updates}: stopped at once, without a new checkpoint; "
+                           f"latest.pt is the last complete one", extra={'console': False})
+            raise
         except Exception as e:
+            _wait_quietly(trainer)
             logger.error(f"training failed on rank {dist.rank} at update {trainer.updates}: {type(e).__name__}: {e}", exc_info=True)
             import torch
             if isinstance(e, torch.OutOfMemoryError): logger.error(oom_advice(cfg))
             raise
+        if trainer.stop_action in ('interrupt', 'exit') and not trainer.finished:
+            logger.info(f"stopped with a checkpoint of update {trainer.updates} in {run_dir / 'latest.pt'}; "
+                        f"rerun the same command to continue")
         if trainer.stop_action == 'requeue':
             if dist.is_main:
                 from ml_suite.hpc import requeue_job
@@ -216,7 +266,7 @@ def train(
         import torch.distributed as tdist
         if tdist.is_available() and tdist.is_initialized(): tdist.destroy_process_group()
 
-# %% ../nbs/10_train.ipynb #cdc0bfa0
+# %% ../nbs/10_train.ipynb #bd3e0964
 def dry_run(config, overrides=(), out=print)->dict:
     "Check that `config` can train: build everything, one forward/backward pass; print a summary; write nothing."
     import torch, warnings
@@ -248,7 +298,7 @@ def dry_run(config, overrides=(), out=print)->dict:
         + ', '.join(f"{v:.3g} at {u}" for u, v in info['lr_at'].items()))
     return info
 
-# %% ../nbs/10_train.ipynb #32e41e6f
+# %% ../nbs/10_train.ipynb #dcc099c0
 def run_status(run_dir)->dict:
     "Updates done of total, best val_loss, newest checkpoint and whether a process is training in `run_dir`."
     from ml_suite.tracking import read_metrics
@@ -287,7 +337,7 @@ def status_main(argv=None)->int:
         except FileNotFoundError as e: print(f"ml-suite-status: error: {e}", file=sys.stderr); code = 2
     return code
 
-# %% ../nbs/10_train.ipynb #b8f9b1f5
+# %% ../nbs/10_train.ipynb #b8ac7b84
 def _parser():
     p = argparse.ArgumentParser(prog='ml-suite-train', formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a model from a YAML config. Rerun the same command to resume.",
@@ -301,10 +351,16 @@ def _parser():
                    help='check the config, build everything and run one batch forward and backward; train and write nothing')
     return p
 
+def _masked_excepthook(kind, value, tb):
+    import traceback
+    from ml_suite.tracking import mask_secrets
+    sys.stderr.write(mask_secrets(''.join(traceback.format_exception(kind, value, tb))))
+
 def main(argv=None)->int:
     "The `ml-suite-train` command: returns the exit code."
     from ml_suite.hpc import install_stop_handlers
     install_stop_handlers()  # first thing, before torch is imported: a signal from now on is a request to save and stop
+    sys.excepthook = _masked_excepthook   # an unexpected traceback on stderr does not print a secret either
     if 'TORCHELASTIC_RUN_ID' in os.environ:  # under torchrun: the failing rank's error goes to torchrun's summary
         from torch.distributed.elastic.multiprocessing.errors import record
         return record(_main)(argv)
@@ -322,12 +378,18 @@ def _main(argv=None)->int:
         from ml_suite.timekeeper import process_start
         t = train(config, args, start_time=process_start())   # the budget counts the interpreter's start-up too
     except (ConfigError, RunError) as e:
-        print(f"ml-suite-train: error: {e}", file=sys.stderr)
+        from ml_suite.tracking import collect_secrets, mask_secrets
+        collect_secrets()   # the message may quote a value that came from the environment or .env
+        print(f"ml-suite-train: error: {mask_secrets(str(e))}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:   # the second Ctrl-C: the first one's checkpoint was not finished
+        print("ml-suite-train: interrupted twice: stopped at once, without finishing the checkpoint; latest.pt is the "
+              "last complete one. Rerun the same command to continue from it.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if t.finished: return EXIT_OK
     return EXIT_INTERRUPTED if t.stop_action == 'interrupt' else EXIT_STOPPED
 
-# %% ../nbs/10_train.ipynb #7fbcff74
+# %% ../nbs/10_train.ipynb #7f2f6454
 def _in_ipython()->bool:
     return 'IPython' in sys.modules and sys.modules['IPython'].get_ipython() is not None
 
