@@ -286,7 +286,8 @@ def _should_stop(self:Trainer)->bool:
     req = hpc.stop_request()
     act = req[1] if req else None
     late = self.timekeeper.limit is not None and self.timekeeper.should_stop(self._is_val_update(self.updates + 1))
-    flags = (act == 'requeue', act == 'exit', act == 'interrupt', late, self._minutes_due(), self._nonfinite_due())
+    nonfinite = self._nonfinite_run >= self.nonfinite_max_consecutive and self._nonfinite_due()   # cheap test first
+    flags = (act == 'requeue', act == 'exit', act == 'interrupt', late, self._minutes_due(), nonfinite)
     if self._ctrl is None and not any(flags): return False   # one process and nothing to do: the usual case, kept cheap
     requeue, exit_, interrupt, late, save_now, nonfinite = self._agree(*flags)
     if nonfinite: self._stop_for_nonfinite(); return True
@@ -356,6 +357,7 @@ def save(self:Trainer, validated:bool=False):
     "Write latest.pt (and best.pt, epoch_N.pt where due), from the main process only; the fsync and rename finish in the background."
     if self.checkpointer is None: return
     if self.nonfinite_policy != 'off' and not self._weights_finite():   # the same on every rank: weights are identical
+        if self.dist.is_main: self.wait_for_save()   # the last good checkpoint is durable before the error
         raise NonFiniteError(f"the model's weights hold NaN or Inf at update {self.updates}, so they are not saved: latest.pt "
                              f"keeps the last checkpoint with finite weights. An update with a finite loss made them so (a "
                              f"NaN gradient behind a finite loss, or a step too large for float32). Set max_grad_norm (the "
