@@ -120,41 +120,40 @@ def test_predictions_that_do_not_match_the_targets(tmp_path):
 
 def test_nonfinite_updates_are_skipped_and_counted(tmp_path, faults, monkeypatch):
     monkeypatch.setenv('BAD_LOSS', '7,8,23')
-    t = train(cfg(tmp_path, model=dict(criterion='ml_faults:NaNLoss')))
-    assert t.updates == 40 and t.skipped_nonfinite == 3
+    t = train(cfg(tmp_path, model=dict(criterion='ml_faults:NaNLoss'), total_updates=30))
+    assert t.updates == 30 and t.skipped_nonfinite == 3
     rows = read_rows(tmp_path / 'run')
-    assert [(r['update'], r['skipped_nonfinite']) for r in rows] == [(5, 0), (10, 2), (15, 2), (20, 2), (25, 3), (30, 3), (35, 3), (40, 3)]
+    assert [(r['update'], r['skipped_nonfinite']) for r in rows] == [(5, 0), (10, 2), (15, 2), (20, 2), (25, 3), (30, 3)]
     assert all(math.isfinite(r['train_loss']) for r in rows) and all(math.isfinite(r['val_loss']) for r in rows if 'val_loss' in r)
     ck = torch.load(tmp_path / 'run' / 'latest.pt', weights_only=True)
     assert ck['nonfinite'] == {'skipped': 3, 'in_a_row': 0} and finite(ck['model'])
 
 def test_k_in_a_row_stops_with_the_last_good_weights_and_exit_code_5(tmp_path, faults):
-    c = cfg(tmp_path, model=dict(criterion='ml_faults:NaNLoss'), updates_per_epoch=10, nonfinite=dict(max_consecutive=4))
+    c = cfg(tmp_path, model=dict(criterion='ml_faults:NaNLoss'), updates_per_epoch=10, total_updates=20, log_every=2,
+            nonfinite=dict(max_consecutive=4))
     path = write_config(tmp_path / 'train.yml', c)
-    r = run_cli(path, cwd=tmp_path, env={'PYTHONPATH': str(faults), 'BAD_LOSS': '12-'})
+    r = run_cli(path, cwd=tmp_path, env={'PYTHONPATH': str(faults), 'BAD_LOSS': '11-'})   # every update from 11 on
     assert r.returncode == EXIT_NONFINITE == 5, r.stderr
-    assert 'stopping at update 15: the last 4 update(s) had a non-finite loss' in r.stdout + r.stderr
+    assert 'stopping at update 14: the last 4 update(s) had a non-finite loss' in r.stdout + r.stderr
     run = tmp_path / 'run'
     ck, best = (torch.load(run / f, weights_only=True) for f in ('latest.pt', 'best.pt'))
-    assert ck['updates'] == 15 and ck['nonfinite'] == {'skipped': 4, 'in_a_row': 4} and finite(ck['model'])
+    assert ck['updates'] == 14 and ck['nonfinite'] == {'skipped': 4, 'in_a_row': 4} and finite(ck['model'])
     assert best['updates'] == 10 and math.isfinite(best['best_val_loss'])
-    ref = train(cfg(tmp_path / 'ref', model=dict(criterion='ml_faults:NaNLoss'), total_updates=11))   # update 11: the last good one
-    for k, v in ref.raw_model.state_dict().items(): assert torch.equal(ck['model'][k], v), k
-    assert read_rows(run)[-1] == {**read_rows(run)[-1], 'update': 15, 'skipped_nonfinite': 4}
+    for k, v in best['model'].items(): assert torch.equal(ck['model'][k], v), k   # update 10's weights: the last good ones
+    assert [(r['update'], r['skipped_nonfinite']) for r in read_rows(run)][-3:] == [(10, 0), (12, 2), (14, 4)]
     t = train(path)                                    # the cause gone (BAD_LOSS unset here): the rerun continues
-    assert t.updates == 40 and t.skipped_nonfinite == 4 and t.stop_action is None
+    assert t.updates == 20 and t.skipped_nonfinite == 4 and t.stop_action is None
 
 def test_nan_gradient_behind_a_finite_loss(tmp_path, faults, monkeypatch):
-    "Without max_grad_norm the NaN weights are refused at the next save (exit 5); with it, the update is skipped."
-    c = cfg(tmp_path, model=dict(criterion='ml_faults:NaNGradLoss'), updates_per_epoch=10, total_updates=30)
-    r = run_cli(write_config(tmp_path / 'train.yml', c), cwd=tmp_path, env={'PYTHONPATH': str(faults), 'BAD_GRAD': '12'})
-    assert r.returncode == 5, r.stderr
-    assert "the model's weights hold NaN or Inf at update 20, so they are not saved" in r.stderr
+    "Without max_grad_norm the NaN weights are refused at the next save (exit code 5); with it, the update is skipped."
+    monkeypatch.setenv('BAD_GRAD', '12')
+    with pytest.raises(NonFiniteError) as e:
+        train(cfg(tmp_path, model=dict(criterion='ml_faults:NaNGradLoss'), updates_per_epoch=10, total_updates=20))
+    assert "the model's weights hold NaN or Inf at update 20, so they are not saved" in str(e.value) and e.value.exit_code == 5
     ck = torch.load(tmp_path / 'run' / 'latest.pt', weights_only=True)
     assert ck['updates'] == 10 and finite(ck['model'])
-    monkeypatch.setenv('BAD_GRAD', '12')
-    t = train(cfg(tmp_path / 'clipped', model=dict(criterion='ml_faults:NaNGradLoss'), total_updates=30, max_grad_norm=100.0))
-    assert t.updates == 30 and t.skipped_nonfinite == 1 and t._weights_finite()
+    t = train(cfg(tmp_path / 'clipped', model=dict(criterion='ml_faults:NaNGradLoss'), total_updates=20, max_grad_norm=100.0))
+    assert t.updates == 20 and t.skipped_nonfinite == 1 and t._weights_finite()
 
 def test_a_nan_validation_never_becomes_best(tmp_path, faults, monkeypatch):
     "With the check off, a NaN update is applied and the weights turn NaN; best.pt stays at the last finite validation."
@@ -162,7 +161,7 @@ def test_a_nan_validation_never_becomes_best(tmp_path, faults, monkeypatch):
     t = train(cfg(tmp_path, model=dict(criterion='ml_faults:NaNLoss'), updates_per_epoch=10, total_updates=20,
                   nonfinite=dict(policy='off')))
     vals = [r['val_loss'] for r in read_rows(tmp_path / 'run') if 'val_loss' in r]
-    assert math.isfinite(vals[0]) and math.isnan(vals[1]) and t.skipped_nonfinite == 0
+    assert math.isfinite(vals[0]) and vals[1] is None and t.skipped_nonfinite == 0   # NaN is written as null
     best = torch.load(tmp_path / 'run' / 'best.pt', weights_only=True)
     assert best['updates'] == 10 and best['best_val_loss'] == vals[0] and finite(best['model'])
 
