@@ -15,8 +15,8 @@ from .core import ConfigError, did_you_mean, resolve_object, check_kwargs, stage
 
 # %% auto #0
 __all__ = ['REQUIRED', 'DatasetConfig', 'ModelConfig', 'OptimizerConfig', 'StageConfig', 'SchedulerConfig', 'CheckpointConfig',
-           'PreemptionConfig', 'WandbConfig', 'Config', 'Source', 'read_yaml', 'read_dotenv', 'load_dotenv',
-           'expand_env', 'apply_overrides', 'from_dict', 'parse_time_limit', 'stages', 'check_values',
+           'PreemptionConfig', 'NonfiniteConfig', 'WandbConfig', 'Config', 'Source', 'read_yaml', 'read_dotenv',
+           'load_dotenv', 'expand_env', 'apply_overrides', 'from_dict', 'parse_time_limit', 'stages', 'check_values',
            'validate_config', 'load_config', 'config_to_dict']
 
 # %% ../nbs/05_config.ipynb #4f5bea5a
@@ -80,6 +80,12 @@ class PreemptionConfig:
     requeue:bool = True           # under SLURM, `scontrol requeue` the job after the checkpoint
 
 @dataclass
+class NonfiniteConfig:
+    "What an update with a NaN or Inf loss (or gradient) does; see the trainer notebook."
+    policy:Literal['skip', 'stop', 'off'] = 'skip'  # skip: drop the update and count it; stop: stop at once; off: no check
+    max_consecutive:int = 10      # skip: stop, with a checkpoint of the last good state, after this many in a row
+
+@dataclass
 class WandbConfig:
     "Weights & Biases tracking."
     enabled:bool = False
@@ -110,6 +116,7 @@ class Config:
     compile:bool = False                  # torch.compile the model
     mem_budget:float = 1.0                # activation memory budget for compile, in (0, 1]; < 1 recomputes activations
     max_grad_norm:Optional[float] = None  # clip gradients to this norm
+    nonfinite:NonfiniteConfig = field(default_factory=NonfiniteConfig)  # NaN/Inf loss or gradient: skip, stop or off
     checkpoint:CheckpointConfig = field(default_factory=CheckpointConfig)
     time_limit:Optional[Union[str, int]] = None  # "HH:MM:SS" (or seconds): stop in time before it (default: SLURM's)
     preemption:PreemptionConfig = field(default_factory=PreemptionConfig)

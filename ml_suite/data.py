@@ -6,14 +6,15 @@ Docs: https://ml-suite.github.io/ml_suite/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #2c50fe95
 from __future__ import annotations
-import hashlib, math
+import hashlib, math, re
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
-from .core import ConfigError, DistInfo
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from .core import ConfigError, DistInfo, RunError
 
 # %% auto #0
 __all__ = ['DATASETS', 'mix_seed', 'HeatDataset', 'ResumableSampler', 'die_with_parent', 'BatchStream', 'eval_loader',
-           'Normalization', 'compute_normalization', 'dataset_normalization', 'NormalizedDataset']
+           'Normalization', 'compute_normalization', 'dataset_normalization', 'NormalizedDataset', 'DataError',
+           'CheckedDataset']
 
 # %% ../nbs/01_data.ipynb #b4336f9a
 def mix_seed(*parts)->int:
@@ -120,7 +121,7 @@ class BatchStream:
                               f"each of the {dist.world_size} process(es) gets from {type(getattr(dataset, 'dataset', dataset)).__name__}; "
                               f"lower batch_size or use more samples.")
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True,
-                                 num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                                 collate_fn=getattr(dataset, 'collate_fn', None), num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
                                  generator=torch.Generator().manual_seed(mix_seed(seed, 'workers')),
                                  worker_init_fn=die_with_parent if num_workers > 0 else None)
         self.epoch, self.batches_done, self._it = 0, 0, None
@@ -147,7 +148,8 @@ class BatchStream:
 def eval_loader(dataset:Dataset, batch_size:int, dist:DistInfo=DistInfo(), num_workers:int=0, pin_memory:bool=False)->DataLoader:
     "A loader over this rank's share of `dataset`, in order, every sample exactly once across ranks."
     sampler = ResumableSampler(len(dataset), shuffle=False, rank=dist.rank, world_size=dist.world_size, drop_last=False)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                      collate_fn=getattr(dataset, 'collate_fn', None))
 
 # %% ../nbs/01_data.ipynb #81473e92
 def _bcast(stat:torch.Tensor, v:torch.Tensor, dim:int)->torch.Tensor:
@@ -226,6 +228,7 @@ def compute_normalization(
     if do_y: sums.append(torch.zeros(len(chunks), y0.shape[0], 3, dtype=torch.float64))
     mine = list(range(dist.rank, len(chunks), dist.world_size))
     loader = DataLoader(dataset, batch_sampler=[chunks[c] for c in mine], num_workers=num_workers,
+                        collate_fn=getattr(dataset, 'collate_fn', None),
                         worker_init_fn=die_with_parent if num_workers > 0 else None)
     for c, (x, y) in zip(mine, loader):
         sums[0][c] = _channel_sums(x)
@@ -255,7 +258,8 @@ def dataset_normalization(
     if hasattr(dataset, 'normalization_stats'):
         declared = dict(dataset.normalization_stats())
         unknown = [k for k in declared if k not in Normalization.keys]
-        if unknown: raise ConfigError(f"{type(dataset).__name__}.normalization_stats() returned unknown keys {unknown}; "
+        cls = type(dataset.dataset if isinstance(dataset, NormalizedDataset) else dataset).__name__
+        if unknown: raise ConfigError(f"{cls}.normalization_stats() returned unknown keys {unknown}; "
                                       f"use {', '.join(Normalization.keys)}.")
         return Normalization(**declared, **shapes)
     return compute_normalization(dataset, **kwargs)
@@ -269,3 +273,78 @@ class NormalizedDataset(Dataset):
     def __getitem__(self, i):
         x, y = self.dataset[i]
         return self.norm.input(x), (self.norm.target(y) if _is_field(y) else y)
+
+# %% ../nbs/01_data.ipynb #4eb4978c
+class DataError(RunError):
+    "A sample or batch that training cannot use; the message names the dataset, the split and the index."
+    def __init__(self, msg:str=''):
+        # Raised in a data-loader worker, it comes back through torch as `DataError("Caught DataError in DataLoader
+        # worker process N.\nOriginal Traceback ...")`: keep our own paragraph, the last line, and say which worker.
+        m = re.match(r"Caught DataError (in DataLoader worker process \d+)", str(msg))
+        if m: msg = str(msg).rstrip().rsplit('DataError: ', 1)[-1] + f" (raised {m.group(1)})"
+        super().__init__(msg)
+
+def _describe(v)->str:
+    "A short description of a sample's part, for messages: shape and dtype of a tensor or array, else its type."
+    if hasattr(v, 'shape') and hasattr(v, 'dtype'): return f"shape {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
+    return f"a {type(v).__name__}"
+
+# %% ../nbs/01_data.ipynb #76a7ce1d
+class CheckedDataset(NormalizedDataset):
+    "`dataset`'s samples, checked (and normalized by `norm`): a fault raises a `DataError` naming dataset, split and index."
+    def __init__(self,
+                 dataset:Dataset,   # the user's dataset, yielding `(input, target)`
+                 split:str='train', # its split, for messages
+                 norm:Normalization|None=None):  # applied to each sample (None: the identity; it can change in place)
+        super().__init__(dataset, Normalization() if norm is None else norm)
+        self.split, self._batch_indices = split, None
+
+    def __getattr__(self, name):  # the wrapped dataset's own attributes: `normalize`, `normalization_stats`, ...
+        if name.startswith('__') or name in ('dataset', 'norm', 'split', '_batch_indices'): raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    @property
+    def name(self)->str:
+        "The dataset's class and split, e.g. `HeatDataset (split 'train')`."
+        return f"{type(self.dataset).__name__} (split '{self.split}')"
+
+    def __getitem__(self, i):
+        try: s = self.dataset[i]
+        except DataError: raise
+        except Exception as e:
+            msg = ' '.join(str(e).split())
+            raise DataError(f"{self.name} failed to give sample {i}: {type(self.dataset).__name__}.__getitem__({i}) raised "
+                            f"{type(e).__name__}: {msg[:300] or '(no message)'}. The fault is in the dataset's own code (the original "
+                            f"traceback is chained to this error); reproduce it with {type(self.dataset).__name__}(split='{self.split}', ...)[{i}].") from e
+        if not isinstance(s, (tuple, list)) or len(s) != 2:
+            what = (f"a dict with keys {list(s)[:6]}" if isinstance(s, dict) else
+                    f"a {type(s).__name__} of {len(s)} items" if isinstance(s, (tuple, list)) else _describe(s))
+            raise DataError(f"{self.name} sample {i} is {what}; a sample must be a pair (input, target). Return a tuple "
+                            f"from {type(self.dataset).__name__}.__getitem__, e.g. `return x, y`"
+                            + (f" (here perhaps `return s[{list(s)[0]!r}], s[{list(s)[-1]!r}]`)." if isinstance(s, dict) and s else '.'))
+        x, y = s
+        return self.norm.input(x), (self.norm.target(y) if _is_field(y) else y)
+
+    def __getitems__(self, indices:list)->list:
+        "The samples of one batch (torch's loader calls this); remembers their indices for `collate_fn`'s messages."
+        self._batch_indices = indices
+        return [self[i] for i in indices]
+
+    def collate_fn(self, samples:list):
+        "Stack `samples` into a batch; when they cannot be stacked, say which indices differ and how."
+        try: return default_collate(samples)
+        except Exception as e: raise DataError(self._mismatch(samples, e)) from e
+
+    def _mismatch(self, samples:list, e:Exception)->str:
+        idx = self._batch_indices if self._batch_indices is not None and len(self._batch_indices) == len(samples) else None
+        at = lambda j: f"sample {idx[j]}" if idx is not None else f"entry {j} of the batch"
+        for part, word in ((0, 'input'), (1, 'target')):
+            ref = _describe(samples[0][part])
+            for j, s in enumerate(samples):
+                if _describe(s[part]) != ref:
+                    return (f"{self.name}: {at(0)} has an {word} of {ref}, but {at(j)} has {_describe(s[part])}; the samples "
+                            f"of a batch must have one shape and dtype to be stacked. Make "
+                            f"{type(self.dataset).__name__}.__getitem__ return {word}s of one shape (crop, pad or resize "
+                            f"them) and one dtype.")
+        return (f"{self.name}: the samples {list(idx[:8]) if idx is not None else ''} cannot be stacked into a batch: "
+                f"{type(e).__name__}: {' '.join(str(e).split())[:300]}.")

@@ -13,12 +13,12 @@ from .core import ConfigError, RunError, DistInfo, resolve_object
 from .config import Config, Source, load_config, config_to_dict, stages, parse_time_limit
 
 # %% auto #0
-__all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_INTERRUPTED', 'resolve_run_dir',
-           'check_run_dir', 'plan_start', 'build_trainer', 'oom_advice', 'train', 'dry_run', 'run_status',
-           'format_status', 'status_main', 'main']
+__all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_NONFINITE', 'EXIT_INTERRUPTED',
+           'resolve_run_dir', 'check_run_dir', 'plan_start', 'build_trainer', 'oom_advice', 'train', 'dry_run',
+           'run_status', 'format_status', 'status_main', 'main']
 
 # %% ../nbs/10_train.ipynb #d95842b3
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 
 # %% ../nbs/10_train.ipynb #5730c2b2
 def resolve_run_dir(cfg:Config, src:Source)->Path:
@@ -78,7 +78,7 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
                   compute_stats:bool=True):
     "Build data, model, optimizer, schedule and `Trainer` from a validated config."
     import torch
-    from ml_suite.data import DATASETS, BatchStream, eval_loader, NormalizedDataset, dataset_normalization
+    from ml_suite.data import DATASETS, BatchStream, eval_loader, CheckedDataset, dataset_normalization
     from ml_suite.models import MODELS
     from ml_suite.losses import LOSSES, METRICS
     from ml_suite.optim import build_optimizer, build_lr_scheduler
@@ -87,12 +87,16 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     where = lambda *p: src.where(p)
     device = get_device(cfg.device, dist)
     ds_cls = resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', where('dataset', 'name'), src.folder)
-    train_ds = ds_cls(split=cfg.dataset.train_split, **cfg.dataset.kwargs)
-    val_ds = ds_cls(split=cfg.dataset.val_split, **cfg.dataset.kwargs)
+    if cfg.nonfinite.max_consecutive < 1:
+        raise ConfigError(f"nonfinite.max_consecutive{where('nonfinite', 'max_consecutive')} must be >= 1, got "
+                          f"{cfg.nonfinite.max_consecutive}; use policy: off to turn the check off.")
+    # every sample is read through a check that names the dataset, split and index of a sample that cannot be used
+    train_ds = CheckedDataset(ds_cls(split=cfg.dataset.train_split, **cfg.dataset.kwargs), cfg.dataset.train_split)
+    val_ds = CheckedDataset(ds_cls(split=cfg.dataset.val_split, **cfg.dataset.kwargs), cfg.dataset.val_split)
     # Statistics are computed on a fresh start only: a resume (or a start from weights) loads the ones the weights were
     # trained with, and a dry run does not need them; until then `norm` is the identity, with the samples' shapes.
     norm = dataset_normalization(train_ds, cfg.dataset.normalize if compute_stats else False, num_workers=cfg.num_workers, dist=dist)
-    train_ds, val_ds = NormalizedDataset(train_ds, norm), NormalizedDataset(val_ds, norm)
+    train_ds.norm = val_ds.norm = norm
     torch.manual_seed(cfg.seed)
     model = resolve_object(cfg.model.type, MODELS, 'model.type', where('model', 'type'), src.folder)(**cfg.model.kwargs)
     criterion = _instantiate(resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', where('model', 'criterion'), src.folder))
@@ -111,7 +115,8 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
                 config=config_to_dict(cfg), time_limit=parse_time_limit(cfg.time_limit),
                 save_every_epochs=cfg.checkpoint.save_every_epochs, keep_last=cfg.checkpoint.keep_last,
                 every_updates=cfg.checkpoint.every_updates, every_minutes=cfg.checkpoint.every_minutes, start_time=start_time,
-                requeue_signals=cfg.preemption.requeue_signals, exit_signals=cfg.preemption.exit_signals, normalizer=norm)
+                requeue_signals=cfg.preemption.requeue_signals, exit_signals=cfg.preemption.exit_signals, normalizer=norm,
+                nonfinite_policy=cfg.nonfinite.policy, nonfinite_max_consecutive=cfg.nonfinite.max_consecutive)
     t.evaluator = Evaluator(criterion, metrics, device, autocast=t.autocast)
     return t
 
@@ -271,12 +276,13 @@ def dry_run(config, overrides=(), out=print)->dict:
     "Check that `config` can train: build everything, one forward/backward pass; print a summary; write nothing."
     import torch, warnings
     from ml_suite.optim import build_lr_scheduler, without_dynamo_import
+    from ml_suite.trainer import first_batch_loss
     with without_dynamo_import():   # no optimizer steps here: the compiler's import would double the start-up
         cfg, src = load_config(config, overrides)
         run_dir = resolve_run_dir(cfg, src)
         t = build_trainer(cfg, src, run_dir=None, compute_stats=False)   # statistics: at the start of training
         x, y = next(t.train_data)
-        with t.autocast(): loss = t.criterion(t.model(x.to(t.device)), y.to(t.device))
+        with t.autocast(): loss = first_batch_loss(t.model, t.criterion, x.to(t.device), y.to(t.device), t.raw_model)
         loss.backward()
         params = list(t.raw_model.parameters())
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.learning_rate)
@@ -344,7 +350,7 @@ def _parser():
         epilog="examples:\n  ml-suite-train configs/quickstart.yml\n  ml-suite-train train.yml optimizer.learning_rate=3e-4 total_updates=500\n"
                "  torchrun --standalone --nproc_per_node=4 -m ml_suite.train train.yml\n\n"
                "exit codes: 0 finished, 1 error, 2 bad config or usage, 3 stopped early (rerun to continue), "
-               "4 run directory in use, 130 Ctrl-C")
+               "4 run directory in use, 5 stopped on NaN/Inf losses, 130 Ctrl-C")
     p.add_argument('args', nargs='*', metavar='CONFIG [key=value ...]', help='the config file, then dotted-key overrides')
     p.add_argument('--config_path', '--config-path', dest='config_path', help='the config file (alternative to the positional CONFIG)')
     p.add_argument('--dry-run', '--dry_run', dest='dry_run', action='store_true',
@@ -386,6 +392,7 @@ def _main(argv=None)->int:
         print("ml-suite-train: interrupted twice: stopped at once, without finishing the checkpoint; latest.pt is the "
               "last complete one. Rerun the same command to continue from it.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if t.stop_action == 'nonfinite': return EXIT_NONFINITE
     if t.finished: return EXIT_OK
     return EXIT_INTERRUPTED if t.stop_action == 'interrupt' else EXIT_STOPPED
 

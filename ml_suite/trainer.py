@@ -6,12 +6,12 @@ Docs: https://ml-suite.github.io/ml_suite/trainer.html.md"""
 
 # %% ../nbs/09_trainer.ipynb #f90ee064
 from __future__ import annotations
-import math, time
+import math, time, warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import torch
 from fastcore.basics import patch
-from .core import DistInfo
+from .core import DistInfo, RunError
 from . import hpc
 from .timekeeper import TimeKeeper
 from .checkpoint import Checkpointer, unwrap_model, load_weights, get_rng_state, set_rng_state
@@ -19,7 +19,8 @@ from .evaluator import all_reduce_sum
 from .tracking import MetricsLog, logger
 
 # %% auto #0
-__all__ = ['get_device', 'stop_on_signals', 'Trainer']
+__all__ = ['get_device', 'stop_on_signals', 'ModelError', 'track_modules', 'failing_layer', 'forward_error', 'first_batch_loss',
+           'Trainer', 'NonFiniteError']
 
 # %% ../nbs/09_trainer.ipynb #e63703f8
 def get_device(name:str='auto', dist:DistInfo=DistInfo())->torch.device:
@@ -37,6 +38,80 @@ def stop_on_signals(requeue=('SIGUSR1', 'SIGUSR2'), exit=('SIGTERM',)):
     finally: hpc.restore_handlers(old)
 
 # %% ../nbs/09_trainer.ipynb #94e2c59a
+class ModelError(RunError):
+    "The model does not fit the data: the message names the model, the input shape and the layer that failed."
+
+@contextmanager
+def track_modules(model:torch.nn.Module):
+    "While inside, the yielded list holds `(name, module, input shapes)` of every module whose forward is running, innermost last."
+    stack, handles = [], []
+    def enter(name):
+        def hook(mod, args): stack.append((name, mod, [tuple(a.shape) for a in args if torch.is_tensor(a)]))
+        return hook
+    def leave(mod, args, out): stack.pop()
+    for name, mod in model.named_modules():
+        if name: handles += [mod.register_forward_pre_hook(enter(name)), mod.register_forward_hook(leave)]
+    try: yield stack
+    finally:
+        for h in handles: h.remove()
+
+def failing_layer(model:torch.nn.Module, x)->tuple|None:
+    "Run `model(x)` once more without gradients; `(name, module, input shapes)` of the innermost module that raised, or None."
+    with track_modules(model) as stack, torch.no_grad():
+        try: model(x)
+        except Exception: return stack[-1] if stack else None
+    return None
+
+# %% ../nbs/09_trainer.ipynb #9d3356d7
+def _shape(v)->str:
+    return f"{tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" if torch.is_tensor(v) else f"a {type(v).__name__}"
+
+def forward_error(model:torch.nn.Module, x, e:Exception)->ModelError:
+    "A `ModelError` for `model(x)` having raised `e`: the model, the input's shape and dtype, the failing layer, a hint."
+    name, where = type(model).__name__, failing_layer(model, x)
+    pdt = next((p.dtype for p in model.parameters()), None)
+    layer = (f" in layer '{where[0]}' ({type(where[1]).__name__}, given input of shape "
+             f"{', '.join(map(str, where[2])) or 'none'})" if where else '')
+    if torch.is_tensor(x) and x.is_floating_point() and pdt is not None and pdt.is_floating_point and x.dtype != pdt:
+        hint = (f"The inputs are {str(x.dtype)[6:]} but {name}'s parameters are {str(pdt)[6:]}: return {str(pdt)[6:]} "
+                f"tensors from the dataset's __getitem__ (e.g. `x.float()`).")
+    else:
+        hint = (f"Check that the model's settings (the model section of the config: channels, sizes) fit the data: one "
+                f"input sample has shape {tuple(x.shape[1:]) if torch.is_tensor(x) else '?'}.")
+    msg = ' '.join(str(e).split())[:400]
+    return ModelError(f"{name} failed on a batch of inputs of shape {_shape(x)}{layer}: {type(e).__name__}: {msg}. {hint}")
+
+# %% ../nbs/09_trainer.ipynb #3762d7e6
+def _elementwise_losses()->tuple:
+    from ml_suite.losses import LOSSES
+    return tuple(c for k, c in LOSSES.items() if k != 'cross_entropy')
+
+def first_batch_loss(model:torch.nn.Module, criterion, x, y, raw_model:torch.nn.Module|None=None):
+    "`criterion(model(x), y)`, checked: a failing forward, or predictions that do not match the targets, raise `ModelError`."
+    raw = raw_model if raw_model is not None else model   # the bare model (no DDP, no compile) to locate a failure in
+    try: pred = model(x)
+    except torch.OutOfMemoryError: raise
+    except Exception as e: raise forward_error(raw, x, e) from e
+    cname = getattr(criterion, '__name__', type(criterion).__name__)
+    mismatch = (f"{type(raw).__name__} returns predictions of shape {_shape(pred)} but the targets have shape {_shape(y)}: "
+                f"{cname} compares them element by element and would broadcast them into a wrong loss. Make the model's "
+                f"output match the targets (its output channels or size), or the dataset's targets match the model.")
+    if (torch.is_tensor(pred) and torch.is_tensor(y) and y.is_floating_point() and pred.shape != y.shape
+            and isinstance(criterion, _elementwise_losses())): raise ModelError(mismatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('error', message='Using a target size', category=UserWarning)
+        try: loss = criterion(pred, y)
+        except UserWarning: raise ModelError(mismatch) from None
+        except torch.OutOfMemoryError: raise
+        except Exception as e:
+            raise ModelError(f"the criterion {cname} failed on predictions of shape {_shape(pred)} and targets of shape "
+                             f"{_shape(y)}: {type(e).__name__}: {' '.join(str(e).split())[:400]}.") from e
+    if not torch.is_tensor(loss) or loss.ndim != 0:
+        raise ModelError(f"the criterion {cname} returned {_shape(loss)}, not one number; it must reduce the batch to a "
+                         f"scalar (e.g. reduction='mean').")
+    return loss
+
+# %% ../nbs/09_trainer.ipynb #6ccd8270
 class Trainer:
     "Train `model` for `total_updates` gradient updates, validating and checkpointing every `updates_per_epoch`."
     def __init__(self,
@@ -68,6 +143,8 @@ class Trainer:
                  requeue_signals=('SIGUSR1', 'SIGUSR2'),  # stop, save and requeue
                  exit_signals=('SIGTERM',),       # stop, save and exit
                  normalizer=None,                 # the data's `Normalization`, saved in checkpoints (None: none)
+                 nonfinite_policy:str='skip',     # a NaN/Inf loss or gradient: 'skip' the update, 'stop' at once, or 'off'
+                 nonfinite_max_consecutive:int=10,# 'skip': stop, with a checkpoint, after this many skipped in a row
                 ):
         self.device, self.dist = torch.device(device), dist
         self.raw_model = model.to(self.device)
@@ -103,47 +180,60 @@ class Trainer:
         self._losses = []   # detached per-update losses, summed into `_loss_sum` in batches (see `train_step`)
         self._last_save = time.monotonic()
         self.normalizer = normalizer
+        if nonfinite_policy not in ('skip', 'stop', 'off'):
+            raise ValueError(f"nonfinite_policy must be 'skip', 'stop' or 'off', got {nonfinite_policy!r}.")
+        self.nonfinite_policy = nonfinite_policy
+        self.nonfinite_max_consecutive = 1 if nonfinite_policy == 'stop' else nonfinite_max_consecutive
+        self.skipped_nonfinite, self._nonfinite_run, self._window_skipped = 0, 0, 0   # in all; in a row now; since the last row
+        self._skipped_at_start = 0   # `skipped_nonfinite` when `fit` began: a resumed streak stops only at a new skip
+        self._checked = False   # the first update of `fit` runs through `first_batch_loss`
 
     def autocast(self):
         "The mixed-precision context of the forward pass (a no-op without `amp`)."
         if not self.amp: return nullcontext()   # cheaper than a disabled autocast: this runs every update
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-# %% ../nbs/09_trainer.ipynb #b0947c74
+# %% ../nbs/09_trainer.ipynb #e55fd2b5
 @patch
 def train_step(self:Trainer, batches:list)->None:
-    "One gradient update from the micro-batches `batches`."
+    "One gradient update from the micro-batches `batches`; skipped, and counted, if its loss or gradient is not finite."
     if not self.model.training: self.model.train()   # validation leaves it in eval mode
     n, fp16 = len(batches), self.scaler.is_enabled()           # fp16: the gradient scaler takes part
     for i, (x, y) in enumerate(batches):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         sync = i == n - 1 or not hasattr(self.model, 'no_sync')   # DDP all-reduces on the last micro-batch only
         with (nullcontext() if sync else self.model.no_sync()), self.autocast():
-            loss = self.criterion(self.model(x), y)
+            loss = (self.criterion(self.model(x), y) if self._checked
+                    else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
             if n > 1: loss = loss / n
         (self.scaler.scale(loss) if fp16 else loss).backward()
         self._losses.append(loss.detach())
         self.samples += len(x) * self.dist.world_size
-    if len(self._losses) >= 64: self._sum_losses()
+    self._checked = True
     if fp16: self.scaler.unscale_(self.optimizer)                # true gradients for clipping and the logged norm
-    if self.max_grad_norm or self._will_log():
+    check, norm = self.nonfinite_policy != 'off', None
+    if self.max_grad_norm or self._will_log() or (check and self.dist.distributed and not fp16):
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
-        if self.max_grad_norm: self.grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-        else: self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if self.max_grad_norm: norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        else: norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        self.grad_norm = norm
     self.lr = self.optimizer.param_groups[0]['lr']                 # the LR this update used
+    if check and not self._is_finite(n, None if fp16 else norm): return self._skip_update(n, fp16, norm)
     if fp16: self.scaler.step(self.optimizer); self.scaler.update()   # skips the step if a gradient overflowed
     else: self.optimizer.step()
     self.optimizer.zero_grad(set_to_none=True)
     if self.scheduler is not None: self.scheduler.step()
     self.updates += 1
     self._loss_n += 1
+    self._nonfinite_run = 0
+    if len(self._losses) >= 64: self._sum_losses()
 
 @patch
 def _sum_losses(self:Trainer):
     "Add the collected per-update losses to `_loss_sum` (one stack and sum instead of one addition per update)."
     if self._losses: self._loss_sum += torch.stack(self._losses).sum(); self._losses.clear()
 
-# %% ../nbs/09_trainer.ipynb #3762d7e6
+# %% ../nbs/09_trainer.ipynb #6eec3284
 @patch
 def _will_log(self:Trainer)->bool:
     u = self.updates + 1
@@ -156,7 +246,7 @@ def _is_val_update(self:Trainer, u:int)->bool: return u % self.updates_per_epoch
 def fit(self:Trainer)->'Trainer':
     "Train until `total_updates`, a stop request (Ctrl-C) or the time limit; checkpoint at each validation and at a stop."
     self.stop_reason = self.stop_action = None
-    self._tick = time.monotonic()
+    self._tick, self._skipped_at_start = time.monotonic(), self.skipped_nonfinite
     with stop_on_signals(self.requeue_signals, self.exit_signals):
         while self.updates < self.total_updates:
             if self._should_stop(): break
@@ -168,6 +258,7 @@ def fit(self:Trainer)->'Trainer':
             else:
                 if self.updates % self.log_every == 0: self.log()
                 if self.every_updates and self.updates % self.every_updates == 0: self.save()
+    if self.stop_action is None and self._nonfinite_due(): self._stop_for_nonfinite()   # the last update was the K-th
     if self.updates < self.total_updates:
         logger.info(f"stopping at update {self.updates}/{self.total_updates} ({self.stop_reason}); saving a checkpoint")
         self.save(validated=False)
@@ -179,7 +270,7 @@ def fit(self:Trainer)->'Trainer':
     for t in closing: t.close()
     return self
 
-# %% ../nbs/09_trainer.ipynb #26f33c5c
+# %% ../nbs/09_trainer.ipynb #9c60aaff
 @patch
 def _agree(self:Trainer, *flags)->list:
     "`flags`, each true if it is true on any rank."
@@ -195,9 +286,11 @@ def _should_stop(self:Trainer)->bool:
     req = hpc.stop_request()
     act = req[1] if req else None
     late = self.timekeeper.limit is not None and self.timekeeper.should_stop(self._is_val_update(self.updates + 1))
-    flags = (act == 'requeue', act == 'exit', act == 'interrupt', late, self._minutes_due())
+    nonfinite = self._nonfinite_run >= self.nonfinite_max_consecutive and self._nonfinite_due()   # cheap test first
+    flags = (act == 'requeue', act == 'exit', act == 'interrupt', late, self._minutes_due(), nonfinite)
     if self._ctrl is None and not any(flags): return False   # one process and nothing to do: the usual case, kept cheap
-    requeue, exit_, interrupt, late, save_now = self._agree(*flags)
+    requeue, exit_, interrupt, late, save_now, nonfinite = self._agree(*flags)
+    if nonfinite: self._stop_for_nonfinite(); return True
     if requeue or exit_ or interrupt or late:
         self.stop_action = 'requeue' if requeue or late else 'exit' if exit_ else 'interrupt'
         self.stop_reason = req[0] if req else 'time limit' if late else 'a signal on another rank'
@@ -212,7 +305,7 @@ def _minutes_due(self:Trainer)->bool:
 @patch(as_prop=True)
 def finished(self:Trainer)->bool: return self.updates >= self.total_updates
 
-# %% ../nbs/09_trainer.ipynb #8554b826
+# %% ../nbs/09_trainer.ipynb #d7665c16
 @patch
 def validate(self:Trainer)->dict:
     "Metrics on the validation data; updates `best_val_loss`."
@@ -220,7 +313,7 @@ def validate(self:Trainer)->dict:
     t0 = time.monotonic()
     res = self.evaluator.evaluate(self.model, self.val_data)
     self.timekeeper.record('validate', time.monotonic() - t0)
-    self._improved = res['val_loss'] < self.best_val_loss
+    self._improved = math.isfinite(res['val_loss']) and res['val_loss'] < self.best_val_loss   # NaN is never best
     if self._improved: self.best_val_loss = res['val_loss']
     return res
 
@@ -229,16 +322,17 @@ def log(self:Trainer, val:dict|None=None):
     "Write one row (train loss, LR, throughput, validation metrics) to the log, metrics.jsonl and trackers."
     self._sum_losses()
     loss = all_reduce_sum(torch.stack([self._loss_sum.detach().double(), torch.tensor(float(self._loss_n), device=self._loss_sum.device, dtype=torch.float64)]))
-    now, n = time.monotonic(), self._loss_n
+    now, n = time.monotonic(), self._loss_n   # n: applied updates since the last row (skipped ones are not in the mean)
     row = {'update': self.updates, 'train_loss': (loss[0] / loss[1]).item() if n else None, 'lr': self.lr,
            'grad_norm': float(self.grad_norm) if getattr(self, 'grad_norm', None) is not None else None,
            'epoch': self.train_data.state_dict().get('epoch') if hasattr(self.train_data, 'state_dict') else None,
-           'samples': self.samples, 'updates_per_s': n / max(now - self._tick, 1e-9), **(val or {})}
+           'samples': self.samples, 'updates_per_s': (n + self._window_skipped) / max(now - self._tick, 1e-9),
+           'skipped_nonfinite': self.skipped_nonfinite, **(val or {})}
     row['samples_per_s'] = row['updates_per_s'] * self.samples / max(self.updates, 1)
     row['eta_s'] = (self.total_updates - self.updates) / max(row['updates_per_s'], 1e-9)
     if self.device.type == 'cuda':
         row['gpu_mem_gb'] = torch.cuda.max_memory_allocated(self.device) / 1e9; torch.cuda.reset_peak_memory_stats(self.device)
-    self._loss_sum.zero_(); self._loss_n, self._tick = 0, now
+    self._loss_sum.zero_(); self._loss_n, self._window_skipped, self._tick = 0, 0, now
     self.history.append(row)
     if not self.dist.is_main: return
     if self.metrics_log: self.metrics_log.write(row)
@@ -246,8 +340,10 @@ def log(self:Trainer, val:dict|None=None):
     if self.progress: self.progress.update(self.updates, row)
     val_txt = ''.join(f" {k} {v:.5g}" for k, v in (val or {}).items())
     from ml_suite.tracking import _fmt_time
-    logger.info(f"update {self.updates}/{self.total_updates} train_loss {row['train_loss']:.5g} lr {self.lr:.3g} "
-                f"{row['samples_per_s']:.1f} samples/s ETA {_fmt_time(row['eta_s'])}{val_txt}")
+    tl = f"{row['train_loss']:.5g}" if row['train_loss'] is not None else 'n/a'
+    skipped = f" skipped_nonfinite {self.skipped_nonfinite}" if self.skipped_nonfinite else ''
+    logger.info(f"update {self.updates}/{self.total_updates} train_loss {tl} lr {self.lr:.3g} "
+                f"{row['samples_per_s']:.1f} samples/s ETA {_fmt_time(row['eta_s'])}{val_txt}{skipped}")
 
 @patch
 def _send(self:Trainer):
@@ -260,6 +356,13 @@ def _send(self:Trainer):
 def save(self:Trainer, validated:bool=False):
     "Write latest.pt (and best.pt, epoch_N.pt where due), from the main process only; the fsync and rename finish in the background."
     if self.checkpointer is None: return
+    if self.nonfinite_policy != 'off' and not self._weights_finite():   # the same on every rank: weights are identical
+        if self.dist.is_main: self.wait_for_save()   # the last good checkpoint is durable before the error
+        raise NonFiniteError(f"the model's weights hold NaN or Inf at update {self.updates}, so they are not saved: latest.pt "
+                             f"keeps the last checkpoint with finite weights. An update with a finite loss made them so (a "
+                             f"NaN gradient behind a finite loss, or a step too large for float32). Set max_grad_norm (the "
+                             f"gradient is then checked at every update), lower optimizer.learning_rate, and rerun the same "
+                             f"command to continue from latest.pt.")
     state = self.state_dict()                        # every rank: RNG states are gathered
     self._last_save = time.monotonic()
     if not self.dist.is_main: return
@@ -282,7 +385,7 @@ def wait_for_save(self:Trainer):
         for t in self.trackers: t.log(row)
     self._covered = []
 
-# %% ../nbs/09_trainer.ipynb #a3074b45
+# %% ../nbs/09_trainer.ipynb #45ec1ab1
 @patch
 def state_dict(self:Trainer)->dict:
     "The complete training state, as plain tensors and data (see the checkpoint notebook for the keys)."
@@ -295,6 +398,7 @@ def state_dict(self:Trainer)->dict:
     return {'format': 1, 'model': unwrap_model(self.model).state_dict(), 'optimizer': self.optimizer.state_dict(),
             'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None, 'scaler': self.scaler.state_dict(),
             'updates': self.updates, 'samples': self.samples, 'best_val_loss': self.best_val_loss,
+            'nonfinite': {'skipped': self.skipped_nonfinite, 'in_a_row': self._nonfinite_run},
             'data': self.train_data.state_dict() if hasattr(self.train_data, 'state_dict') else {},
             'rng': rng, 'world_size': self.dist.world_size, 'config': self.config, 'timekeeper': self.timekeeper.state_dict(),
             'wandb_id': self.wandb_id, 'normalization': self.normalizer.state_dict() if self.normalizer is not None else None,
@@ -308,6 +412,8 @@ def load_state_dict(self:Trainer, sd:dict):
     if self.scheduler is not None: self.scheduler.load_state_dict(sd['scheduler'])
     self.scaler.load_state_dict(sd['scaler'])
     self.updates, self.samples, self.best_val_loss = sd['updates'], sd['samples'], sd['best_val_loss']
+    nf = sd.get('nonfinite') or {}                   # absent in checkpoints from before the count
+    self.skipped_nonfinite, self._nonfinite_run = nf.get('skipped', 0), nf.get('in_a_row', 0)
     data, old_world = dict(sd['data']), sd.get('world_size', 1)
     if old_world != self.dist.world_size:
         if 'batches_done' in data: data['batches_done'] = data['batches_done'] * old_world // self.dist.world_size
@@ -323,3 +429,58 @@ def load_state_dict(self:Trainer, sd:dict):
     if 'timekeeper' in sd: self.timekeeper.load_state_dict(sd['timekeeper'])  # measured costs carry over; the budget does not
     self.lr = self.optimizer.param_groups[0]['lr']
     if self.metrics_log: self.metrics_log.resume_at(self.updates)
+
+# %% ../nbs/09_trainer.ipynb #e0f31e32
+class NonFiniteError(RunError):
+    "The model's weights hold NaN or Inf: they are not saved. Exit code 5, like a stop for non-finite updates."
+    exit_code = 5
+
+@patch
+def _is_finite(self:Trainer, n:int, grad_norm=None)->bool:
+    "Are this update's loss (the sum of its `n` micro-batches) and `grad_norm` (if given) finite? One read-back."
+    if self.dist.distributed and grad_norm is not None: v = grad_norm   # the same on every rank after the all-reduce
+    else:
+        v = self._losses[-1] if n == 1 else torch.stack(self._losses[-n:]).sum()
+        if grad_norm is not None: v = v + grad_norm
+    return math.isfinite(v.item())   # CPU-GPU sync
+
+@patch
+def _skip_update(self:Trainer, n:int, fp16:bool, grad_norm=None):
+    "Drop this update: clear its gradients, do not step; the counters, the schedule and the data move on."
+    loss = torch.stack(self._losses[-n:]).sum().item()
+    del self._losses[-n:]                                          # the logged train_loss averages the applied updates
+    self.optimizer.zero_grad(set_to_none=True)
+    if fp16: self.scaler.update()                                  # unscale_ ran: close the scaler's step
+    if self.scheduler is not None:
+        with warnings.catch_warnings():   # torch warns if the very first scheduler step comes before any optimizer step
+            warnings.simplefilter('ignore', UserWarning); self.scheduler.step()
+    self.updates += 1
+    self.skipped_nonfinite += 1; self._nonfinite_run += 1; self._window_skipped += 1
+    if self.dist.is_main:
+        gn = f", gradient norm {float(grad_norm):.4g}" if grad_norm is not None else ''
+        logger.warning(f"update {self.updates}: non-finite loss or gradient (loss {loss:.4g}{gn}): update skipped, weights "
+                       f"unchanged ({self._nonfinite_run} in a row, {self.skipped_nonfinite} in all; the run stops after "
+                       f"{self.nonfinite_max_consecutive} in a row)")
+
+@patch
+def _nonfinite_due(self:Trainer)->bool:
+    "Has the streak of skipped updates reached the limit, with a skip in this `fit`? (A resumed streak goes on.)"
+    return self._nonfinite_run >= self.nonfinite_max_consecutive and self.skipped_nonfinite > self._skipped_at_start
+
+@patch
+def _stop_for_nonfinite(self:Trainer):
+    "Record a stop for `nonfinite_max_consecutive` skipped updates in a row, and say what to do."
+    k = self._nonfinite_run
+    self.stop_action, self.stop_reason = 'nonfinite', f"{k} update(s) in a row with a non-finite loss or gradient"
+    if self.dist.is_main:
+        logger.error(f"stopping at update {self.updates}: the last {k} update(s) had a non-finite loss or gradient "
+                     f"(updates {self.updates - k + 1}-{self.updates}; {self.skipped_nonfinite} skipped in all). They changed "
+                     f"nothing, so the checkpoint written now holds the weights of update {self.updates - k}, the last good "
+                     f"one. Lower optimizer.learning_rate, set max_grad_norm, or look for NaN/Inf in the data (or a division "
+                     f"by zero in the model or criterion), then rerun the same command to continue from it.")
+
+@patch
+def _weights_finite(self:Trainer)->bool:
+    "True if every parameter is finite (checked at each save)."
+    ps = [p.detach() for p in self.raw_model.parameters()]
+    return not ps or bool(torch.stack([torch.isfinite(p).all() for p in ps]).all())
