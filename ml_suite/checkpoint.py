@@ -187,7 +187,7 @@ def save_error(
     return RunError(f"cannot write checkpoint {path} ({why}). {kept} Check that {path.parent} is writable and its disk "
                     f"is healthy (or point run_dir elsewhere); then rerun the same command: it resumes from latest.pt.")
 
-# %% ../nbs/07_checkpoint.ipynb #10813d21
+# %% ../nbs/07_checkpoint.ipynb #0ac12c16
 class Checkpointer:
     "Saves `latest`, `previous`, `best` and numbered checkpoints in `run_dir`; finds the newest good one to resume."
     def __init__(self, run_dir:Path, keep_last:int=0):  # keep only the newest `keep_last` epoch_N.pt (0: all)
@@ -284,7 +284,7 @@ class Checkpointer:
                            f"Move them away to start over, or restore one from a backup; ml_suite does not start over silently.")
         return None, None
 
-# %% ../nbs/07_checkpoint.ipynb #3800ce9b
+# %% ../nbs/07_checkpoint.ipynb #cdb72ab5
 class RunLock:
     "An exclusive lock on a run directory, held while training; released when the process ends, however it ends."
     held:set = set()   # lock files this process holds (a record lock does not conflict with its own process)

@@ -374,7 +374,7 @@ def main(argv=None)->int:
 
 def _main(argv=None)->int:
     p = _parser()
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)   # options anywhere: `CONFIG --dry-run key=value` too
     args = list(a.args)
     config = a.config_path or (args.pop(0) if args and '=' not in args[0] else None)
     if config is None: p.error("give a config file: ml-suite-train CONFIG [key=value ...]")

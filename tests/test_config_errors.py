@@ -68,3 +68,14 @@ def test_shipped_configs_are_valid(name):
     from ml_suite.config import load_config
     cfg, _ = load_config(ROOT / 'configs' / name, environ={'RESULTS_DIR': '/tmp/results'})
     assert cfg.total_updates > 0
+
+def test_options_may_come_between_the_config_and_the_overrides(tmp_path, capsys):
+    "`ml-suite-train CONFIG --dry-run key=value`: the overrides after the option are read, not refused by argparse."
+    from ml_suite.train import main
+    (tmp_path / 'train.yml').write_text(GOOD)
+    assert main([str(tmp_path / 'train.yml'), '--dry-run', 'updates_per_epoch=5', 'model.width=6']) == 0
+    out = capsys.readouterr().out
+    assert 'validation every 5' in out
+    assert main([str(tmp_path / 'train.yml'), '--dry-run', 'model.widht=6']) == 2
+    assert "did you mean 'width'" in capsys.readouterr().err
+    assert not (tmp_path / 'latest.pt').exists()
