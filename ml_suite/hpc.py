@@ -9,7 +9,8 @@ from __future__ import annotations
 import os, shutil, signal, subprocess, threading
 
 # %% auto #0
-__all__ = ['install_stop_handlers', 'restore_handlers', 'stop_request', 'clear_stop_requests', 'slurm_job_id', 'requeue_job']
+__all__ = ['install_stop_handlers', 'restore_handlers', 'stop_request', 'stop_requested', 'clear_stop_requests', 'slurm_job_id',
+           'requeue_job']
 
 # %% ../nbs/12_hpc.ipynb #8b99d10b
 _requests:list = []   # (signal name, action) in the order they came
@@ -53,6 +54,10 @@ def stop_request()->tuple|None:
         for name, a in _requests:
             if a == act: return name, a
     return None
+
+def stop_requested()->bool:
+    "Is any stop request pending? (The trainer asks at every update: kept to one test.)"
+    return bool(_requests)
 
 def clear_stop_requests(): _requests.clear()
 

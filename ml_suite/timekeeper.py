@@ -59,11 +59,11 @@ class TimeKeeper:
     def __init__(self,
                  limit:float|None,           # seconds from `start` (None: no limit)
                  start:float|None=None,      # `time.monotonic()` at process start
-                 margin:float|None=None,     # safety margin in seconds (default: 1% of the limit, 5 s to 60 s)
+                 margin:float|None=None,     # safety margin in seconds (default: 1% of the limit, 3 s to 60 s)
                  clock=time.monotonic):
         self.clock, self.start = clock, clock() if start is None else start
         self.limit = limit
-        self.margin = margin if margin is not None else (min(60.0, max(5.0, 0.01 * limit)) if limit else 0.0)
+        self.margin = margin if margin is not None else (min(60.0, max(3.0, 0.01 * limit)) if limit else 0.0)
         self.stats = {k: RunningStats() for k in ('update', 'validate', 'save', 'first_update')}
         self._first = True   # the next update is this process's first
 

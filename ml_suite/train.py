@@ -15,7 +15,7 @@ from .config import Config, Source, load_config, config_to_dict, stages, parse_t
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_NONFINITE', 'EXIT_INTERRUPTED',
            'resolve_run_dir', 'check_run_dir', 'plan_start', 'build_trainer', 'oom_advice', 'train', 'dry_run',
-           'run_status', 'format_status', 'status_main', 'main']
+           'run_status', 'format_status', 'status_main', 'main', 'quick_exit', 'cli']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -232,7 +232,7 @@ def train(
         if state is None or plan == 'weights':
             if trainer.metrics_log: trainer.metrics_log.resume_at(0)
         if dist.is_main:
-            record = run_record(src.folder)
+            record = {**run_record(src.folder), 'startup_s': round(time.monotonic() - start, 3)}   # launch to training
             try:
                 with open(run_dir / 'starts.jsonl', 'a') as f: f.write(json.dumps(record) + '\n')
             except OSError as e: logger.warning(f"cannot append to {run_dir / 'starts.jsonl'} ({e.strerror or e})")
@@ -396,8 +396,24 @@ def _main(argv=None)->int:
     if t.finished: return EXIT_OK
     return EXIT_INTERRUPTED if t.stop_action == 'interrupt' else EXIT_STOPPED
 
-# %% ../nbs/10_train.ipynb #7f2f6454
+# %% ../nbs/10_train.ipynb #8166c798
+def quick_exit(code:int=0):
+    "End the process with `code` after the `atexit` handlers and a flush of stdout and stderr, skipping the interpreter's teardown."
+    import atexit, threading
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)          # a normal exit waits for those threads
+    atexit._run_exitfuncs()
+    for f in (sys.stdout, sys.stderr):
+        try: f.flush()
+        except (OSError, ValueError): pass   # a closed or broken pipe: nothing more can be written there
+    os._exit(code)
+
+def cli():
+    "The `ml-suite-train` console script: `main`, then `quick_exit` with its exit code."
+    quick_exit(main())
+
+# %% ../nbs/10_train.ipynb #b2d35399
 def _in_ipython()->bool:
     return 'IPython' in sys.modules and sys.modules['IPython'].get_ipython() is not None
 
-if __name__ == '__main__' and not _in_ipython(): sys.exit(main())
+if __name__ == '__main__' and not _in_ipython(): quick_exit(main())

@@ -187,11 +187,15 @@ class Trainer:
         self.skipped_nonfinite, self._nonfinite_run, self._window_skipped = 0, 0, 0   # in all; in a row now; since the last row
         self._skipped_at_start = 0   # `skipped_nonfinite` when `fit` began: a resumed streak stops only at a new skip
         self._checked = False   # the first update of `fit` runs through `first_batch_loss`
+        self.lr = optimizer.param_groups[0]['lr']   # the LR of the last update that wrote a row
+        self._next_event = self._event_after(0)     # the next update after which `fit` logs, validates or saves
 
     def autocast(self):
         "The mixed-precision context of the forward pass (a no-op without `amp`)."
-        if not self.amp: return nullcontext()   # cheaper than a disabled autocast: this runs every update
+        if not self.amp: return _NO_CONTEXT   # cheaper than a disabled autocast: this runs every update
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+_NO_CONTEXT = nullcontext()   # reusable: it holds no state
 
 # %% ../nbs/09_trainer.ipynb #e55fd2b5
 @patch
@@ -200,24 +204,25 @@ def train_step(self:Trainer, batches:list)->None:
     if not self.model.training: self.model.train()   # validation leaves it in eval mode
     n, fp16 = len(batches), self.scaler.is_enabled()           # fp16: the gradient scaler takes part
     for i, (x, y) in enumerate(batches):
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        sync = i == n - 1 or not hasattr(self.model, 'no_sync')   # DDP all-reduces on the last micro-batch only
-        with (nullcontext() if sync else self.model.no_sync()), self.autocast():
+        if x.device != self.device: x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        defer = i < n - 1 and hasattr(self.model, 'no_sync')      # DDP all-reduces on the last micro-batch only
+        with (self.model.no_sync() if defer else _NO_CONTEXT), self.autocast():
             loss = (self.criterion(self.model(x), y) if self._checked
                     else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
             if n > 1: loss = loss / n
         (self.scaler.scale(loss) if fp16 else loss).backward()
         self._losses.append(loss.detach())
-        self.samples += len(x) * self.dist.world_size
+        self.samples += x.shape[0] * self.dist.world_size
     self._checked = True
     if fp16: self.scaler.unscale_(self.optimizer)                # true gradients for clipping and the logged norm
     check, norm = self.nonfinite_policy != 'off', None
-    if self.max_grad_norm or self._will_log() or (check and self.dist.distributed and not fp16):
+    row_due = self.updates + 1 >= self._next_event                # a row may follow: it reports this norm and LR
+    if self.max_grad_norm or row_due or (check and self.dist.distributed and not fp16):
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
         if self.max_grad_norm: norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         else: norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         self.grad_norm = norm
-    self.lr = self.optimizer.param_groups[0]['lr']                 # the LR this update used
+    if row_due: self.lr = self.optimizer.param_groups[0]['lr']    # the LR this update used
     if check and not self._is_finite(n, None if fp16 else norm): return self._skip_update(n, fp16, norm)
     if fp16: self.scaler.step(self.optimizer); self.scaler.update()   # skips the step if a gradient overflowed
     else: self.optimizer.step()
@@ -235,29 +240,35 @@ def _sum_losses(self:Trainer):
 
 # %% ../nbs/09_trainer.ipynb #6eec3284
 @patch
-def _will_log(self:Trainer)->bool:
-    u = self.updates + 1
-    return u % self.log_every == 0 or self._is_val_update(u)
+def _is_val_update(self:Trainer, u:int)->bool: return u % self.updates_per_epoch == 0 or u == self.total_updates
 
 @patch
-def _is_val_update(self:Trainer, u:int)->bool: return u % self.updates_per_epoch == 0 or u == self.total_updates
+def _event_after(self:Trainer, u:int)->int:
+    "The first update after `u` that is followed by a log row, a validation or an `every_updates` checkpoint."
+    every = [self.log_every, self.updates_per_epoch] + ([self.every_updates] if self.every_updates else [])
+    return min([(u // k + 1) * k for k in every] + [self.total_updates if u < self.total_updates else u + 1])
 
 @patch
 def fit(self:Trainer)->'Trainer':
     "Train until `total_updates`, a stop request (Ctrl-C) or the time limit; checkpoint at each validation and at a stop."
     self.stop_reason = self.stop_action = None
     self._tick, self._skipped_at_start = time.monotonic(), self.skipped_nonfinite
+    self._next_event = self._event_after(self.updates)
+    # without other ranks, a time limit or timed saves, only a signal or a run of NaN updates can stop the loop early
+    watch = self._ctrl is not None or self.timekeeper.limit is not None or bool(self.every_minutes)
     with stop_on_signals(self.requeue_signals, self.exit_signals):
         while self.updates < self.total_updates:
-            if self._should_stop(): break
+            if (watch or hpc.stop_requested() or self._nonfinite_run) and self._should_stop(): break
             t0 = time.monotonic()
             self.train_step([next(self.train_data) for _ in range(self.grad_accum_steps)])
             self.timekeeper.record('update', time.monotonic() - t0)
             if self.progress: self.progress.update(self.updates)
+            if self.updates < self._next_event: continue       # most updates end here
             if self._is_val_update(self.updates): self.log(self.validate()); self.save(validated=True)
             else:
                 if self.updates % self.log_every == 0: self.log()
                 if self.every_updates and self.updates % self.every_updates == 0: self.save()
+            self._next_event = self._event_after(self.updates)
     if self.stop_action is None and self._nonfinite_due(): self._stop_for_nonfinite()   # the last update was the K-th
     if self.updates < self.total_updates:
         logger.info(f"stopping at update {self.updates}/{self.total_updates} ({self.stop_reason}); saving a checkpoint")
@@ -270,7 +281,7 @@ def fit(self:Trainer)->'Trainer':
     for t in closing: t.close()
     return self
 
-# %% ../nbs/09_trainer.ipynb #9c60aaff
+# %% ../nbs/09_trainer.ipynb #d7665c16
 @patch
 def _agree(self:Trainer, *flags)->list:
     "`flags`, each true if it is true on any rank."
@@ -288,7 +299,7 @@ def _should_stop(self:Trainer)->bool:
     late = self.timekeeper.limit is not None and self.timekeeper.should_stop(self._is_val_update(self.updates + 1))
     nonfinite = self._nonfinite_run >= self.nonfinite_max_consecutive and self._nonfinite_due()   # cheap test first
     flags = (act == 'requeue', act == 'exit', act == 'interrupt', late, self._minutes_due(), nonfinite)
-    if self._ctrl is None and not any(flags): return False   # one process and nothing to do: the usual case, kept cheap
+    if self._ctrl is None and not any(flags): return False   # one process and nothing to do
     requeue, exit_, interrupt, late, save_now, nonfinite = self._agree(*flags)
     if nonfinite: self._stop_for_nonfinite(); return True
     if requeue or exit_ or interrupt or late:
@@ -305,7 +316,7 @@ def _minutes_due(self:Trainer)->bool:
 @patch(as_prop=True)
 def finished(self:Trainer)->bool: return self.updates >= self.total_updates
 
-# %% ../nbs/09_trainer.ipynb #d7665c16
+# %% ../nbs/09_trainer.ipynb #45ec1ab1
 @patch
 def validate(self:Trainer)->dict:
     "Metrics on the validation data; updates `best_val_loss`."
@@ -385,7 +396,7 @@ def wait_for_save(self:Trainer):
         for t in self.trackers: t.log(row)
     self._covered = []
 
-# %% ../nbs/09_trainer.ipynb #45ec1ab1
+# %% ../nbs/09_trainer.ipynb #e0f31e32
 @patch
 def state_dict(self:Trainer)->dict:
     "The complete training state, as plain tensors and data (see the checkpoint notebook for the keys)."
@@ -428,9 +439,10 @@ def load_state_dict(self:Trainer, sd:dict):
     if self.normalizer is not None: self.normalizer.load_state_dict(sd.get('normalization'))  # none saved: the identity
     if 'timekeeper' in sd: self.timekeeper.load_state_dict(sd['timekeeper'])  # measured costs carry over; the budget does not
     self.lr = self.optimizer.param_groups[0]['lr']
+    self._next_event = self._event_after(self.updates)
     if self.metrics_log: self.metrics_log.resume_at(self.updates)
 
-# %% ../nbs/09_trainer.ipynb #e0f31e32
+# %% ../nbs/09_trainer.ipynb #7070c6e8
 class NonFiniteError(RunError):
     "The model's weights hold NaN or Inf: they are not saved. Exit code 5, like a stop for non-finite updates."
     exit_code = 5
@@ -438,6 +450,7 @@ class NonFiniteError(RunError):
 @patch
 def _is_finite(self:Trainer, n:int, grad_norm=None)->bool:
     "Are this update's loss (the sum of its `n` micro-batches) and `grad_norm` (if given) finite? One read-back."
+    if n == 1 and grad_norm is None: return math.isfinite(self._losses[-1].item())   # the usual case; a CPU-GPU sync
     if self.dist.distributed and grad_norm is not None: v = grad_norm   # the same on every rank after the all-reduce
     else:
         v = self._losses[-1] if n == 1 else torch.stack(self._losses[-n:]).sum()

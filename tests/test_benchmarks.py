@@ -66,3 +66,4 @@ def test_a_time_limited_run_stops_in_time_with_a_checkpoint(tmp_path):
     res = json.loads((tmp_path / 'r.json').read_text())['time_limit']
     assert res['all_stopped_with_checkpoint'], res
     assert res['worst_wall_fraction'] <= 1.0, res
+    assert all(0 < r['startup_s'] < r['wall_s'] for r in res['runs']), res   # from starts.jsonl
