@@ -46,8 +46,8 @@ def class_axis(
 class CrossEntropy(nn.CrossEntropyLoss):
     "`nn.CrossEntropyLoss` for class-index targets with the class axis at 1 or last (see `class_axis`)."
     def forward(self, pred, target):
-        if pred.ndim > 2 and not (target.is_floating_point() and target.shape == pred.shape):
-            if class_axis(pred, target) != 1: pred = pred.movedim(-1, 1)
+        if not (target.is_floating_point() and target.shape == pred.shape):   # class indices, not probabilities
+            if class_axis(pred, target) != 1 and pred.ndim > 2: pred = pred.movedim(-1, 1)
         return super().forward(pred, target)
 
 # %% ../nbs/03_losses.ipynb #ee5cfd1d
