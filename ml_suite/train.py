@@ -303,7 +303,7 @@ def dry_run(config, overrides=(), out=print)->dict:
         f"  run directory   {info['run_dir']}\n  model           {info['model']}: {info['parameters']:,} parameters, "
         f"{info['size_mb']:.2f} MB on {info['device']}\n  one batch       input {info['input_shape']}, loss {info['loss']:.5g} "
         f"(forward and backward ran)\n  validation      "
-        + (f"one batch: " + ', '.join(f"{k} {v:.5g}" for k, v in val.items()) if val else 'no validation split')
+        + ("one batch: " + ', '.join(f"{k} {v:.5g}" for k, v in val.items()) if val else 'no validation split')
         + f"\n  effective batch {cfg.batch_size} x {cfg.grad_accum_steps} accumulation = "
         f"{info['effective_batch']} per process (x processes under torchrun)\n  updates         {cfg.total_updates}, "
         f"validation every {cfg.updates_per_epoch or cfg.total_updates}\n  learning rate   "

@@ -156,3 +156,15 @@ def test_export_cli_takes_dynamic_dims_and_a_model_that_fixes_its_batch_exports_
     assert rep['input_shape'] == [4, 3]
     warns = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
     assert len(warns) == 1 and 'does not allow a dynamic batch' in warns[0] and 'static batch of 4' in warns[0], warns
+
+def test_onnx_export_of_token_ids_with_a_dynamic_sequence(lm_run, tmp_path):
+    ort = pytest.importorskip('onnxruntime')   # the optional `onnx` extra
+    from ml_suite.inference import load_model, export_model
+    model = load_model(lm_run[0], device='cpu')
+    rep = export_model(model, tmp_path / 'lm.onnx', dynamic=['seq=1'])
+    assert rep['input_shape'] == ['batch', 'seq'] and rep['input_dtype'] == 'int64', rep
+    sess = ort.InferenceSession(str(tmp_path / 'lm.onnx'), providers=['CPUExecutionProvider'])
+    for b, t in [(2, 8), (5, 3)]:
+        x = torch.randint(0, 11, (b, t))
+        got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+        torch.testing.assert_close(got, model(x), atol=1e-4, rtol=1e-4)
