@@ -59,6 +59,7 @@ class Evaluator:
                 if name == 'loss' else f"the metric {name} ({self.metric_types[name].__name__})")
         fix = ("Use a criterion that takes these targets" if name == 'loss' else
                f"Remove {name} from metrics, or use one that takes these targets")
-        return ModelError(f"validation failed: {what} cannot take predictions of shape {_shape(pred)} and targets of shape "
-                          f"{_shape(y)}: {type(e).__name__}: {' '.join(str(e).split())[:400]}. {fix} (accuracy and "
-                          f"cross_entropy take class indices; mse, mae, rmse, rel_l2 take targets of the predictions' shape).")
+        return ModelError(f"validation failed: {what} cannot take predictions of shape {_shape(pred)} and targets of "
+                          f"shape {_shape(y)}: {type(e).__name__}: {' '.join(str(e).split())[:400]}. {fix} (accuracy "
+                          f"and cross_entropy take class indices; mse, mae, rmse, rel_l2 take targets of the "
+                          f"predictions' shape).")

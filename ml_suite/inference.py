@@ -39,7 +39,7 @@ def find_checkpoint(
 
 # %% ../nbs/14_inference.ipynb #0327cef5
 def code_folders(state:dict, path:Path)->list[str]:
-    "The folders to import the checkpoint's user modules from: those training imported them from, then the run directory."
+    "The folders to import a checkpoint's user modules from: those training imported them from, then the run directory."
     recorded = [f for f in (state.get('code_paths') or {}).values() if Path(f).is_dir()]
     return list(dict.fromkeys([*recorded, str(Path(path).parent)]))
 
@@ -64,7 +64,7 @@ class InferenceModel(torch.nn.Module):
         super().__init__()
         self.net, self.normalization = net, normalization or Normalization()
         for k in Normalization.keys: self.register_buffer(k, getattr(self.normalization, k), persistent=False)
-        self.checkpoint, self.config, self.updates, self.code_folders = None, None, None, []   # filled in by `load_model`
+        self.checkpoint, self.config, self.updates, self.code_folders = None, None, None, []   # set by `load_model`
 
     def forward(self, x:torch.Tensor)->torch.Tensor:
         if self.x_mean is not None: x = (x - self.x_mean.view(_bshape(self.x_mean, x.ndim))) / self.x_std.view(_bshape(self.x_std, x.ndim))
@@ -305,13 +305,14 @@ def dynamic_dims(
                 name, _, d = part.strip().rpartition('=')
                 items.append((d, name or None))
     out = {}
-    for d, name in items:
-        try: d = int(d)
-        except ValueError: d = None
+    for raw, name in items:
+        try: d = int(raw)
+        except (TypeError, ValueError): d = None
         if d is None or not 1 <= d < ndim or (name is not None and not str(name).isidentifier()):
-            raise ValueError(f"dynamic dimension {d if name is None else f'{name}={d}'} is not one of the input's: a batch "
-                             f"of inputs has {ndim} dimensions; give one from 1 to {ndim - 1} (0 is the batch, dynamic "
-                             f"by default), optionally named with an identifier, e.g. 1 or seq=1.")
+            seen = raw if name is None else f'{name}={raw}'
+            raise ValueError(f"dynamic dimension {seen} is not one of the input's: a batch of inputs has {ndim} "
+                             f"dimensions; give one from 1 to {ndim - 1} (0 is the batch, dynamic by default), "
+                             f"optionally named with an identifier, e.g. 1 or seq=1.")
         out[d] = str(name or f'dim{d}')
     return out
 
@@ -335,7 +336,7 @@ def _export_program(model, x, dims:dict):
     except Exception as e:
         if not _is_constraint_error(e): raise
         first = next((l.strip() for l in str(e).splitlines() if l.strip().startswith('- ')), str(e).splitlines()[0])
-        first = first.lstrip('- ').split('. ')[0].rstrip('.')   # torch's first reason, e.g. "... specialized it to be a constant (4)"
+        first = first.lstrip('- ').split('. ')[0].rstrip('.')   # "... your code specialized it to be a constant (4)"
         if 0 in dims:
             rest = {d: n for d, n in dims.items() if d != 0}
             try: ep = torch.export.export(model, (x,), dynamic_shapes=_dim_specs(rest))
@@ -393,7 +394,8 @@ def export_model(
                        f"exceeds atol={tol['atol']}, rtol={tol['rtol']} ({str(e).splitlines()[0]}). Do not deploy it.") from None
     nm = model.normalization
     report = {'file': str(path), 'format': fmt, 'checkpoint': str(model.checkpoint), 'updates': model.updates,
-              'input_shape': [dims.get(i, n) for i, n in enumerate(x.shape)], 'input_dtype': str(x.dtype).replace('torch.', ''),
+              'input_shape': [dims.get(i, n) for i, n in enumerate(x.shape)],
+              'input_dtype': str(x.dtype).replace('torch.', ''),
               'output_shape': [dims[0] if 0 in dims else len(x), *want.shape[1:]], 'dynamic': dims, 'warnings': warned,
               'normalization': 'folded in: the file takes and returns physical units',
               'statistics': {k: None if getattr(nm, k) is None else getattr(nm, k).tolist() for k in Normalization.keys},

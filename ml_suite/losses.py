@@ -38,8 +38,8 @@ def class_axis(
     if pred.ndim == target.ndim + 1:
         if pred.ndim >= 2 and ps[0] == ts[0] and ps[2:] == ts[1:]: return 1   # PyTorch's convention first
         if ps[:-1] == ts: return pred.ndim - 1
-    raise ValueError(f"predictions of shape {ps} do not fit class-index targets of shape {ts}: the predictions must have "
-                     f"the targets' shape with one more axis of classes, either at 1 (N, C, d1, ...) with targets "
+    raise ValueError(f"predictions of shape {ps} do not fit class-index targets of shape {ts}: the predictions must "
+                     f"have the targets' shape with one more axis of classes, either at 1 (N, C, d1, ...) with targets "
                      f"(N, d1, ...), or last (..., C) with targets (...). Make the model's output match the targets.")
 
 # %% ../nbs/03_losses.ipynb #4dc740bb

@@ -285,7 +285,7 @@ def dry_run(config, overrides=(), out=print)->dict:
         with t.autocast(): loss = first_batch_loss(t.model, t.criterion, x.to(t.device), y.to(t.device), t.raw_model)
         loss.backward()
         val = {}
-        if t.evaluator is not None and t.val_data is not None:   # one validation batch through the criterion and metrics
+        if t.evaluator is not None and t.val_data is not None:   # one validation batch: the criterion and metrics
             vb = next(iter(t.val_data), None)
             if vb is not None: val = t.evaluator.evaluate(t.raw_model, [vb])
         params = list(t.raw_model.parameters())
