@@ -326,6 +326,17 @@ def _dim_specs(dims:dict):
     from torch.export import Dim
     return ({d: Dim(n, min=1) for d, n in dims.items()},) if dims else None
 
+def _io_shapes(ep, x, y, dims:dict)->tuple:
+    "The input and output shapes of the program `ep`, its dynamic dimensions by name (`['batch', 'seq', 11]`)."
+    fixed = lambda t: [dims.get(i, n) for i, n in enumerate(t.shape)] if torch.is_tensor(t) else None
+    try:
+        nodes, sig = {n.name: n for n in ep.graph.nodes}, ep.graph_signature
+        xin = nodes[sig.user_inputs[0]].meta['val'].shape
+        names = {str(s): dims[i] for i, s in enumerate(xin) if i in dims}
+        named = lambda shape: [names.get(str(s), int(s) if str(s).isdigit() else str(s)) for s in shape]
+        return named(xin), named(nodes[sig.user_outputs[0]].meta['val'].shape)
+    except (AttributeError, IndexError, KeyError, TypeError): return fixed(x), fixed(y)   # e.g. a tuple of outputs
+
 def _is_constraint_error(e:Exception)->bool:
     return 'Constraints violated' in str(e) or 'specialized' in str(e)
 
@@ -369,7 +380,6 @@ def export_model(
     x = _example_inputs(model, example)
     dims = {**({0: 'batch'} if dynamic_batch else {}), **dynamic_dims(dynamic, x.ndim)}
     ep, dims, warned = _export_program(model, x, dims)
-    shapes = _dim_specs(dims)
     with torch.no_grad(): want = model(x)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == 'pt2':
@@ -384,7 +394,7 @@ def export_model(
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             logging.getLogger('torch.onnx').setLevel(logging.ERROR)
-            torch.onnx.export(model, (x,), str(path), dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
+            torch.onnx.export(ep, (x,), str(path), dynamo=True, external_data=False, verbose=False)   # the program above
         got = _run_onnx(path, x)
     err = (got - want).abs().max().item()
     tol = TOLERANCES[fmt]
@@ -392,11 +402,10 @@ def export_model(
     except AssertionError as e:
         raise RunError(f"the exported {path.name} does not reproduce the model: max abs error {err:.3g} on {len(x)} inputs "
                        f"exceeds atol={tol['atol']}, rtol={tol['rtol']} ({str(e).splitlines()[0]}). Do not deploy it.") from None
-    nm = model.normalization
+    nm, (in_shape, out_shape) = model.normalization, _io_shapes(ep, x, want, dims)
     report = {'file': str(path), 'format': fmt, 'checkpoint': str(model.checkpoint), 'updates': model.updates,
-              'input_shape': [dims.get(i, n) for i, n in enumerate(x.shape)],
-              'input_dtype': str(x.dtype).replace('torch.', ''),
-              'output_shape': [dims[0] if 0 in dims else len(x), *want.shape[1:]], 'dynamic': dims, 'warnings': warned,
+              'input_shape': in_shape, 'input_dtype': str(x.dtype).replace('torch.', ''), 'output_shape': out_shape,
+              'dynamic': dims, 'warnings': warned,
               'normalization': 'folded in: the file takes and returns physical units',
               'statistics': {k: None if getattr(nm, k) is None else getattr(nm, k).tolist() for k in Normalization.keys},
               'check': {'inputs': len(x), 'max_abs_error': err, **tol}, 'torch': str(torch.__version__)}
