@@ -8,12 +8,13 @@ Docs: https://ml-suite.github.io/ml_suite/core.html.md"""
 # %% ../nbs/00_core.ipynb #ae8b9cf4
 from __future__ import annotations
 import difflib, importlib, inspect, os, sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['ConfigError', 'RunError', 'RunDirLocked', 'did_you_mean', 'resolve_object', 'check_kwargs', 'stage_lengths',
-           'DistInfo', 'is_main_process']
+__all__ = ['IMPORTED_FROM', 'ConfigError', 'RunError', 'RunDirLocked', 'did_you_mean', 'resolve_object', 'import_root',
+           'code_paths', 'search_folders', 'check_kwargs', 'stage_lengths', 'DistInfo', 'is_main_process']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 class ConfigError(ValueError):
@@ -44,7 +45,7 @@ def resolve_object(
     builtins:dict,     # built-in name -> object
     key:str,           # the config key, for messages, e.g. 'model.type'
     where:str='',      # where the key was set, e.g. ' (train.yml line 3)'
-    search_path=None,  # extra folder to import from (the config's folder)
+    search_path=None,  # extra folder(s) to import from (the config's folder)
 ):
     "Return the object that `name` refers to: a built-in, or the attribute named by an import path."
     if not isinstance(name, str) or not name:
@@ -56,19 +57,24 @@ def resolve_object(
         raise ConfigError(f"unknown {key} '{name}'{where}{did_you_mean(name, builtins) or '.'} Use one of "
                           f"{', '.join(sorted(builtins))}, or an import path such as 'my_package.my_module:MyClass'.")
     mod_name, _, attr = name.partition(':')
-    added = search_path is not None and str(search_path) not in sys.path
-    if added: sys.path.insert(0, str(search_path))
+    extra = [search_path] if isinstance(search_path, (str, os.PathLike)) else list(search_path or [])
+    folders = list(dict.fromkeys(str(f) for f in [*_SEARCH_FOLDERS, *extra]))   # `search_folders` first, in order
+    added = [f for f in folders if f not in sys.path]
+    sys.path[:0] = added
     nobytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True   # no __pycache__ beside the user's config
     try: mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ConfigError(f"{key}{where} is '{name}', but module '{mod_name}' cannot be imported ({e}). Put "
+        looked = f"; looked in {', '.join(folders)} and on sys.path" if folders else ''
+        raise ConfigError(f"{key}{where} is '{name}', but module '{mod_name}' cannot be imported ({e}{looked}). Put "
                           f"{mod_name.replace('.', '/')}.py beside the config file or on PYTHONPATH, or install its package.") from None
     except Exception as e:   # the module exists but fails as it is imported: a SyntaxError, an empty or relative name, ...
         raise ConfigError(f"{key}{where} is '{name}', but importing module '{mod_name}' failed with "
                           f"{type(e).__name__}: {e}. Fix that module, or the import path.") from None
     finally:
         sys.dont_write_bytecode = nobytecode
-        if added: sys.path.remove(str(search_path))
+        for f in added: sys.path.remove(f)
+    root = import_root(mod, mod_name)
+    if root is not None: IMPORTED_FROM[mod_name] = root
     obj = mod
     for part in attr.split('.'):
         if not hasattr(obj, part):
@@ -77,6 +83,36 @@ def resolve_object(
                               f"has no '{attr}'{did_you_mean(attr, public) or '.'}")
         obj = getattr(obj, part)
     return obj
+
+# %% ../nbs/00_core.ipynb #3dd99bb5
+IMPORTED_FROM = {}   # module name -> the folder it was imported from (what sys.path needs), filled by `resolve_object`
+_SEARCH_FOLDERS = []  # folders `resolve_object` also imports from, set by `search_folders`
+
+def import_root(mod, mod_name:str)->str|None:
+    "The folder that must be on `sys.path` for `import mod_name` to find `mod` (None for a module without a file)."
+    f = getattr(mod, '__file__', None)
+    if not f: return None
+    p, depth = Path(os.path.abspath(f)), mod_name.count('.') + 1
+    return str(p.parents[depth if p.stem == '__init__' else depth - 1])
+
+def code_paths(config)->dict:
+    "`{module: folder}` for the modules that the import paths (`pkg.mod:Name`) in `config` were imported from."
+    found = {}
+    def walk(v):
+        if isinstance(v, dict): [walk(x) for x in v.values()]
+        elif isinstance(v, (list, tuple)): [walk(x) for x in v]
+        elif isinstance(v, str) and ':' in v and v.partition(':')[0] in IMPORTED_FROM:
+            found[v.partition(':')[0]] = IMPORTED_FROM[v.partition(':')[0]]
+    walk(config)
+    return found
+
+@contextmanager
+def search_folders(folders):
+    "Within the block, `resolve_object` also imports user modules from `folders` (before any other folder)."
+    old = list(_SEARCH_FOLDERS)
+    _SEARCH_FOLDERS[:0] = [str(f) for f in folders]
+    try: yield
+    finally: _SEARCH_FOLDERS[:] = old
 
 # %% ../nbs/00_core.ipynb #d61edf84
 def check_kwargs(

@@ -44,7 +44,22 @@ class Evaluator:
             for x, y in loader:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 with self.autocast(): pred = model(x)
-                for m in ms.values(): m.update(pred.float(), y)
+                for n, m in ms.items():
+                    try: m.update(pred.float(), y)
+                    except torch.OutOfMemoryError: raise
+                    except Exception as e: raise self.metric_error(n, pred, y, e) from None
         finally: model.train(was_training)
         total = all_reduce_sum(torch.stack([m.state for m in ms.values()]))  # one collective for all metrics
         return {self.prefix + n: m.compute(s) for (n, m), s in zip(ms.items(), total)}
+
+    def metric_error(self, name:str, pred, y, e:Exception):
+        "A `ModelError` saying which metric (or the criterion, for `loss`) failed on which predictions and targets."
+        from ml_suite.trainer import ModelError, _shape
+        what = (f"the criterion {getattr(self.criterion, '__name__', type(self.criterion).__name__)} (val_loss)"
+                if name == 'loss' else f"the metric {name} ({self.metric_types[name].__name__})")
+        fix = ("Use a criterion that takes these targets" if name == 'loss' else
+               f"Remove {name} from metrics, or use one that takes these targets")
+        return ModelError(f"validation failed: {what} cannot take predictions of shape {_shape(pred)} and targets of "
+                          f"shape {_shape(y)}: {type(e).__name__}: {' '.join(str(e).split())[:400]}. {fix} (accuracy "
+                          f"and cross_entropy take class indices; mse, mae, rmse, rel_l2 take targets of the "
+                          f"predictions' shape).")

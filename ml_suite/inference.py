@@ -10,13 +10,13 @@ import argparse, json, math, os, sys, time
 from contextlib import nullcontext
 from pathlib import Path
 import torch
-from .core import ConfigError, RunError, DistInfo, resolve_object
+from .core import ConfigError, RunError, DistInfo, resolve_object, search_folders
 from .data import Normalization
 
 # %% auto #0
-__all__ = ['FIELD_METRICS', 'TOLERANCES', 'find_checkpoint', 'checkpoint_config', 'InferenceModel', 'load_model', 'split_dataset',
-           'evaluate', 'format_eval', 'input_files', 'predict', 'export_model', 'eval_main', 'predict_main',
-           'export_main', 'main']
+__all__ = ['FIELD_METRICS', 'TOLERANCES', 'find_checkpoint', 'code_folders', 'checkpoint_config', 'InferenceModel', 'load_model',
+           'split_dataset', 'evaluate', 'format_eval', 'input_files', 'predict', 'dynamic_dims', 'export_model',
+           'eval_main', 'predict_main', 'export_main', 'main']
 
 # %% ../nbs/14_inference.ipynb #36ed16fb
 def find_checkpoint(
@@ -38,6 +38,11 @@ def find_checkpoint(
     return path
 
 # %% ../nbs/14_inference.ipynb #0327cef5
+def code_folders(state:dict, path:Path)->list[str]:
+    "The folders to import a checkpoint's user modules from: those training imported them from, then the run directory."
+    recorded = [f for f in (state.get('code_paths') or {}).values() if Path(f).is_dir()]
+    return list(dict.fromkeys([*recorded, str(Path(path).parent)]))
+
 def checkpoint_config(state:dict, path:Path, device:str='auto'):
     "The validated `Config` saved in the checkpoint `state` (read from `path`), with `device` in place of the training device."
     from ml_suite.config import Config, Source, from_dict, validate_config
@@ -47,7 +52,7 @@ def checkpoint_config(state:dict, path:Path, device:str='auto'):
                        f"ml_suite.checkpoint.load_weights(model, state['model']).")
     src = Source(file=Path(path).parent / 'resolved_config.yml')
     data = {**state['config'], 'device': device, 'wandb': {**(state['config'].get('wandb') or {}), 'enabled': False}}
-    return validate_config(from_dict(Config, data, (), src), src)
+    with search_folders(code_folders(state, path)): return validate_config(from_dict(Config, data, (), src), src)
 
 # %% ../nbs/14_inference.ipynb #c6470f1c
 def _bshape(stat:torch.Tensor, ndim:int)->list:
@@ -59,7 +64,7 @@ class InferenceModel(torch.nn.Module):
         super().__init__()
         self.net, self.normalization = net, normalization or Normalization()
         for k in Normalization.keys: self.register_buffer(k, getattr(self.normalization, k), persistent=False)
-        self.checkpoint, self.config, self.updates = None, None, None   # filled in by `load_model`
+        self.checkpoint, self.config, self.updates, self.code_folders = None, None, None, []   # set by `load_model`
 
     def forward(self, x:torch.Tensor)->torch.Tensor:
         if self.x_mean is not None: x = (x - self.x_mean.view(_bshape(self.x_mean, x.ndim))) / self.x_std.view(_bshape(self.x_std, x.ndim))
@@ -86,29 +91,30 @@ def load_model(
     state = load_checkpoint(path)                      # weights_only: loading never runs code from the file
     cfg = checkpoint_config(state, path, 'cpu')
     dev = torch.device(device) if isinstance(device, torch.device) else get_device(device, DistInfo.from_env())
-    net = resolve_object(cfg.model.type, MODELS, 'model.type', '', path.parent)(**cfg.model.kwargs)
+    folders = code_folders(state, path)
+    net = resolve_object(cfg.model.type, MODELS, 'model.type', '', folders)(**cfg.model.kwargs)
     load_weights(net, state['model'], source=str(path))
     norm = Normalization(); norm.load_state_dict(state.get('normalization'))   # absent (older checkpoints): identity
     model = InferenceModel(net, norm).to(dev).eval().requires_grad_(False)   # for inference: no autograd graphs
-    model.checkpoint, model.config, model.updates = path, cfg, state.get('updates')
+    model.checkpoint, model.config, model.updates, model.code_folders = path, cfg, state.get('updates'), folders
     return model
 
 # %% ../nbs/14_inference.ipynb #1b8a1153
 FIELD_METRICS = ('mae', 'rmse', 'rel_l2')
 
-def split_dataset(cfg, split:str='val'):
+def split_dataset(cfg, split:str='val', folders=()):
     "The dataset of `cfg` for `split`: 'train', 'val', 'test' (the config's names for them) or a name the dataset knows."
     from ml_suite.data import DATASETS
     name = {'train': cfg.dataset.train_split, 'val': cfg.dataset.val_split, 'test': cfg.dataset.test_split}.get(split, split)
-    cls = resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', '', None)
+    cls = resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', '', folders)
     return cls(split=name, **cfg.dataset.kwargs)
 
-def _metric_objects(cfg, field:bool)->dict:
+def _metric_objects(cfg, field:bool, folders=())->dict:
     from ml_suite.losses import LOSSES, METRICS, MeanLoss
-    crit = resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', '')
+    crit = resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', '', folders)
     crit = crit() if isinstance(crit, type) else crit
     ms = {'loss': MeanLoss(crit)}
-    for m in cfg.metrics: ms[m.rsplit(':', 1)[-1].lower()] = resolve_object(m, METRICS, 'metrics', '')()
+    for m in cfg.metrics: ms[m.rsplit(':', 1)[-1].lower()] = resolve_object(m, METRICS, 'metrics', '', folders)()
     for m in FIELD_METRICS if field else ():
         if m not in ms: ms[m] = METRICS[m]()
     return ms
@@ -133,11 +139,12 @@ def evaluate(
         raise ValueError("evaluate needs to know the model's dataset and metrics; give it a run directory, a checkpoint "
                          "file, or a model from load_model (this InferenceModel was built by hand and has no config).")
     cfg, norm, dev = model.config, model.normalization, next(model.parameters()).device
-    ds = split_dataset(cfg, split)
+    ds = split_dataset(cfg, split, model.code_folders)
     y0 = ds[0][1]
     field = torch.is_tensor(y0) and y0.is_floating_point() and y0.ndim >= 2
-    ms = _metric_objects(cfg, field)
-    phys = {f'{n}_physical': _metric_objects(cfg, field)[n] for n in ms if n != 'loss'} if norm.normalizes_targets and field else {}
+    ms = _metric_objects(cfg, field, model.code_folders)
+    phys = ({f'{n}_physical': _metric_objects(cfg, field, model.code_folders)[n] for n in ms if n != 'loss'}
+            if norm.normalizes_targets and field else {})
     loader = eval_loader(ds, batch_size or cfg.val_batch_size or cfg.batch_size, dist,
                          cfg.num_workers if num_workers is None else num_workers, dev.type == 'cuda')
     amp = torch.autocast(dev.type, dtype={'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.precision], enabled=cfg.amp)
@@ -172,16 +179,20 @@ def format_eval(res:dict)->str:
     return '\n'.join([head, *rows])
 
 # %% ../nbs/14_inference.ipynb #1c817098
+def _as_input(t:torch.Tensor)->torch.Tensor:
+    "Floating inputs as float32 (the model's dtype); integer and bool inputs (token ids) keep theirs."
+    return t.float() if t.is_floating_point() else t
+
 def _read_input(path:Path)->torch.Tensor:
     if path.suffix == '.npy':
         import numpy as np
-        try: return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        try: return _as_input(torch.from_numpy(np.load(path, allow_pickle=False)))
         except (ValueError, OSError) as e: raise ValueError(f"{path} cannot be read as a .npy array: {e}") from None
     try: t = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise ValueError(f"{path} cannot be read as a tensor with torch.load(weights_only=True): {e}") from None
     if not torch.is_tensor(t):
         raise ValueError(f"{path} holds a {type(t).__name__}, not a tensor; save one sample per file with torch.save(tensor, path).")
-    return t.float()
+    return _as_input(t)
 
 def _check_shape(t:torch.Tensor, name:str, want)->tuple:
     if want is not None and tuple(t.shape) != tuple(want):
@@ -274,17 +285,83 @@ def predict(
 TOLERANCES = {'pt2': dict(atol=1e-5, rtol=1e-5), 'onnx': dict(atol=1e-4, rtol=1e-4)}
 
 def _example_inputs(model:InferenceModel, example, n:int=4)->torch.Tensor:
-    if example is not None: return torch.as_tensor(example).float()
-    try: ds = split_dataset(model.config, 'val')
+    if example is not None: return _as_input(torch.as_tensor(example))
+    try: ds = split_dataset(model.config, 'val', model.code_folders)
     except Exception as e:
         raise RunError(f"export needs real inputs to check the exported file against, and the validation split cannot be "
                        f"built here ({type(e).__name__}: {e}). Pass example=a batch of inputs.") from None
-    return torch.stack([ds[i][0] for i in range(min(n, len(ds)))]).float()
+    return _as_input(torch.stack([ds[i][0] for i in range(min(n, len(ds)))]))
+
+def dynamic_dims(
+    dynamic,   # dims of the batched input besides the batch: 1, '1', 'seq=1', a list of those, or {1: 'seq'}
+    ndim:int,  # the number of dimensions of a batch of inputs
+)->dict:
+    "`{dim: name}` for the input dimensions named dynamic; a clear error for a dim the input does not have."
+    if isinstance(dynamic, dict): items = [(d, n) for d, n in dynamic.items()]
+    else:
+        items = []
+        for v in [dynamic] if isinstance(dynamic, (int, str)) else list(dynamic or []):
+            for part in str(v).split(','):
+                name, _, d = part.strip().rpartition('=')
+                items.append((d, name or None))
+    out = {}
+    for raw, name in items:
+        try: d = int(raw)
+        except (TypeError, ValueError): d = None
+        if d is None or not 1 <= d < ndim or (name is not None and not str(name).isidentifier()):
+            seen = raw if name is None else f'{name}={raw}'
+            raise ValueError(f"dynamic dimension {seen} is not one of the input's: a batch of inputs has {ndim} "
+                             f"dimensions; give one from 1 to {ndim - 1} (0 is the batch, dynamic by default), "
+                             f"optionally named with an identifier, e.g. 1 or seq=1.")
+        out[d] = str(name or f'dim{d}')
+    return out
 
 def _run_onnx(path:Path, x:torch.Tensor)->torch.Tensor:
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+
+# %% ../nbs/14_inference.ipynb #d9bef9e3
+def _dim_specs(dims:dict):
+    from torch.export import Dim
+    return ({d: Dim(n, min=1) for d, n in dims.items()},) if dims else None
+
+def _io_shapes(ep, x, y, dims:dict)->tuple:
+    "The input and output shapes of the program `ep`, its dynamic dimensions by name (`['batch', 'seq', 11]`)."
+    fixed = lambda t: [dims.get(i, n) for i, n in enumerate(t.shape)] if torch.is_tensor(t) else None
+    try:
+        nodes, sig = {n.name: n for n in ep.graph.nodes}, ep.graph_signature
+        xin = nodes[sig.user_inputs[0]].meta['val'].shape
+        names = {str(s): dims[i] for i, s in enumerate(xin) if i in dims}
+        named = lambda shape: [names.get(str(s), int(s) if str(s).isdigit() else str(s)) for s in shape]
+        return named(xin), named(nodes[sig.user_outputs[0]].meta['val'].shape)
+    except (AttributeError, IndexError, KeyError, TypeError): return fixed(x), fixed(y)   # e.g. a tuple of outputs
+
+def _is_constraint_error(e:Exception)->bool:
+    return 'Constraints violated' in str(e) or 'specialized' in str(e)
+
+def _export_program(model, x, dims:dict):
+    "`torch.export` with `dims` dynamic; a static batch, with one warning line, where the model fixes it."
+    from ml_suite.tracking import logger
+    try: return torch.export.export(model, (x,), dynamic_shapes=_dim_specs(dims)), dims, []
+    except Exception as e:
+        if not _is_constraint_error(e): raise
+        first = next((l.strip() for l in str(e).splitlines() if l.strip().startswith('- ')), str(e).splitlines()[0])
+        first = first.lstrip('- ').split('. ')[0].rstrip('.')   # "... your code specialized it to be a constant (4)"
+        if 0 in dims:
+            rest = {d: n for d, n in dims.items() if d != 0}
+            try: ep = torch.export.export(model, (x,), dynamic_shapes=_dim_specs(rest))
+            except Exception as e2:
+                if not _is_constraint_error(e2): raise
+            else:
+                msg = (f"the model does not allow a dynamic batch ({first}); exported with a static batch of "
+                       f"{len(x)}: the exported file takes exactly {len(x)} inputs at a time.")
+                logger.warning(msg)
+                return ep, rest, [msg]
+        named = ', '.join(f'{n}={d}' for d, n in dims.items() if d != 0)
+        raise RunError(f"the model does not allow the dynamic dimension(s) {named} ({first}). Leave "
+                       f"them out of dynamic to export with the example's sizes, or change the model so that it "
+                       f"does not fix them.") from None
 
 # %% ../nbs/14_inference.ipynb #14938dc2
 def export_model(
@@ -292,20 +369,20 @@ def export_model(
     path,                    # the file to write: .pt2 (torch.export) or .onnx
     checkpoint='best',       # when `model` is a path
     example=None,            # a batch of real inputs to export with and check on (default: validation samples)
-    dynamic_batch:bool=True, # any batch size; False: exactly the example's
+    dynamic_batch:bool=True, # any batch size where the model allows it; False: exactly the example's
+    dynamic=(),              # other input dims of any size: 1, 'seq=1', a list of those (see `dynamic_dims`)
 )->dict:
     "Export `model` (normalization folded in) to `path`, reload it and check it against the eager model; returns the report."
-    from torch.export import Dim
     if not isinstance(model, InferenceModel): model = load_model(model, checkpoint, 'cpu')
     path = Path(path); fmt = path.suffix.lstrip('.')
     if fmt not in TOLERANCES: raise ValueError(f"cannot export to '{path.name}': use a .pt2 (torch.export) or .onnx file name.")
     model = model.to('cpu').eval()
     x = _example_inputs(model, example)
-    shapes = ({0: Dim('batch', min=1)},) if dynamic_batch else None
+    dims = {**({0: 'batch'} if dynamic_batch else {}), **dynamic_dims(dynamic, x.ndim)}
+    ep, dims, warned = _export_program(model, x, dims)
     with torch.no_grad(): want = model(x)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == 'pt2':
-        ep = torch.export.export(model, (x,), dynamic_shapes=shapes)
         torch.export.save(ep, path)
         with torch.no_grad(): got = torch.export.load(path).module()(x)
     else:
@@ -317,7 +394,7 @@ def export_model(
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             logging.getLogger('torch.onnx').setLevel(logging.ERROR)
-            torch.onnx.export(model, (x,), str(path), dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
+            torch.onnx.export(ep, (x,), str(path), dynamo=True, external_data=False, verbose=False)   # the program above
         got = _run_onnx(path, x)
     err = (got - want).abs().max().item()
     tol = TOLERANCES[fmt]
@@ -325,9 +402,10 @@ def export_model(
     except AssertionError as e:
         raise RunError(f"the exported {path.name} does not reproduce the model: max abs error {err:.3g} on {len(x)} inputs "
                        f"exceeds atol={tol['atol']}, rtol={tol['rtol']} ({str(e).splitlines()[0]}). Do not deploy it.") from None
-    nm = model.normalization
+    nm, (in_shape, out_shape) = model.normalization, _io_shapes(ep, x, want, dims)
     report = {'file': str(path), 'format': fmt, 'checkpoint': str(model.checkpoint), 'updates': model.updates,
-              'input_shape': ['batch' if dynamic_batch else len(x), *x.shape[1:]], 'output_shape': ['batch' if dynamic_batch else len(x), *want.shape[1:]],
+              'input_shape': in_shape, 'input_dtype': str(x.dtype).replace('torch.', ''), 'output_shape': out_shape,
+              'dynamic': dims, 'warnings': warned,
               'normalization': 'folded in: the file takes and returns physical units',
               'statistics': {k: None if getattr(nm, k) is None else getattr(nm, k).tolist() for k in Normalization.keys},
               'check': {'inputs': len(x), 'max_abs_error': err, **tol}, 'torch': str(torch.__version__)}
@@ -391,10 +469,13 @@ def export_main(argv=None)->int:
     p = _common(argparse.ArgumentParser(prog='ml-suite-export', description='Export a checkpoint for deployment (torch.export or ONNX).'))
     p.add_argument('--format', choices=['pt2', 'onnx'], default='pt2')
     p.add_argument('--out', default=None, help='the file to write (default: beside the checkpoint, e.g. best.pt2)')
+    p.add_argument('--dynamic', action='append', default=[], metavar='[NAME=]DIM',
+                   help='an input dimension of any size besides the batch, e.g. --dynamic seq=1 (repeat for more)')
+    p.add_argument('--static-batch', action='store_true', help="exactly the example's batch size (default: any)")
     a = p.parse_args(argv)
     def go():
         path = Path(a.out) if a.out else find_checkpoint(a.run_dir, a.checkpoint).with_suffix('.' + a.format)
-        rep = export_model(a.run_dir, path, a.checkpoint)
+        rep = export_model(a.run_dir, path, a.checkpoint, dynamic_batch=not a.static_batch, dynamic=a.dynamic)
         print(f"wrote {path} (input {rep['input_shape']}); checked on {rep['check']['inputs']} inputs: max abs error "
               f"{rep['check']['max_abs_error']:.3g} (atol {rep['check']['atol']}, rtol {rep['check']['rtol']})")
     return _run(go, 'ml-suite-export')

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['LOSSES', 'METRICS', 'RMSELoss', 'RelativeL2Loss', 'Metric', 'MSE', 'MAE', 'RMSE', 'RelL2', 'Accuracy', 'MeanLoss']
+__all__ = ['LOSSES', 'METRICS', 'RMSELoss', 'RelativeL2Loss', 'class_axis', 'CrossEntropy', 'Metric', 'MSE', 'MAE', 'RMSE',
+           'RelL2', 'Accuracy', 'MeanLoss']
 
 # %% ../nbs/03_losses.ipynb #e2f4c96d
 class RMSELoss(nn.Module):
@@ -27,18 +28,43 @@ class RelativeL2Loss(nn.Module):
         err = (pred - target).flatten(1).norm(dim=1)
         return (err / (target.flatten(1).norm(dim=1) + self.eps)).mean()
 
+# %% ../nbs/03_losses.ipynb #f81b195c
+def class_axis(
+    pred:torch.Tensor,    # logits, with one axis of classes
+    target:torch.Tensor,  # class indices: pred's shape without the class axis
+)->int:
+    "The class axis of `pred` for class-index `target`: 1 (PyTorch's `(N, C, ...)`) or `pred.ndim - 1` (`(..., C)`)."
+    ps, ts = tuple(pred.shape), tuple(target.shape)
+    if pred.ndim == target.ndim + 1:
+        if pred.ndim >= 2 and ps[0] == ts[0] and ps[2:] == ts[1:]: return 1   # PyTorch's convention first
+        if ps[:-1] == ts: return pred.ndim - 1
+    raise ValueError(f"predictions of shape {ps} do not fit class-index targets of shape {ts}: the predictions must "
+                     f"have the targets' shape with one more axis of classes, either at 1 (N, C, d1, ...) with targets "
+                     f"(N, d1, ...), or last (..., C) with targets (...). Make the model's output match the targets.")
+
+# %% ../nbs/03_losses.ipynb #4dc740bb
+class CrossEntropy(nn.CrossEntropyLoss):
+    "`nn.CrossEntropyLoss` for class-index targets with the class axis at 1 or last (see `class_axis`)."
+    def forward(self, pred, target):
+        if not (target.is_floating_point() and target.shape == pred.shape):   # class indices, not probabilities
+            if class_axis(pred, target) != 1 and pred.ndim > 2: pred = pred.movedim(-1, 1)
+        return super().forward(pred, target)
+
 # %% ../nbs/03_losses.ipynb #ee5cfd1d
 LOSSES = {'mse': nn.MSELoss, 'mae': nn.L1Loss, 'l1': nn.L1Loss, 'rmse': RMSELoss, 'rel_l2': RelativeL2Loss,
-          'huber': nn.HuberLoss, 'smooth_l1': nn.SmoothL1Loss, 'cross_entropy': nn.CrossEntropyLoss}
+          'huber': nn.HuberLoss, 'smooth_l1': nn.SmoothL1Loss, 'cross_entropy': CrossEntropy}
 
 # %% ../nbs/03_losses.ipynb #322c1090
+def _as_compared(t): return t.detach().float() if torch.is_tensor(t) and t.is_floating_point() else t.detach()
+
 class Metric:
     "Accumulates a sum and a count in `self.state`; subclasses say what to add (`batch`) and how to finish (`compute`)."
     def __init__(self): self.reset()
     def reset(self): self.state = torch.zeros(2, dtype=torch.float64)
     def batch(self, pred, target)->tuple: raise NotImplementedError
     def update(self, pred, target):
-        s, n = self.batch(pred.detach().float(), target.detach().float())
+        "Add a batch: floating tensors compared in float32; integer and bool ones (class indices) keep their dtype."
+        s, n = self.batch(_as_compared(pred), _as_compared(target))
         self.state += torch.stack([torch.as_tensor(s, dtype=torch.float64).cpu(), torch.as_tensor(n, dtype=torch.float64).cpu()])
     def compute(self, state=None)->float:
         s, n = (self.state if state is None else state).tolist()
@@ -53,7 +79,10 @@ class RMSE(MSE):
 class RelL2(Metric):
     def batch(self, p, t): return ((p - t).flatten(1).norm(dim=1) / t.flatten(1).norm(dim=1).clamp_min(1e-12)).sum(), len(p)
 class Accuracy(Metric):
-    def batch(self, p, t): return (p.argmax(1) == t).sum(), t.numel()
+    "The fraction of class-index targets whose logit is the largest; the class axis as in `class_axis`."
+    def batch(self, p, t):
+        if t.is_floating_point() and t.shape == p.shape: return (p.argmax(1) == t.argmax(1)).sum(), t[:, 0].numel()
+        return (p.argmax(class_axis(p, t)) == t).sum(), t.numel()
 
 # %% ../nbs/03_losses.ipynb #520dfb56
 class MeanLoss(Metric):

@@ -284,6 +284,10 @@ def dry_run(config, overrides=(), out=print)->dict:
         x, y = next(t.train_data)
         with t.autocast(): loss = first_batch_loss(t.model, t.criterion, x.to(t.device), y.to(t.device), t.raw_model)
         loss.backward()
+        val = {}
+        if t.evaluator is not None and t.val_data is not None:   # one validation batch: the criterion and metrics
+            vb = next(iter(t.val_data), None)
+            if vb is not None: val = t.evaluator.evaluate(t.raw_model, [vb])
         params = list(t.raw_model.parameters())
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.learning_rate)
         sched, lrs = build_lr_scheduler(opt, stages(cfg), cfg.total_updates), []
@@ -294,11 +298,13 @@ def dry_run(config, overrides=(), out=print)->dict:
     info = {'run_dir': str(run_dir), 'model': type(t.raw_model).__name__, 'parameters': sum(p.numel() for p in params),
             'size_mb': sum(p.numel() * p.element_size() for p in params) / 1e6, 'device': str(t.device),
             'input_shape': tuple(x.shape), 'loss': loss.item(), 'effective_batch': cfg.batch_size * cfg.grad_accum_steps,
-            'total_updates': cfg.total_updates, 'lr_at': {u: lrs[u] for u in marks}}
+            'total_updates': cfg.total_updates, 'lr_at': {u: lrs[u] for u in marks}, 'validation': val}
     out(f"dry run of {src.file or 'a dict config'}: nothing trained, nothing written\n"
         f"  run directory   {info['run_dir']}\n  model           {info['model']}: {info['parameters']:,} parameters, "
         f"{info['size_mb']:.2f} MB on {info['device']}\n  one batch       input {info['input_shape']}, loss {info['loss']:.5g} "
-        f"(forward and backward ran)\n  effective batch {cfg.batch_size} x {cfg.grad_accum_steps} accumulation = "
+        f"(forward and backward ran)\n  validation      "
+        + ("one batch: " + ', '.join(f"{k} {v:.5g}" for k, v in val.items()) if val else 'no validation split')
+        + f"\n  effective batch {cfg.batch_size} x {cfg.grad_accum_steps} accumulation = "
         f"{info['effective_batch']} per process (x processes under torchrun)\n  updates         {cfg.total_updates}, "
         f"validation every {cfg.updates_per_epoch or cfg.total_updates}\n  learning rate   "
         + ', '.join(f"{v:.3g} at {u}" for u, v in info['lr_at'].items()))

@@ -413,7 +413,8 @@ def state_dict(self:Trainer)->dict:
             'data': self.train_data.state_dict() if hasattr(self.train_data, 'state_dict') else {},
             'rng': rng, 'world_size': self.dist.world_size, 'config': self.config, 'timekeeper': self.timekeeper.state_dict(),
             'wandb_id': self.wandb_id, 'normalization': self.normalizer.state_dict() if self.normalizer is not None else None,
-            'versions': {'ml_suite': ml_suite.__version__, 'torch': str(torch.__version__)}}
+            'versions': {'ml_suite': ml_suite.__version__, 'torch': str(torch.__version__)},
+            'code_paths': ml_suite.core.code_paths(self.config)}   # where the config's own modules were imported from
 
 @patch
 def load_state_dict(self:Trainer, sd:dict):
