@@ -79,7 +79,7 @@ def resolve_object(
         obj = getattr(obj, part)
     return obj
 
-# %% ../nbs/00_core.ipynb #9d1a6727
+# %% ../nbs/00_core.ipynb #5291d3b4
 def call_style(
     fn,               # the class or function a config section is passed to
     skip=(),          # parameters that ml_suite passes itself (a dataset's `split`)
@@ -93,7 +93,12 @@ def call_style(
     try: hint = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn).get(p.name)
     except Exception: hint = p.annotation   # annotations that do not resolve: the raw one
     if isinstance(hint, type) and is_dataclass(hint): return 'dataclass', p.name, hint
-    return ('config', p.name, None) if p.name == 'config' else ('kwargs', None, None)
+    if p.name != 'config': return 'kwargs', None, None
+    # nanoGPT's unannotated `GPT.__init__(self, config)` beside `@dataclass class GPTConfig`: the class's own config class
+    own = getattr(sys.modules.get(getattr(fn, '__module__', None)), f"{getattr(fn, '__name__', '')}Config", None)
+    if isinstance(fn, type) and p.annotation is p.empty and isinstance(own, type) and is_dataclass(own):
+        return 'dataclass', p.name, own
+    return 'config', p.name, None
 
 # %% ../nbs/00_core.ipynb #d61edf84
 def check_kwargs(
