@@ -28,7 +28,7 @@ REQUIRED = object()  # marks a key without a default
 class DatasetConfig:
     "Which dataset, which splits; other keys go to the dataset's constructor."
     name:str = REQUIRED           # built-in name or 'package.module:Class' (or a name for factories.dataset)
-    train_split:Union[str, float] = 'train'  # a split name, or a fraction of one dataset (0.8) split by a seeded permutation
+    train_split:Union[str, float] = 'train'  # a split name, or a fraction (0.8) of one dataset, by a seeded permutation
     val_split:str = 'val'                    # with a fractional train_split: what train and test leave
     test_split:Union[str, float] = 'test'    # a split name, or (with a fractional train_split) a fraction
     normalize:Optional[bool] = None   # per-channel mean/std from the train split; null: as the dataset class says
@@ -138,7 +138,7 @@ class Config:
     progress:bool = True                  # a progress bar on a terminal, a live plot in Jupyter (never in log files)
 
 _SCHEMA = (DatasetConfig, ModelConfig, FactoriesConfig, OptimizerConfig, StageConfig, SchedulerConfig, CheckpointConfig,
-           PreemptionConfig, NonfiniteConfig, WandbConfig, Config)   # ml_suite's own sections (others: users' dataclasses)
+           PreemptionConfig, NonfiniteConfig, WandbConfig, Config)   # ml_suite's own sections (not users' dataclasses)
 
 # %% ../nbs/05_config.ipynb #bc4e292f
 @dataclass
@@ -250,7 +250,8 @@ def expand_env(value, path=(), src:Source=None, environ=None):
         name, default = m.group(1), m.group(2)
         if name in environ: return environ[name]
         if default is not None: return default
-        looked = ', '.join(f"{p} ({'read, without it' if p.is_file() else 'none there'})" for p in src.dotenv) if src else ''
+        seen = src.dotenv if src else []
+        looked = ', '.join(f"{p} ({'read, without it' if p.is_file() else 'none there'})" for p in seen)
         raise ConfigError(f"{'.'.join(map(str, path))}{src.where(path) if src else ''} uses ${{{name}}}, but {name} is not "
                           f"set. Set it in the environment or in a .env file, or write ${{{name}:-default}}."
                           + (f" The .env files looked for: {looked}." if looked else ''))
@@ -452,8 +453,8 @@ def check_values(cfg:Config, src:Source)->Config:
                                   f"({s['eta_min']}); they say the same thing (eta_min = end_factor x learning_rate). "
                                   f"Keep one of them.")
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
-                raise ConfigError(f"lr_scheduler.{k}.end_factor{w('lr_scheduler', k, 'end_factor')} must be a number in "
-                                  f"[0, 1] (the fraction of the peak learning rate the cosine ends at), got {f!r}.")
+                raise ConfigError(f"lr_scheduler.{k}.end_factor{w('lr_scheduler', k, 'end_factor')} must be a number "
+                                  f"in [0, 1] (the fraction of the peak learning rate the cosine ends at), got {f!r}.")
     _check_splits(cfg.dataset, src)
     for k in ('model', 'dataset'):
         v = getattr(cfg.factories, k)
@@ -461,12 +462,14 @@ def check_values(cfg:Config, src:Source)->Config:
         if not isinstance(v, str) or ':' not in v:
             raise ConfigError(f"factories.{k}{w('factories', k)} must be an import path 'module:function', got {v!r}; "
                               f"e.g. factories: {{{k}: 'my_module:get_{k}'}} with my_module.py beside the config.")
-        _callable(resolve_object(v, {}, f'factories.{k}', w('factories', k), src.folder), f'factories.{k}', w('factories', k), v)
+        key, where = f'factories.{k}', w('factories', k)
+        _callable(resolve_object(v, {}, key, where, src.folder), key, where, v)
     # import paths (built-in names need the registries, which need torch: `validate_config` checks those)
     for key, value in [('dataset.name', cfg.dataset.name), ('model.type', cfg.model.type),
                        ('model.criterion', cfg.model.criterion)] + [('metrics', m) for m in cfg.metrics]:
         if isinstance(value, str) and ':' in value:
-            fn = _callable(resolve_object(value, {}, key, w(*key.split('.')), src.folder), key, w(*key.split('.')), value)
+            where = w(*key.split('.'))
+            fn = _callable(resolve_object(value, {}, key, where, src.folder), key, where, value)
             if key in ('dataset.name', 'model.type'): check_section(fn, cfg, src, key.split('.')[0])
     return cfg
 
@@ -476,19 +479,22 @@ def _check_splits(ds:DatasetConfig, src:Source):
     w = lambda k: src.where(('dataset', k))
     tr, te = ds.train_split, ds.test_split
     if isinstance(te, float) and not isinstance(tr, float):
-        raise ConfigError(f"dataset.test_split{w('test_split')} is a fraction ({te}), but dataset.train_split{w('train_split')} "
-                          f"is the split name {tr!r}; a fraction splits one dataset, so give train_split a fraction too "
-                          f"(e.g. 0.8), or test_split a split name.")
+        raise ConfigError(f"dataset.test_split{w('test_split')} is a fraction ({te}), but dataset.train_split"
+                          f"{w('train_split')} is the split name {tr!r}; a fraction splits one dataset, so give "
+                          f"train_split a fraction too (e.g. 0.8), or test_split a split name.")
     if not isinstance(tr, float): return
     for k, v in (('train_split', tr), ('test_split', te)):
         if isinstance(v, float) and not 0 < v < 1:
-            raise ConfigError(f"dataset.{k}{w(k)} must be a fraction in (0, 1) (0.8: 80% of the dataset) or a split name, got {v}.")
+            raise ConfigError(f"dataset.{k}{w(k)} must be a fraction in (0, 1) (0.8: 80% of the dataset) or a split "
+                              f"name, got {v}.")
     if isinstance(te, float) and tr + te >= 1:
-        raise ConfigError(f"dataset.train_split ({tr}) and test_split ({te}){w('train_split')} add up to {tr + te:g}, which "
-                          f"leaves nothing for validation; validation gets what they leave, so make their sum less than 1.")
+        raise ConfigError(f"dataset.train_split ({tr}) and test_split ({te}){w('train_split')} add up to {tr + te:g}, "
+                          f"which leaves nothing for validation; validation gets what they leave, so make their sum "
+                          f"less than 1.")
     if ds.val_split != 'val':
-        raise ConfigError(f"dataset.val_split{w('val_split')} is {ds.val_split!r}, but with a fractional train_split ({tr}) "
-                          f"validation gets the samples that train_split and test_split leave; remove val_split.")
+        raise ConfigError(f"dataset.val_split{w('val_split')} is {ds.val_split!r}, but with a fractional train_split "
+                          f"({tr}) validation gets the samples that train_split and test_split leave; remove "
+                          f"val_split.")
 
 # %% ../nbs/05_config.ipynb #d4d5ddb8
 def _check_types(fn, kwargs:dict, path:tuple, src:Source)->dict:
@@ -502,21 +508,22 @@ def _check_types(fn, kwargs:dict, path:tuple, src:Source)->dict:
     return out
 
 def build_dataclass(cls, data, path:tuple=(), src:Source=None):
-    "The dataclass `cls` (a user's, e.g. nanoGPT's `GPTConfig`) from the mapping `data`: each key a field, each value of its type."
+    "A user's dataclass `cls` (nanoGPT's `GPTConfig`) from the mapping `data`, each key a field of its type."
     src = src or Source()
     sect = '.'.join(map(str, path)) or 'the config'
     if not isinstance(data, dict):
-        raise ConfigError(f"{sect}{src.where(path)} must be a section of 'key: value' lines for {cls.__qualname__}, got {_describe(data)}.")
+        raise ConfigError(f"{sect}{src.where(path)} must be a section of 'key: value' lines for {cls.__qualname__}, "
+                          f"got {_describe(data)}.")
     fs = [f for f in fields(cls) if f.init]
     names = [f.name for f in fs]
     for k in data:
         if k not in names:
-            raise ConfigError(f"unknown key '{k}' in {sect}{src.where(path + (k,))}{did_you_mean(k, names) or '.'} {sect} "
-                              f"builds a {cls.__qualname__}, whose fields are: {', '.join(names)}.")
+            raise ConfigError(f"unknown key '{k}' in {sect}{src.where(path + (k,))}{did_you_mean(k, names) or '.'} "
+                              f"{sect} builds a {cls.__qualname__}, whose fields are: {', '.join(names)}.")
     missing = [f.name for f in fs if f.default is MISSING and f.default_factory is MISSING and f.name not in data]
     if missing:
-        raise ConfigError(f"{sect}{src.where(path)} is missing {', '.join(map(repr, missing))}, which {cls.__qualname__} "
-                          f"requires; add them to the {sect} section.")
+        raise ConfigError(f"{sect}{src.where(path)} is missing {', '.join(map(repr, missing))}, which "
+                          f"{cls.__qualname__} requires; add them to the {sect} section.")
     try: hints = typing.get_type_hints(cls)
     except Exception: hints = {}   # annotations that do not resolve: values as they are
     vals = {k: _coerce(v, hints[k], path + (k,), src) if k in hints else v for k, v in data.items()}
@@ -558,9 +565,10 @@ def check_section(fn, cfg:Config, src:Source, which:str):
     args, kw = section_args(fn, whole, (which,), src, RESERVED[which], ('split',) if which == 'dataset' else ())
     if not args: sect.kwargs = kw
     if which == 'dataset' and not isinstance(sect.train_split, float) and not takes_param(fn, 'split'):
-        raise ConfigError(f"dataset.name{src.where(('dataset', 'name'))} is {sect.name!r}, which takes no 'split' parameter, so "
-                          f"training and validation would read the same samples. Give dataset.train_split a fraction "
-                          f"(e.g. 0.8) to split it in two, or give {getattr(fn, '__qualname__', fn)} a split parameter.")
+        raise ConfigError(f"dataset.name{src.where(('dataset', 'name'))} is {sect.name!r}, which takes no 'split' "
+                          f"parameter, so training and validation would read the same samples. Give "
+                          f"dataset.train_split a fraction (e.g. 0.8) to split it in two, or give "
+                          f"{getattr(fn, '__qualname__', fn)} a split parameter.")
 
 def call_factory(
     factory,           # a callable, or an import path 'module:function'
@@ -581,11 +589,12 @@ def call_factory(
     except ConfigError: raise
     except Exception as e:   # the user's code: whatever it raises is reported with the traceback chained
         msg = ' '.join(str(e).split())[:300]
-        raise RunError(f"{key} '{name}'{where} raised {type(e).__name__}: {msg or '(no message)'} when asked for {what}. The "
-                       f"fault is in {name} or in the section it was given; the original traceback is chained to this error.") from e
+        raise RunError(f"{key} '{name}'{where} raised {type(e).__name__}: {msg or '(no message)'} when asked for "
+                       f"{what}. The fault is in {name} or in the section it was given; the original traceback is "
+                       f"chained to this error.") from e
     if is_ok is not None and not is_ok(out):
-        raise ConfigError(f"{key} '{name}'{where} returned {_describe(out)} for {what}, not {want}. Make it return {want} "
-                          f"there, or change the name.")
+        raise ConfigError(f"{key} '{name}'{where} returned {_describe(out)} for {what}, not {want}. Make it return "
+                          f"{want} there, or change the name.")
     return out
 
 def _construct(fn, kwargs:dict, section:str, where:str, meta:bool=False):
@@ -605,8 +614,8 @@ def _reason(e:Exception)->str:
     return msg if isinstance(e, (ValueError, TypeError)) and msg else f"{type(e).__name__}: {msg}"
 
 # %% ../nbs/05_config.ipynb #3039c9e6
-FACTORY_HINT = (" Code written for get_{0}-style factories (a function that builds the {0} from the section's name) plugs "
-                "in with factories: {{{0}: 'my_module:get_{0}'}}.")
+FACTORY_HINT = (" Code written for get_{0}-style factories (a function that builds the {0} from the section's name) "
+                "plugs in with factories: {{{0}: 'my_module:get_{0}'}}.")
 
 def validate_config(cfg:Config, src:Source)->Config:
     "Check ranges, consistency and every name `cfg` refers to; raise `ConfigError` at the first problem."
@@ -624,19 +633,22 @@ def validate_config(cfg:Config, src:Source)->Config:
     # names, and the keys each constructor receives (a factory's names are its own: it is called when the run builds)
     fac, ds_cls = cfg.factories, None
     if not (fac.dataset and ':' not in str(cfg.dataset.name)):
-        ds_cls = _callable(resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', w('dataset', 'name'), src.folder,
-                                          hint=FACTORY_HINT.format('dataset')), 'dataset.name', w('dataset', 'name'), cfg.dataset.name)
+        where = w('dataset', 'name')
+        ds_cls = _callable(resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', where, src.folder,
+                                          hint=FACTORY_HINT.format('dataset')), 'dataset.name', where, cfg.dataset.name)
         check_section(ds_cls, cfg, src, 'dataset')
     if not (fac.model and ':' not in str(cfg.model.type)):
-        m_cls = _callable(resolve_object(cfg.model.type, MODELS, 'model.type', w('model', 'type'), src.folder,
-                                         hint=FACTORY_HINT.format('model')), 'model.type', w('model', 'type'), cfg.model.type)
+        where = w('model', 'type')
+        m_cls = _callable(resolve_object(cfg.model.type, MODELS, 'model.type', where, src.folder,
+                                         hint=FACTORY_HINT.format('model')), 'model.type', where, cfg.model.type)
         check_section(m_cls, cfg, src, 'model')
     _callable(resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', w('model', 'criterion'), src.folder),
               'model.criterion', w('model', 'criterion'), cfg.model.criterion)
     for i, m in enumerate(cfg.metrics):
         _callable(resolve_object(m, METRICS, 'metrics', w('metrics'), src.folder), 'metrics', w('metrics'), m)
-    if ds_cls is not None and cfg.dataset.name in DATASETS:   # built-ins only: a user's dataset may load files when it is built
-        names = ['train'] if isinstance(cfg.dataset.train_split, float) else [cfg.dataset.train_split, cfg.dataset.val_split]
+    if ds_cls is not None and cfg.dataset.name in DATASETS:   # built-ins only: a user's dataset may load files
+        d = cfg.dataset
+        names = ['train'] if isinstance(d.train_split, float) else [d.train_split, d.val_split]
         for n in names: _construct(ds_cls, {'split': n, **cfg.dataset.kwargs}, 'dataset', w('dataset'))
     if not fac.model and cfg.model.type in MODELS: _construct(m_cls, cfg.model.kwargs, 'model', w('model'), meta=True)
     o_cls = optimizer_class(cfg.optimizer.name, w('optimizer', 'name'))
@@ -649,20 +661,22 @@ def validate_config(cfg:Config, src:Source)->Config:
         for s, n in zip(st, lengths):
             cls, k = scheduler_class(s['name'], w('lr_scheduler', s['_key'], 'name')), s['_key']
             kw = {a: v for a, v in s.items() if a not in ('name', 'num_updates', '_key')}
-            own = ('end_factor',) if cls is torch.optim.lr_scheduler.CosineAnnealingLR else ()   # ml_suite's: eta_min = f x lr
+            own = ('end_factor',) if cls is torch.optim.lr_scheduler.CosineAnnealingLR else ()   # eta_min = f x lr
             check_kwargs(cls, {a: v for a, v in kw.items() if a not in own}, f'lr_scheduler.{k}',
                          lambda a: w('lr_scheduler', k, a) if a else w('lr_scheduler', k),
                          reserved=('name', 'num_updates') + own, skip=('optimizer', 'total_iters', 'T_max'))
             kw = _check_types(cls, kw, ('lr_scheduler', k), src)
-            if own and 'end_factor' in kw: kw['end_factor'] = _coerce(kw['end_factor'], float, ('lr_scheduler', k, 'end_factor'), src)
+            if own and 'end_factor' in kw:
+                kw['end_factor'] = _coerce(kw['end_factor'], float, ('lr_scheduler', k, 'end_factor'), src)
             s.update(kw); getattr(cfg.lr_scheduler, k).kwargs.update(kw)
-        try: built = stage_schedulers(st, cfg.total_updates, cfg.optimizer.learning_rate)   # ml_suite's rules for the stages
+        try: built = stage_schedulers(st, cfg.total_updates, cfg.optimizer.learning_rate)   # ml_suite's rules
         except ConfigError: raise
         except Exception as e:   # a stage's end found by stepping a throwaway copy, refused by torch
-            raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {_reason(e)}. Check the stages.") from None
+            raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {_reason(e)}. "
+                              f"Check the stages.") from None
         for s, (cls, kw) in zip(st, built):
             k = s['_key']
-            try: cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.learning_rate), **kw)  # torch's checks
+            try: cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.learning_rate), **kw)
             except Exception as e:   # a value of the wrong kind can fail in any way inside torch: all mean "refused"
                 raise ConfigError(f"lr_scheduler.{k}{w('lr_scheduler', k)} is rejected by torch.optim.lr_scheduler."
                                   f"{cls.__name__}({_args(kw)}): {_reason(e)}. Fix the value it names.") from None

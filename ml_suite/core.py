@@ -55,7 +55,8 @@ def resolve_object(
     if ':' not in name:
         if name.lower() in lower: return lower[name.lower()]
         raise ConfigError(f"unknown {key} '{name}'{where}{did_you_mean(name, builtins) or '.'} Use one of "
-                          f"{', '.join(sorted(builtins))}, or an import path such as 'my_package.my_module:MyClass'.{hint}")
+                          f"{', '.join(sorted(builtins))}, or an import path such as 'my_package.my_module:MyClass'."
+                          + hint)
     mod_name, _, attr = name.partition(':')
     added = search_path is not None and str(search_path) not in sys.path
     if added: sys.path.insert(0, str(search_path))
@@ -88,13 +89,14 @@ def call_style(
     try: sig = inspect.signature(fn)
     except (TypeError, ValueError): return 'kwargs', None, None
     ps = [p for n, p in sig.parameters.items() if n != 'self' and n not in skip]
-    if len(ps) != 1 or ps[0].kind not in (ps[0].POSITIONAL_OR_KEYWORD, ps[0].POSITIONAL_ONLY): return 'kwargs', None, None
+    if len(ps) != 1 or ps[0].kind not in (ps[0].POSITIONAL_OR_KEYWORD, ps[0].POSITIONAL_ONLY):
+        return 'kwargs', None, None
     p = ps[0]
     try: hint = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn).get(p.name)
     except Exception: hint = p.annotation   # annotations that do not resolve: the raw one
     if isinstance(hint, type) and is_dataclass(hint): return 'dataclass', p.name, hint
     if p.name != 'config': return 'kwargs', None, None
-    # nanoGPT's unannotated `GPT.__init__(self, config)` beside `@dataclass class GPTConfig`: the class's own config class
+    # nanoGPT's unannotated `GPT.__init__(self, config)` beside `@dataclass class GPTConfig`: the class's own
     own = getattr(sys.modules.get(getattr(fn, '__module__', None)), f"{getattr(fn, '__name__', '')}Config", None)
     if isinstance(fn, type) and p.annotation is p.empty and isinstance(own, type) and is_dataclass(own):
         return 'dataclass', p.name, own

@@ -71,14 +71,15 @@ def split_indices(
     test_split:float|None=None,   # the fraction for testing (None: no test part)
     seed:int=0,                   # the dataset's seed (else the config's)
 )->dict:
-    "Disjoint, sorted sample indices `{'train', 'val'[, 'test']}`: fractions of a permutation of `range(n)` seeded by `seed`."
+    "Disjoint, sorted indices `{'train', 'val'[, 'test']}`: fractions of a permutation of `range(n)` seeded by `seed`."
     n_train, n_test = int(n * train_split), int(n * test_split) if test_split else 0
     n_val = n - n_train - n_test
     if n_train < 1 or n_val < 1 or (test_split and n_test < 1):
         test = f" and test_split {test_split}" if test_split else ''
-        raise ConfigError(f"dataset.train_split {train_split}{test} split the dataset's {n} samples into {n_train} for training"
-                          f"{f', {n_test} for testing' if test_split else ''} and {n_val} for validation; each part needs at "
-                          f"least one sample. Use a dataset with more samples, or other fractions.")
+        testing = f', {n_test} for testing' if test_split else ''
+        raise ConfigError(f"dataset.train_split {train_split}{test} split the dataset's {n} samples into {n_train} for "
+                          f"training{testing} and {n_val} for validation; each part needs at least one sample. Use a "
+                          f"dataset with more samples, or other fractions.")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 'split'))).tolist()
     out = {'train': sorted(perm[:n_train]), 'val': sorted(perm[n_train + n_test:])}
     if test_split: out['test'] = sorted(perm[n_train:n_train + n_test])
@@ -127,12 +128,12 @@ def _build_dataset(section:dict, split:str, factory, search_path, src):
 def dataset_splits(
     section,                  # a config's `dataset` section as a dict, or a whole `Config`
     splits=('train', 'val'),  # roles ('train', 'val', 'test': the section's names for them) or other split names
-    factory=None,             # a get_dataset(config, split)-style function or its import path (a `Config`: its factories.dataset)
-    seed:int=0,               # the config's seed (a `Config`: its own); a fractional split uses the section's `seed`, else this
+    factory=None,             # a get_dataset(config, split)-style function or its import path
+    seed:int=0,               # the config's seed; a fractional split uses the section's `seed`, else this
     search_path=None,         # the folder to import from (the config's)
     src=None,                 # where the section was set (a `Source`), for messages
 )->dict:
-    "The datasets of `splits`, each built by name, or, where `train_split` is a fraction, one dataset built once and split."
+    "The datasets of `splits`, built by name or, where `train_split` is a fraction, from one dataset built once."
     from ml_suite.config import Config, Source, config_to_dict
     from ml_suite.core import resolve_object
     if isinstance(section, Config):
@@ -148,9 +149,10 @@ def dataset_splits(
     elif factory is not None and ':' not in str(section.get('name')) and not callable(section.get('name')):
         fn = resolve_object(factory, {}, 'factories.dataset', '', search_path) if isinstance(factory, str) else factory
         if _positional(fn) < 2:
-            raise ConfigError(f"factories.dataset {factory!r}{src.where(('factories', 'dataset'))} takes no split, so training "
-                              f"and validation would read the same samples. Give dataset.train_split a fraction (e.g. 0.8) "
-                              f"to split its dataset in two, or give it a split parameter: get_dataset(config, split).")
+            raise ConfigError(f"factories.dataset {factory!r}{src.where(('factories', 'dataset'))} takes no split, so "
+                              f"training and validation would read the same samples. Give dataset.train_split a "
+                              f"fraction (e.g. 0.8) to split its dataset in two, or give it a split parameter: "
+                              f"get_dataset(config, split).")
     for s in splits:
         if s not in out:
             name = section.get(f'{s}_split', s) if s in ('train', 'val', 'test') else s
@@ -429,13 +431,14 @@ class CheckedDataset(NormalizedDataset):
             msg, cls, j = ' '.join(str(e).split()), type(self.base).__name__, self.index(i)
             split = 'train' if isinstance(self.dataset, SplitDataset) else self.split
             raise DataError(f"{self.name} failed to give sample {j}: {cls}.__getitem__({j}) raised "
-                            f"{type(e).__name__}: {msg[:300] or '(no message)'}. The fault is in the dataset's own code (the original "
-                            f"traceback is chained to this error); reproduce it with {cls}(split='{split}', ...)[{j}].") from e
+                            f"{type(e).__name__}: {msg[:300] or '(no message)'}. The fault is in the dataset's own "
+                            f"code (the original traceback is chained to this error); reproduce it with "
+                            f"{cls}(split='{split}', ...)[{j}].") from e
         if not isinstance(s, (tuple, list)) or len(s) != 2:
             what = (f"a dict with keys {list(s)[:6]}" if isinstance(s, dict) else
                     f"a {type(s).__name__} of {len(s)} items" if isinstance(s, (tuple, list)) else _describe(s))
-            raise DataError(f"{self.name} sample {self.index(i)} is {what}; a sample must be a pair (input, target). Return a tuple "
-                            f"from {type(self.base).__name__}.__getitem__, e.g. `return x, y`"
+            raise DataError(f"{self.name} sample {self.index(i)} is {what}; a sample must be a pair (input, target). "
+                            f"Return a tuple from {type(self.base).__name__}.__getitem__, e.g. `return x, y`"
                             + (f" (here perhaps `return s[{list(s)[0]!r}], s[{list(s)[-1]!r}]`)." if isinstance(s, dict) and s else '.'))
         x, y = s
         return self.norm.input(x), (self.norm.target(y) if _is_field(y) else y)

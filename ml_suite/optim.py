@@ -91,15 +91,16 @@ def stage_schedulers(
                 raise ConfigError(f"{key} gives both end_factor ({f}) and eta_min ({kw['eta_min']}); they say the same "
                                   f"thing (eta_min = end_factor x learning_rate). Keep one of them.")
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
-                raise ConfigError(f"{key}.end_factor must be a number in [0, 1] (the fraction of the peak learning rate "
-                                  f"the cosine ends at), got {f!r}.")
+                raise ConfigError(f"{key}.end_factor must be a number in [0, 1] (the fraction of the peak learning "
+                                  f"rate the cosine ends at), got {f!r}.")
             kw['eta_min'] = f * peak
         if cls is lrs.LinearLR and 'start_factor' not in kw:
             if not 0 < end <= 1:
                 prev = out[-1][0].__name__ if out else ''
-                raise ConfigError(f"{key} (LinearLR) has no start_factor, so it starts where the stage before it ({prev}) "
-                                  f"ends, at {end:.4g} x the learning rate; LinearLR needs a start_factor in (0, 1]. "
-                                  f"Give {key} a start_factor, or let the stage before it end above 0 (e.g. end_factor: 0.01).")
+                raise ConfigError(f"{key} (LinearLR) has no start_factor, so it starts where the stage before it "
+                                  f"({prev}) ends, at {end:.4g} x the learning rate; LinearLR needs a start_factor in "
+                                  f"(0, 1]. Give {key} a start_factor, or let the stage before it end above 0 (e.g. "
+                                  f"end_factor: 0.01).")
             kw['start_factor'] = end
         check_kwargs(cls, kw, key, reserved=('name', 'num_updates'), skip=('optimizer',))
         out.append((cls, kw))
