@@ -7,17 +7,19 @@ Docs: https://ml-suite.github.io/ml_suite/config.html.md"""
 # %% ../nbs/05_config.ipynb #e1a82d9f
 from __future__ import annotations
 import copy, difflib, inspect, os, re, types, typing
-from dataclasses import dataclass, field, fields, is_dataclass, asdict
+from dataclasses import dataclass, field, fields, is_dataclass, asdict, MISSING
 from pathlib import Path
 from typing import Literal, Optional, Union
 import yaml
-from .core import ConfigError, did_you_mean, resolve_object, check_kwargs, stage_lengths
+from .core import ConfigError, RunError, did_you_mean, resolve_object, check_kwargs, call_style, stage_lengths
 
 # %% auto #0
-__all__ = ['REQUIRED', 'DatasetConfig', 'ModelConfig', 'OptimizerConfig', 'StageConfig', 'SchedulerConfig', 'CheckpointConfig',
-           'PreemptionConfig', 'NonfiniteConfig', 'WandbConfig', 'Config', 'Source', 'read_yaml', 'read_dotenv',
-           'load_dotenv', 'expand_env', 'apply_overrides', 'from_dict', 'parse_time_limit', 'stages', 'check_values',
-           'validate_config', 'load_config', 'config_to_dict']
+__all__ = ['REQUIRED', 'RESERVED', 'FACTORY_HINT', 'DatasetConfig', 'ModelConfig', 'FactoriesConfig', 'OptimizerConfig',
+           'StageConfig', 'SchedulerConfig', 'CheckpointConfig', 'PreemptionConfig', 'NonfiniteConfig', 'WandbConfig',
+           'Config', 'Source', 'read_yaml', 'read_dotenv', 'dotenv_paths', 'load_dotenv', 'expand_env',
+           'apply_overrides', 'from_dict', 'parse_time_limit', 'stages', 'check_values', 'build_dataclass',
+           'section_args', 'takes_param', 'check_section', 'call_factory', 'validate_config', 'load_config',
+           'config_to_dict']
 
 # %% ../nbs/05_config.ipynb #4f5bea5a
 REQUIRED = object()  # marks a key without a default
@@ -25,19 +27,25 @@ REQUIRED = object()  # marks a key without a default
 @dataclass
 class DatasetConfig:
     "Which dataset, which splits; other keys go to the dataset's constructor."
-    name:str = REQUIRED           # built-in name or 'package.module:Class'
-    train_split:str = 'train'
-    val_split:str = 'val'
-    test_split:str = 'test'
+    name:str = REQUIRED           # built-in name or 'package.module:Class' (or a name for factories.dataset)
+    train_split:Union[str, float] = 'train'  # a split name, or a fraction (0.8) of one dataset, by a seeded permutation
+    val_split:str = 'val'                    # with a fractional train_split: what train and test leave
+    test_split:Union[str, float] = 'test'    # a split name, or (with a fractional train_split) a fraction
     normalize:Optional[bool] = None   # per-channel mean/std from the train split; null: as the dataset class says
     kwargs:dict = field(default_factory=dict)
 
 @dataclass
 class ModelConfig:
     "Which model and training criterion; other keys go to the model's constructor."
-    type:str = REQUIRED           # built-in name or 'package.module:Class'
+    type:str = REQUIRED           # built-in name or 'package.module:Class' (or a name for factories.model)
     criterion:str = 'mse'         # built-in loss name or 'package.module:Class'
     kwargs:dict = field(default_factory=dict)
+
+@dataclass
+class FactoriesConfig:
+    "Your own `get_model`/`get_dataset`: each gets every `model.type`/`dataset.name` that is not an import path."
+    model:Optional[str] = None    # 'module:get_model', called as get_model(model_section)
+    dataset:Optional[str] = None  # 'module:get_dataset', called as get_dataset(dataset_section, split)
 
 @dataclass
 class OptimizerConfig:
@@ -101,6 +109,7 @@ class Config:
     "A whole run."
     dataset:DatasetConfig = REQUIRED
     model:ModelConfig = REQUIRED
+    factories:FactoriesConfig = field(default_factory=FactoriesConfig)  # your own get_model / get_dataset
     batch_size:int = REQUIRED             # per process (per GPU)
     total_updates:int = REQUIRED          # optimizer updates in the whole run
     updates_per_epoch:Optional[int] = None  # validation interval in updates (default: total_updates)
@@ -128,6 +137,9 @@ class Config:
     log_every:int = 10                    # updates between log lines and metrics.jsonl rows
     progress:bool = True                  # a progress bar on a terminal, a live plot in Jupyter (never in log files)
 
+_SCHEMA = (DatasetConfig, ModelConfig, FactoriesConfig, OptimizerConfig, StageConfig, SchedulerConfig, CheckpointConfig,
+           PreemptionConfig, NonfiniteConfig, WandbConfig, Config)   # ml_suite's own sections (not users' dataclasses)
+
 # %% ../nbs/05_config.ipynb #bc4e292f
 @dataclass
 class Source:
@@ -135,6 +147,7 @@ class Source:
     file:Optional[Path] = None
     lines:dict = field(default_factory=dict)       # ('optimizer', 'learning_rate') -> line number
     overrides:dict = field(default_factory=dict)   # key path -> the override as typed
+    dotenv:list = field(default_factory=list)      # the .env files looked for, in order of precedence
 
     def where(self, path)->str:
         "' (train.yml line 14)' for a key path, naming an override if one set it."
@@ -205,18 +218,20 @@ def read_dotenv(path:Path)->dict:
         out[key] = val
     return out
 
-def _repo_root(start:Path)->Optional[Path]:
-    for d in [start, *start.parents]:
-        if (d / '.git').exists(): return d
+def dotenv_paths(config_dir:Optional[Path]=None)->list[Path]:
+    "The `.env` files to read, in order of precedence: the working directory, the config's folder and those above it."
+    cands = [Path.cwd() / '.env']
+    if config_dir is not None:
+        for d in [Path(config_dir).resolve(), *Path(config_dir).resolve().parents]:
+            cands.append(d / '.env')
+            if (d / '.git').exists(): break   # the repository's root: no further
+    return list(dict.fromkeys(c.resolve() if c.parent.exists() else c for c in cands))
 
 def load_dotenv(config_dir:Optional[Path]=None, environ=None)->list[Path]:
-    "Set variables from `.env` in the working directory and the config's repository, never overriding the environment."
+    "Set variables from the `.env` files of `dotenv_paths`, never overriding the environment; the files read."
     environ = os.environ if environ is None else environ
-    cands = [Path.cwd() / '.env']
-    root = _repo_root(Path(config_dir).resolve()) if config_dir else None
-    if root: cands.append(root / '.env')
     read = []
-    for p in dict.fromkeys(c.resolve() for c in cands):
+    for p in dotenv_paths(config_dir):
         if p.is_file():
             for k, v in read_dotenv(p).items(): environ.setdefault(k, v)
             read.append(p)
@@ -235,8 +250,11 @@ def expand_env(value, path=(), src:Source=None, environ=None):
         name, default = m.group(1), m.group(2)
         if name in environ: return environ[name]
         if default is not None: return default
+        seen = src.dotenv if src else []
+        looked = ', '.join(f"{p} ({'read, without it' if p.is_file() else 'none there'})" for p in seen)
         raise ConfigError(f"{'.'.join(map(str, path))}{src.where(path) if src else ''} uses ${{{name}}}, but {name} is not "
-                          f"set. Set it in the environment or in a .env file, or write ${{{name}:-default}}.")
+                          f"set. Set it in the environment or in a .env file, or write ${{{name}:-default}}."
+                          + (f" The .env files looked for: {looked}." if looked else ''))
     m = _VAR.fullmatch(value)
     if m:  # a value that is one ${VAR} is read as YAML, so WIDTH=4 gives the number 4
         raw = sub(m)
@@ -286,12 +304,13 @@ def _coerce(v, tp, path, src):
         want = ' or '.join(_TYPE_WORDS.get(a, str(a)) for a in args if a is not type(None))
         raise ConfigError(f"{key}{where} must be {want}, got {_describe(v)}.")
     if origin is Literal:
+        if v is False and 'off' in args: return 'off'   # YAML 1.1 reads an unquoted `off` as false
         if v in args: return v
         raise ConfigError(f"{key}{where} must be one of {', '.join(map(repr, args))}, got {v!r}{did_you_mean(v, args) or '.'}")
     if origin in (list, tuple):   # list[int], tuple[float, float]: a YAML list
         if isinstance(v, list): return v
         raise ConfigError(f"{key}{where} must be a list, got {_describe(v)}.")
-    if is_dataclass(tp): return from_dict(tp, v, path, src)
+    if is_dataclass(tp): return from_dict(tp, v, path, src) if tp in _SCHEMA else build_dataclass(tp, v, path, src)
     if tp is bool:
         if isinstance(v, bool): return v
         if isinstance(v, str) and v.lower() in ('true', 'false', 'yes', 'no', 'on', 'off', '1', '0'):
@@ -425,12 +444,57 @@ def check_values(cfg:Config, src:Source)->Config:
         raise ConfigError(f"device{w('device')} must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"
                           f"{did_you_mean(cfg.device, ['auto', 'cpu', 'cuda']) or '.'}")
     stage_lengths(stages(cfg), cfg.total_updates, lambda k: w('lr_scheduler', k, 'num_updates') if k else w('lr_scheduler'))
+    for s in stages(cfg):
+        k = s['_key']
+        if str(s['name']).lower() == 'cosineannealinglr' and 'end_factor' in s:
+            f = s['end_factor']
+            if 'eta_min' in s:
+                raise ConfigError(f"lr_scheduler.{k}{w('lr_scheduler', k)} gives both end_factor ({f}) and eta_min "
+                                  f"({s['eta_min']}); they say the same thing (eta_min = end_factor x learning_rate). "
+                                  f"Keep one of them.")
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+                raise ConfigError(f"lr_scheduler.{k}.end_factor{w('lr_scheduler', k, 'end_factor')} must be a number "
+                                  f"in [0, 1] (the fraction of the peak learning rate the cosine ends at), got {f!r}.")
+    _check_splits(cfg.dataset, src)
+    for k in ('model', 'dataset'):
+        v = getattr(cfg.factories, k)
+        if v is None: continue
+        if not isinstance(v, str) or ':' not in v:
+            raise ConfigError(f"factories.{k}{w('factories', k)} must be an import path 'module:function', got {v!r}; "
+                              f"e.g. factories: {{{k}: 'my_module:get_{k}'}} with my_module.py beside the config.")
+        key, where = f'factories.{k}', w('factories', k)
+        _callable(resolve_object(v, {}, key, where, src.folder), key, where, v)
     # import paths (built-in names need the registries, which need torch: `validate_config` checks those)
     for key, value in [('dataset.name', cfg.dataset.name), ('model.type', cfg.model.type),
                        ('model.criterion', cfg.model.criterion)] + [('metrics', m) for m in cfg.metrics]:
         if isinstance(value, str) and ':' in value:
-            _callable(resolve_object(value, {}, key, w(*key.split('.')), src.folder), key, w(*key.split('.')), value)
+            where = w(*key.split('.'))
+            fn = _callable(resolve_object(value, {}, key, where, src.folder), key, where, value)
+            if key in ('dataset.name', 'model.type'): check_section(fn, cfg, src, key.split('.')[0])
     return cfg
+
+# %% ../nbs/05_config.ipynb #963ba4be
+def _check_splits(ds:DatasetConfig, src:Source):
+    "A fractional `train_split` (and `test_split`) in (0, 1), leaving some samples for validation."
+    w = lambda k: src.where(('dataset', k))
+    tr, te = ds.train_split, ds.test_split
+    if isinstance(te, float) and not isinstance(tr, float):
+        raise ConfigError(f"dataset.test_split{w('test_split')} is a fraction ({te}), but dataset.train_split"
+                          f"{w('train_split')} is the split name {tr!r}; a fraction splits one dataset, so give "
+                          f"train_split a fraction too (e.g. 0.8), or test_split a split name.")
+    if not isinstance(tr, float): return
+    for k, v in (('train_split', tr), ('test_split', te)):
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ConfigError(f"dataset.{k}{w(k)} must be a fraction in (0, 1) (0.8: 80% of the dataset) or a split "
+                              f"name, got {v}.")
+    if isinstance(te, float) and tr + te >= 1:
+        raise ConfigError(f"dataset.train_split ({tr}) and test_split ({te}){w('train_split')} add up to {tr + te:g}, "
+                          f"which leaves nothing for validation; validation gets what they leave, so make their sum "
+                          f"less than 1.")
+    if ds.val_split != 'val':
+        raise ConfigError(f"dataset.val_split{w('val_split')} is {ds.val_split!r}, but with a fractional train_split "
+                          f"({tr}) validation gets the samples that train_split and test_split leave; remove "
+                          f"val_split.")
 
 # %% ../nbs/05_config.ipynb #d4d5ddb8
 def _check_types(fn, kwargs:dict, path:tuple, src:Source)->dict:
@@ -441,6 +505,96 @@ def _check_types(fn, kwargs:dict, path:tuple, src:Source)->dict:
     for k, v in kwargs.items():
         implicit_none = v is None and k in params and params[k].default is None   # `x:int=None` takes None too
         out[k] = v if k not in hints or implicit_none else _coerce(v, hints[k], path + (k,), src)
+    return out
+
+def build_dataclass(cls, data, path:tuple=(), src:Source=None):
+    "A user's dataclass `cls` (nanoGPT's `GPTConfig`) from the mapping `data`, each key a field of its type."
+    src = src or Source()
+    sect = '.'.join(map(str, path)) or 'the config'
+    if not isinstance(data, dict):
+        raise ConfigError(f"{sect}{src.where(path)} must be a section of 'key: value' lines for {cls.__qualname__}, "
+                          f"got {_describe(data)}.")
+    fs = [f for f in fields(cls) if f.init]
+    names = [f.name for f in fs]
+    for k in data:
+        if k not in names:
+            raise ConfigError(f"unknown key '{k}' in {sect}{src.where(path + (k,))}{did_you_mean(k, names) or '.'} "
+                              f"{sect} builds a {cls.__qualname__}, whose fields are: {', '.join(names)}.")
+    missing = [f.name for f in fs if f.default is MISSING and f.default_factory is MISSING and f.name not in data]
+    if missing:
+        raise ConfigError(f"{sect}{src.where(path)} is missing {', '.join(map(repr, missing))}, which "
+                          f"{cls.__qualname__} requires; add them to the {sect} section.")
+    try: hints = typing.get_type_hints(cls)
+    except Exception: hints = {}   # annotations that do not resolve: values as they are
+    vals = {k: _coerce(v, hints[k], path + (k,), src) if k in hints else v for k, v in data.items()}
+    try: return cls(**vals)
+    except Exception as e:   # the dataclass's own checks (__post_init__)
+        raise ConfigError(f"{sect}{src.where(path)} is refused by {cls.__qualname__}({_args(vals)}): {_reason(e)}. "
+                          f"Fix the value it names.") from None
+
+def section_args(
+    fn,                # the class or function the section builds
+    section:dict,      # the whole section, e.g. {'type': 'gpt', 'criterion': 'cross_entropy', 'n_layer': 2}
+    path:tuple,        # the section's key path, e.g. ('model',)
+    src:Source=None,
+    reserved=(),       # the section's own keys (not passed on as keywords)
+    skip=(),           # parameters that ml_suite passes itself (a dataset's `split`)
+)->tuple:
+    "`(args, kwargs)` that build `fn` from `section`: the section whole, a dataclass of its keys, or its keys, checked."
+    src = src or Source()
+    kwargs = {k: v for k, v in section.items() if k not in reserved}
+    style, _, dc = call_style(fn, skip)
+    if style == 'config': return (copy.deepcopy(dict(section)),), {}
+    if style == 'dataclass': return (build_dataclass(dc, kwargs, path, src),), {}
+    check_kwargs(fn, kwargs, '.'.join(path), lambda k: src.where(path + (k,)) if k else src.where(path),
+                 reserved=reserved, skip=skip)
+    return (), _check_types(fn, kwargs, path, src)
+
+def takes_param(fn, name:str)->bool:
+    "Whether `fn` accepts a keyword argument `name` (or any, with `**kwargs`)."
+    try: ps = inspect.signature(fn).parameters
+    except (TypeError, ValueError): return True
+    return name in ps or any(p.kind is p.VAR_KEYWORD for p in ps.values())
+
+RESERVED = {'model': ('type', 'criterion'), 'dataset': ('name', 'train_split', 'val_split', 'test_split', 'normalize')}
+
+def check_section(fn, cfg:Config, src:Source, which:str):
+    "Check `cfg`'s `model` or `dataset` section against `fn`, as it will be built (converting the values it passes on)."
+    sect = getattr(cfg, which)
+    whole = {**{f.name: getattr(sect, f.name) for f in fields(sect) if f.name != 'kwargs'}, **sect.kwargs}
+    args, kw = section_args(fn, whole, (which,), src, RESERVED[which], ('split',) if which == 'dataset' else ())
+    if not args: sect.kwargs = kw
+    if which == 'dataset' and not isinstance(sect.train_split, float) and not takes_param(fn, 'split'):
+        raise ConfigError(f"dataset.name{src.where(('dataset', 'name'))} is {sect.name!r}, which takes no 'split' "
+                          f"parameter, so training and validation would read the same samples. Give "
+                          f"dataset.train_split a fraction (e.g. 0.8) to split it in two, or give "
+                          f"{getattr(fn, '__qualname__', fn)} a split parameter.")
+
+def call_factory(
+    factory,           # a callable, or an import path 'module:function'
+    args:tuple,        # what it is called with
+    key:str,           # its config key, e.g. 'factories.model'
+    what:str,          # what it was asked for, e.g. "model.type 'my_model' (train.yml line 4)"
+    src:Source=None,
+    search_path=None,  # the folder to import it from (the config's)
+    is_ok=None,        # a predicate on the result
+    want:str='',       # what `is_ok` wants, in words, e.g. 'a torch.nn.Module'
+):
+    "`factory(*args)`; its failure, or a result that `is_ok` refuses, named in one paragraph."
+    src = src or Source()
+    where = src.where(tuple(key.split('.')))
+    fn = resolve_object(factory, {}, key, where, search_path) if isinstance(factory, str) else factory
+    name = factory if isinstance(factory, str) else getattr(factory, '__qualname__', repr(factory))
+    try: out = fn(*args)
+    except ConfigError: raise
+    except Exception as e:   # the user's code: whatever it raises is reported with the traceback chained
+        msg = ' '.join(str(e).split())[:300]
+        raise RunError(f"{key} '{name}'{where} raised {type(e).__name__}: {msg or '(no message)'} when asked for "
+                       f"{what}. The fault is in {name} or in the section it was given; the original traceback is "
+                       f"chained to this error.") from e
+    if is_ok is not None and not is_ok(out):
+        raise ConfigError(f"{key} '{name}'{where} returned {_describe(out)} for {what}, not {want}. Make it return "
+                          f"{want} there, or change the name.")
     return out
 
 def _construct(fn, kwargs:dict, section:str, where:str, meta:bool=False):
@@ -460,6 +614,9 @@ def _reason(e:Exception)->str:
     return msg if isinstance(e, (ValueError, TypeError)) and msg else f"{type(e).__name__}: {msg}"
 
 # %% ../nbs/05_config.ipynb #3039c9e6
+FACTORY_HINT = (" Code written for get_{0}-style factories (a function that builds the {0} from the section's name) "
+                "plugs in with factories: {{{0}: 'my_module:get_{0}'}}.")
+
 def validate_config(cfg:Config, src:Source)->Config:
     "Check ranges, consistency and every name `cfg` refers to; raise `ConfigError` at the first problem."
     check_values(cfg, src)
@@ -467,29 +624,33 @@ def validate_config(cfg:Config, src:Source)->Config:
     from ml_suite.data import DATASETS
     from ml_suite.models import MODELS
     from ml_suite.losses import LOSSES, METRICS
-    from ml_suite.optim import build_optimizer, build_lr_scheduler, optimizer_class, scheduler_class, without_dynamo_import
+    from ml_suite.optim import (build_optimizer, build_lr_scheduler, optimizer_class, scheduler_class, stage_schedulers,
+                                without_dynamo_import)
     w = lambda *p: src.where(p)
     if cfg.device.startswith('cuda') and not torch.cuda.is_available():
         raise ConfigError(f"device{w('device')} is {cfg.device!r}, but this machine has no usable CUDA GPU. "
                           f"Use device: auto (GPU when there is one) or device: cpu.")
-    # names, and the keys each constructor receives
-    ds_cls = _callable(resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', w('dataset', 'name'), src.folder),
-                       'dataset.name', w('dataset', 'name'), cfg.dataset.name)
-    check_kwargs(ds_cls, cfg.dataset.kwargs, 'dataset', lambda k: w('dataset', k) if k else w('dataset'),
-                 reserved=[f.name for f in fields(DatasetConfig) if f.name != 'kwargs'], skip=('split',))
-    cfg.dataset.kwargs = _check_types(ds_cls, cfg.dataset.kwargs, ('dataset',), src)
-    m_cls = _callable(resolve_object(cfg.model.type, MODELS, 'model.type', w('model', 'type'), src.folder),
-                      'model.type', w('model', 'type'), cfg.model.type)
-    check_kwargs(m_cls, cfg.model.kwargs, 'model', lambda k: w('model', k) if k else w('model'), reserved=['type', 'criterion'])
-    cfg.model.kwargs = _check_types(m_cls, cfg.model.kwargs, ('model',), src)
+    # names, and the keys each constructor receives (a factory's names are its own: it is called when the run builds)
+    fac, ds_cls = cfg.factories, None
+    if not (fac.dataset and ':' not in str(cfg.dataset.name)):
+        where = w('dataset', 'name')
+        ds_cls = _callable(resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', where, src.folder,
+                                          hint=FACTORY_HINT.format('dataset')), 'dataset.name', where, cfg.dataset.name)
+        check_section(ds_cls, cfg, src, 'dataset')
+    if not (fac.model and ':' not in str(cfg.model.type)):
+        where = w('model', 'type')
+        m_cls = _callable(resolve_object(cfg.model.type, MODELS, 'model.type', where, src.folder,
+                                         hint=FACTORY_HINT.format('model')), 'model.type', where, cfg.model.type)
+        check_section(m_cls, cfg, src, 'model')
     _callable(resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', w('model', 'criterion'), src.folder),
               'model.criterion', w('model', 'criterion'), cfg.model.criterion)
     for i, m in enumerate(cfg.metrics):
         _callable(resolve_object(m, METRICS, 'metrics', w('metrics'), src.folder), 'metrics', w('metrics'), m)
-    if cfg.dataset.name in DATASETS:   # built-ins only: a user's dataset may load files when it is built
-        for sk in ('train_split', 'val_split'):
-            _construct(ds_cls, {'split': getattr(cfg.dataset, sk), **cfg.dataset.kwargs}, 'dataset', w('dataset'))
-    if cfg.model.type in MODELS: _construct(m_cls, cfg.model.kwargs, 'model', w('model'), meta=True)
+    if ds_cls is not None and cfg.dataset.name in DATASETS:   # built-ins only: a user's dataset may load files
+        d = cfg.dataset
+        names = ['train'] if isinstance(d.train_split, float) else [d.train_split, d.val_split]
+        for n in names: _construct(ds_cls, {'split': n, **cfg.dataset.kwargs}, 'dataset', w('dataset'))
+    if not fac.model and cfg.model.type in MODELS: _construct(m_cls, cfg.model.kwargs, 'model', w('model'), meta=True)
     o_cls = optimizer_class(cfg.optimizer.name, w('optimizer', 'name'))
     check_kwargs(o_cls, cfg.optimizer.kwargs, 'optimizer', lambda k: w('optimizer', k) if k else w('optimizer'),
                  reserved=('name', 'learning_rate', 'weight_decay'), skip=('params', 'lr', 'weight_decay'))
@@ -500,12 +661,22 @@ def validate_config(cfg:Config, src:Source)->Config:
         for s, n in zip(st, lengths):
             cls, k = scheduler_class(s['name'], w('lr_scheduler', s['_key'], 'name')), s['_key']
             kw = {a: v for a, v in s.items() if a not in ('name', 'num_updates', '_key')}
-            check_kwargs(cls, kw, f'lr_scheduler.{k}', lambda a: w('lr_scheduler', k, a) if a else w('lr_scheduler', k),
-                         reserved=('name', 'num_updates'), skip=('optimizer', 'total_iters', 'T_max'))
+            own = ('end_factor',) if cls is torch.optim.lr_scheduler.CosineAnnealingLR else ()   # eta_min = f x lr
+            check_kwargs(cls, {a: v for a, v in kw.items() if a not in own}, f'lr_scheduler.{k}',
+                         lambda a: w('lr_scheduler', k, a) if a else w('lr_scheduler', k),
+                         reserved=('name', 'num_updates') + own, skip=('optimizer', 'total_iters', 'T_max'))
             kw = _check_types(cls, kw, ('lr_scheduler', k), src)
+            if own and 'end_factor' in kw:
+                kw['end_factor'] = _coerce(kw['end_factor'], float, ('lr_scheduler', k, 'end_factor'), src)
             s.update(kw); getattr(cfg.lr_scheduler, k).kwargs.update(kw)
-            kw.update({a: n for a in ('total_iters', 'T_max') if a in inspect.signature(cls).parameters and a not in kw})
-            try: cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), **kw)  # torch's own checks, now
+        try: built = stage_schedulers(st, cfg.total_updates, cfg.optimizer.learning_rate)   # ml_suite's rules
+        except ConfigError: raise
+        except Exception as e:   # a stage's end found by stepping a throwaway copy, refused by torch
+            raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {_reason(e)}. "
+                              f"Check the stages.") from None
+        for s, (cls, kw) in zip(st, built):
+            k = s['_key']
+            try: cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.learning_rate), **kw)
             except Exception as e:   # a value of the wrong kind can fail in any way inside torch: all mean "refused"
                 raise ConfigError(f"lr_scheduler.{k}{w('lr_scheduler', k)} is rejected by torch.optim.lr_scheduler."
                                   f"{cls.__name__}({_args(kw)}): {_reason(e)}. Fix the value it names.") from None
@@ -534,6 +705,7 @@ def load_config(
         data, src.lines = read_yaml(src.file)
     elif isinstance(config, dict): data, src = copy.deepcopy(config), Source()
     else: raise ConfigError(f"a config is a path to a YAML file or a dict, got {type(config).__name__}.")
+    src.dotenv = dotenv_paths(src.folder)
     load_dotenv(src.folder, environ)
     data = apply_overrides(data, overrides, src)
     data = expand_env(data, (), src, environ)

@@ -7,14 +7,14 @@ Docs: https://ml-suite.github.io/ml_suite/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #ae8b9cf4
 from __future__ import annotations
-import difflib, importlib, inspect, os, sys
+import difflib, importlib, inspect, os, sys, typing
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['IMPORTED_FROM', 'ConfigError', 'RunError', 'RunDirLocked', 'did_you_mean', 'resolve_object', 'import_root',
-           'code_paths', 'search_folders', 'check_kwargs', 'stage_lengths', 'DistInfo', 'is_main_process']
+           'code_paths', 'search_folders', 'call_style', 'check_kwargs', 'stage_lengths', 'DistInfo', 'is_main_process']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 class ConfigError(ValueError):
@@ -46,6 +46,7 @@ def resolve_object(
     key:str,           # the config key, for messages, e.g. 'model.type'
     where:str='',      # where the key was set, e.g. ' (train.yml line 3)'
     search_path=None,  # extra folder(s) to import from (the config's folder)
+    hint:str='',       # a sentence added to the "unknown name" message
 ):
     "Return the object that `name` refers to: a built-in, or the attribute named by an import path."
     if not isinstance(name, str) or not name:
@@ -55,7 +56,8 @@ def resolve_object(
     if ':' not in name:
         if name.lower() in lower: return lower[name.lower()]
         raise ConfigError(f"unknown {key} '{name}'{where}{did_you_mean(name, builtins) or '.'} Use one of "
-                          f"{', '.join(sorted(builtins))}, or an import path such as 'my_package.my_module:MyClass'.")
+                          f"{', '.join(sorted(builtins))}, or an import path such as 'my_package.my_module:MyClass'."
+                          + hint)
     mod_name, _, attr = name.partition(':')
     extra = [search_path] if isinstance(search_path, (str, os.PathLike)) else list(search_path or [])
     folders = list(dict.fromkeys(str(f) for f in [*_SEARCH_FOLDERS, *extra]))   # `search_folders` first, in order
@@ -114,6 +116,28 @@ def search_folders(folders):
     try: yield
     finally: _SEARCH_FOLDERS[:] = old
 
+# %% ../nbs/00_core.ipynb #5291d3b4
+def call_style(
+    fn,               # the class or function a config section is passed to
+    skip=(),          # parameters that ml_suite passes itself (a dataset's `split`)
+)->tuple:
+    "How `fn` takes a section: `('config', name, None)`, `('dataclass', name, cls)` or `('kwargs', None, None)`."
+    try: sig = inspect.signature(fn)
+    except (TypeError, ValueError): return 'kwargs', None, None
+    ps = [p for n, p in sig.parameters.items() if n != 'self' and n not in skip]
+    if len(ps) != 1 or ps[0].kind not in (ps[0].POSITIONAL_OR_KEYWORD, ps[0].POSITIONAL_ONLY):
+        return 'kwargs', None, None
+    p = ps[0]
+    try: hint = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn).get(p.name)
+    except Exception: hint = p.annotation   # annotations that do not resolve: the raw one
+    if isinstance(hint, type) and is_dataclass(hint): return 'dataclass', p.name, hint
+    if p.name != 'config': return 'kwargs', None, None
+    # nanoGPT's unannotated `GPT.__init__(self, config)` beside `@dataclass class GPTConfig`: the class's own
+    own = getattr(sys.modules.get(getattr(fn, '__module__', None)), f"{getattr(fn, '__name__', '')}Config", None)
+    if isinstance(fn, type) and p.annotation is p.empty and isinstance(own, type) and is_dataclass(own):
+        return 'dataclass', p.name, own
+    return 'config', p.name, None
+
 # %% ../nbs/00_core.ipynb #d61edf84
 def check_kwargs(
     fn,               # the class or function the keys are passed to
@@ -124,6 +148,9 @@ def check_kwargs(
     skip=(),          # parameters that ml_suite passes itself, not the user
 ):
     "Raise `ConfigError` if `fn` does not accept every key of `kwargs`; list what it does accept."
+    style, _, dc = call_style(fn, skip)
+    if style == 'config': return   # it takes the whole section
+    if style == 'dataclass': fn = dc   # the keys are the dataclass's fields
     try: sig = inspect.signature(fn)
     except (TypeError, ValueError): return
     params = {n: p for n, p in sig.parameters.items() if n not in ('self',) + tuple(skip)}

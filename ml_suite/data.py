@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from .core import ConfigError, DistInfo, RunError
 
 # %% auto #0
-__all__ = ['DATASETS', 'mix_seed', 'HeatDataset', 'ResumableSampler', 'die_with_parent', 'BatchStream', 'eval_loader',
-           'Normalization', 'compute_normalization', 'dataset_normalization', 'NormalizedDataset', 'DataError',
-           'CheckedDataset']
+__all__ = ['DATASETS', 'mix_seed', 'HeatDataset', 'split_indices', 'SplitDataset', 'dataset_splits', 'get_dataset',
+           'ResumableSampler', 'die_with_parent', 'BatchStream', 'eval_loader', 'Normalization',
+           'compute_normalization', 'dataset_normalization', 'NormalizedDataset', 'DataError', 'CheckedDataset']
 
 # %% ../nbs/01_data.ipynb #b4336f9a
 def mix_seed(*parts)->int:
@@ -63,6 +63,112 @@ class HeatDataset(Dataset):
 
 # %% ../nbs/01_data.ipynb #3949fcec
 DATASETS = {'heat': HeatDataset}
+
+# %% ../nbs/01_data.ipynb #f348315c
+def split_indices(
+    n:int,                        # samples in the dataset
+    train_split:float,            # the fraction for training, in (0, 1)
+    test_split:float|None=None,   # the fraction for testing (None: no test part)
+    seed:int=0,                   # the dataset's seed (else the config's)
+)->dict:
+    "Disjoint, sorted indices `{'train', 'val'[, 'test']}`: fractions of a permutation of `range(n)` seeded by `seed`."
+    n_train, n_test = int(n * train_split), int(n * test_split) if test_split else 0
+    n_val = n - n_train - n_test
+    if n_train < 1 or n_val < 1 or (test_split and n_test < 1):
+        test = f" and test_split {test_split}" if test_split else ''
+        testing = f', {n_test} for testing' if test_split else ''
+        raise ConfigError(f"dataset.train_split {train_split}{test} split the dataset's {n} samples into {n_train} for "
+                          f"training{testing} and {n_val} for validation; each part needs at least one sample. Use a "
+                          f"dataset with more samples, or other fractions.")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 'split'))).tolist()
+    out = {'train': sorted(perm[:n_train]), 'val': sorted(perm[n_train + n_test:])}
+    if test_split: out['test'] = sorted(perm[n_train:n_train + n_test])
+    return out
+
+class SplitDataset(Dataset):
+    "The samples `indices` of `dataset`: one part of a dataset split by fractions."
+    def __init__(self, dataset:Dataset, indices:list, split:str):
+        self.dataset, self.indices, self.split = dataset, list(indices), split
+    def __len__(self): return len(self.indices)
+    def __getitem__(self, i): return self.dataset[self.indices[i]]
+    def __getattr__(self, name):  # the dataset's own attributes: `normalize`, `normalization_stats`, ...
+        if name.startswith('__') or name in ('dataset', 'indices', 'split'): raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+# %% ../nbs/01_data.ipynb #94b3fc75
+def _is_dataset(d)->bool: return hasattr(d, '__len__') and hasattr(d, '__getitem__')
+_A_DATASET = 'a Dataset (an object with __len__ and __getitem__)'
+
+def _positional(fn)->int:
+    "How many positional arguments `fn` takes (a large number with `*args`)."
+    import inspect
+    try: ps = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError): return 99
+    if any(p.kind is p.VAR_POSITIONAL for p in ps): return 99
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in ps)
+
+def _build_dataset(section:dict, split:str, factory, search_path, src):
+    "One dataset of `section`, for the split called `split`."
+    from ml_suite.config import RESERVED, FACTORY_HINT, call_factory, section_args, takes_param
+    from ml_suite.core import resolve_object
+    name, w = section.get('name'), lambda *p: src.where(('dataset',) + p)
+    what = f"dataset.name {name!r}{w('name')} (split {split!r})"
+    if factory is not None and ':' not in str(name) and not callable(name):
+        fn = (resolve_object(factory, {}, 'factories.dataset', src.where(('factories', 'dataset')), search_path)
+              if isinstance(factory, str) else factory)
+        args = (section, split) if _positional(fn) >= 2 else (section,)
+        return call_factory(fn, args, 'factories.dataset', what, src, search_path, _is_dataset, _A_DATASET)
+    fn = name if callable(name) else resolve_object(name, DATASETS, 'dataset.name', w('name'), search_path,
+                                                     hint=FACTORY_HINT.format('dataset'))
+    args, kw = section_args(fn, section, ('dataset',), src, RESERVED['dataset'], ('split',))
+    ds = fn(*args, **kw, **({'split': split} if takes_param(fn, 'split') else {}))
+    if not _is_dataset(ds): raise ConfigError(f"{what} built {type(ds).__name__}, which is not {_A_DATASET}.")
+    return ds
+
+def dataset_splits(
+    section,                  # a config's `dataset` section as a dict, or a whole `Config`
+    splits=('train', 'val'),  # roles ('train', 'val', 'test': the section's names for them) or other split names
+    factory=None,             # a get_dataset(config, split)-style function or its import path
+    seed:int=0,               # the config's seed; a fractional split uses the section's `seed`, else this
+    search_path=None,         # the folder to import from (the config's)
+    src=None,                 # where the section was set (a `Source`), for messages
+)->dict:
+    "The datasets of `splits`, built by name or, where `train_split` is a fraction, from one dataset built once."
+    from ml_suite.config import Config, Source, config_to_dict
+    from ml_suite.core import resolve_object
+    if isinstance(section, Config):
+        factory = section.factories.dataset if factory is None else factory
+        seed, section = section.seed, config_to_dict(section.dataset)
+    section, src, out = dict(section), src or Source(), {}
+    tr, te = section.get('train_split', 'train'), section.get('test_split', 'test')
+    frac = lambda v: isinstance(v, float)
+    if frac(tr) and any(s in ('train', 'val') or (s == 'test' and frac(te)) for s in splits):
+        whole = _build_dataset(section, 'train', factory, search_path, src)
+        idx = split_indices(len(whole), tr, te if frac(te) else None, section.get('seed', seed))
+        out = {s: SplitDataset(whole, idx[s], s) for s in splits if s in idx}
+    elif factory is not None and ':' not in str(section.get('name')) and not callable(section.get('name')):
+        fn = resolve_object(factory, {}, 'factories.dataset', '', search_path) if isinstance(factory, str) else factory
+        if _positional(fn) < 2:
+            raise ConfigError(f"factories.dataset {factory!r}{src.where(('factories', 'dataset'))} takes no split, so "
+                              f"training and validation would read the same samples. Give dataset.train_split a "
+                              f"fraction (e.g. 0.8) to split its dataset in two, or give it a split parameter: "
+                              f"get_dataset(config, split).")
+    for s in splits:
+        if s not in out:
+            name = section.get(f'{s}_split', s) if s in ('train', 'val', 'test') else s
+            out[s] = _build_dataset(section, name, factory, search_path, src)
+    return {s: out[s] for s in splits}
+
+def get_dataset(
+    section,                  # a config's `dataset` section as a dict, or a whole `Config`
+    split:str='train',        # 'train', 'val', 'test' (the section's names for them), or another split name
+    factory=None,             # a get_dataset(config, split)-style function or its import path
+    seed:int=0,               # the config's seed (for a fractional split without a `seed` in the section)
+    search_path=None,         # the folder to import from (the config's)
+    src=None,                 # where the section was set, for messages
+)->Dataset:
+    "One split of the dataset a config section describes, built as a run builds it."
+    return dataset_splits(section, (split,), factory, seed, search_path, src)[split]
 
 # %% ../nbs/01_data.ipynb #9a4faaba
 class ResumableSampler(Sampler[int]):
@@ -304,23 +410,35 @@ class CheckedDataset(NormalizedDataset):
         return getattr(self.dataset, name)
 
     @property
+    def base(self)->Dataset:
+        "The user's dataset (the whole one, where a fractional split took part of it)."
+        return self.dataset.dataset if isinstance(self.dataset, SplitDataset) else self.dataset
+
+    def index(self, i:int)->int:
+        "Sample `i` of this split as an index into `base`."
+        return self.dataset.indices[i] if isinstance(self.dataset, SplitDataset) else i
+
+    @property
     def name(self)->str:
         "The dataset's class and split, e.g. `HeatDataset (split 'train')`."
-        return f"{type(self.dataset).__name__} (split '{self.split}')"
+        part = ", a fraction of its 'train' split" if isinstance(self.dataset, SplitDataset) else ''
+        return f"{type(self.base).__name__} (split '{self.split}'{part})"
 
     def __getitem__(self, i):
         try: s = self.dataset[i]
         except DataError: raise
         except Exception as e:
-            msg = ' '.join(str(e).split())
-            raise DataError(f"{self.name} failed to give sample {i}: {type(self.dataset).__name__}.__getitem__({i}) raised "
-                            f"{type(e).__name__}: {msg[:300] or '(no message)'}. The fault is in the dataset's own code (the original "
-                            f"traceback is chained to this error); reproduce it with {type(self.dataset).__name__}(split='{self.split}', ...)[{i}].") from e
+            msg, cls, j = ' '.join(str(e).split()), type(self.base).__name__, self.index(i)
+            split = 'train' if isinstance(self.dataset, SplitDataset) else self.split
+            raise DataError(f"{self.name} failed to give sample {j}: {cls}.__getitem__({j}) raised "
+                            f"{type(e).__name__}: {msg[:300] or '(no message)'}. The fault is in the dataset's own "
+                            f"code (the original traceback is chained to this error); reproduce it with "
+                            f"{cls}(split='{split}', ...)[{j}].") from e
         if not isinstance(s, (tuple, list)) or len(s) != 2:
             what = (f"a dict with keys {list(s)[:6]}" if isinstance(s, dict) else
                     f"a {type(s).__name__} of {len(s)} items" if isinstance(s, (tuple, list)) else _describe(s))
-            raise DataError(f"{self.name} sample {i} is {what}; a sample must be a pair (input, target). Return a tuple "
-                            f"from {type(self.dataset).__name__}.__getitem__, e.g. `return x, y`"
+            raise DataError(f"{self.name} sample {self.index(i)} is {what}; a sample must be a pair (input, target). "
+                            f"Return a tuple from {type(self.base).__name__}.__getitem__, e.g. `return x, y`"
                             + (f" (here perhaps `return s[{list(s)[0]!r}], s[{list(s)[-1]!r}]`)." if isinstance(s, dict) and s else '.'))
         x, y = s
         return self.norm.input(x), (self.norm.target(y) if _is_field(y) else y)
@@ -337,6 +455,7 @@ class CheckedDataset(NormalizedDataset):
 
     def _mismatch(self, samples:list, e:Exception)->str:
         idx = self._batch_indices if self._batch_indices is not None and len(self._batch_indices) == len(samples) else None
+        if idx is not None: idx = [self.index(i) for i in idx]   # indices into the user's dataset
         at = lambda j: f"sample {idx[j]}" if idx is not None else f"entry {j} of the batch"
         for part, word in ((0, 'input'), (1, 'target')):
             ref = _describe(samples[0][part])
@@ -344,7 +463,7 @@ class CheckedDataset(NormalizedDataset):
                 if _describe(s[part]) != ref:
                     return (f"{self.name}: {at(0)} has an {word} of {ref}, but {at(j)} has {_describe(s[part])}; the samples "
                             f"of a batch must have one shape and dtype to be stacked. Make "
-                            f"{type(self.dataset).__name__}.__getitem__ return {word}s of one shape (crop, pad or resize "
+                            f"{type(self.base).__name__}.__getitem__ return {word}s of one shape (crop, pad or resize "
                             f"them) and one dtype.")
         return (f"{self.name}: the samples {list(idx[:8]) if idx is not None else ''} cannot be stacked into a batch: "
                 f"{type(e).__name__}: {' '.join(str(e).split())[:300]}.")

@@ -11,7 +11,7 @@ from torch import nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['MODELS', 'ConvBlock', 'UNet']
+__all__ = ['MODELS', 'ConvBlock', 'UNet', 'get_model']
 
 # %% ../nbs/02_models.ipynb #fee234b5
 def _groups(ch:int)->int: return next(g for g in (8, 4, 2, 1) if ch % g == 0)
@@ -55,3 +55,28 @@ class UNet(nn.Module):
 
 # %% ../nbs/02_models.ipynb #0221f8ab
 MODELS = {'unet': UNet}
+
+# %% ../nbs/02_models.ipynb #e36def20
+def get_model(
+    section,           # a config's `model` section as a dict, or a whole `Config`
+    factory=None,      # a get_model(config)-style function or its import path (a `Config`: its factories.model)
+    search_path=None,  # the folder to import from (the config's)
+    src=None,          # where the section was set (a `Source`), for messages
+)->nn.Module:
+    "The model a config section describes, built as a run builds it."
+    from ml_suite.config import Config, Source, config_to_dict, RESERVED, FACTORY_HINT, call_factory, section_args
+    from ml_suite.core import ConfigError, resolve_object
+    if isinstance(section, Config):
+        factory = section.factories.model if factory is None else factory
+        section = config_to_dict(section.model)
+    section, src = dict(section), src or Source()
+    name, where = section.get('type'), src.where(('model', 'type'))
+    what, ok = f"model.type {name!r}{where}", lambda m: isinstance(m, nn.Module)
+    if callable(name): fn = name   # in a shell: the class itself
+    elif factory is not None and ':' not in str(name):
+        return call_factory(factory, (section,), 'factories.model', what, src, search_path, ok, 'a torch.nn.Module')
+    else: fn = resolve_object(name, MODELS, 'model.type', where, search_path, hint=FACTORY_HINT.format('model'))
+    args, kw = section_args(fn, section, ('model',), src, RESERVED['model'])
+    model = fn(*args, **kw)
+    if not ok(model): raise ConfigError(f"{what} built {type(model).__name__}, which is not a torch.nn.Module.")
+    return model

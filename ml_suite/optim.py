@@ -12,7 +12,8 @@ from torch.optim import lr_scheduler as lrs
 from .core import ConfigError, check_kwargs, did_you_mean, stage_lengths  # stage_lengths: torch-free, for the config check
 
 # %% auto #0
-__all__ = ['optimizer_class', 'build_optimizer', 'scheduler_class', 'build_lr_scheduler', 'without_dynamo_import']
+__all__ = ['optimizer_class', 'build_optimizer', 'scheduler_class', 'stage_schedulers', 'build_lr_scheduler',
+           'without_dynamo_import']
 
 # %% ../nbs/04_optim.ipynb #4eb1e264
 def optimizer_class(name:str, where:str=''):
@@ -49,6 +50,63 @@ def scheduler_class(name:str, where:str=''):
     raise ConfigError(f"unknown lr_scheduler stage name '{name}'{where}{did_you_mean(name, table) or '.'}{hint} "
                       f"Use one of torch.optim.lr_scheduler's: {', '.join(sorted(table))}.")
 
+def _peak(optimizer)->float:
+    "The schedule's peak learning rate: the first group's `initial_lr` (set by a scheduler), else its `lr`."
+    g = optimizer.param_groups[0]
+    return float(g.get('initial_lr', g['lr']))
+
+def _stage_end(prefix:list, lengths:list, peak:float)->float:
+    "The LR at the end of the last stage of `prefix` (pairs of class, kwargs), as a factor of `peak`."
+    cls, kw = prefix[-1]
+    n = lengths[len(prefix) - 1]
+    if cls is lrs.LinearLR and kw['total_iters'] <= n: return float(kw.get('end_factor', 1.0))
+    if cls is lrs.ConstantLR and kw['total_iters'] <= n: return 1.0
+    if cls is lrs.CosineAnnealingLR and kw['T_max'] == n: return float(kw.get('eta_min', 0.0)) / peak
+    import warnings   # any other class: step a throwaway copy of the chain so far to the end of this stage
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    with warnings.catch_warnings():   # "scheduler.step() before optimizer.step()": no optimizer steps here
+        warnings.simplefilter('ignore', UserWarning)
+        scheds = [c(opt, **k) for c, k in prefix]
+        ms = [sum(lengths[: i + 1]) for i in range(len(scheds) - 1)]
+        sched = scheds[0] if len(scheds) == 1 else lrs.SequentialLR(opt, scheds, milestones=ms)
+        for _ in range(sum(lengths[: len(prefix)])): sched.step()
+    return opt.param_groups[0]['lr'] / peak
+
+def stage_schedulers(
+    stages:list[dict],     # each: {'name': ..., 'num_updates': ..., other keys passed on}
+    total_updates:int,     # the run's length in updates
+    peak:float,            # the peak learning rate (what `end_factor` and `start_factor` are factors of)
+)->list[tuple]:
+    "Each stage's scheduler class and the keyword arguments it is built with, ml_suite's two rules applied."
+    lengths, out, end = stage_lengths(stages, total_updates), [], 1.0
+    for s, n in zip(stages, lengths):
+        cls, key = scheduler_class(s['name']), f"lr_scheduler.{s.get('_key', 'stage')}"
+        kw = {k: v for k, v in s.items() if k not in ('name', 'num_updates', '_key')}
+        params = inspect.signature(cls).parameters
+        for a in _LENGTH_ARGS:
+            if a in params and a not in kw: kw[a] = n
+        if cls is lrs.CosineAnnealingLR and 'end_factor' in kw:
+            f = kw.pop('end_factor')
+            if 'eta_min' in kw:
+                raise ConfigError(f"{key} gives both end_factor ({f}) and eta_min ({kw['eta_min']}); they say the same "
+                                  f"thing (eta_min = end_factor x learning_rate). Keep one of them.")
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+                raise ConfigError(f"{key}.end_factor must be a number in [0, 1] (the fraction of the peak learning "
+                                  f"rate the cosine ends at), got {f!r}.")
+            kw['eta_min'] = f * peak
+        if cls is lrs.LinearLR and 'start_factor' not in kw:
+            if not 0 < end <= 1:
+                prev = out[-1][0].__name__ if out else ''
+                raise ConfigError(f"{key} (LinearLR) has no start_factor, so it starts where the stage before it "
+                                  f"({prev}) ends, at {end:.4g} x the learning rate; LinearLR needs a start_factor in "
+                                  f"(0, 1]. Give {key} a start_factor, or let the stage before it end above 0 (e.g. "
+                                  f"end_factor: 0.01).")
+            kw['start_factor'] = end
+        check_kwargs(cls, kw, key, reserved=('name', 'num_updates'), skip=('optimizer',))
+        out.append((cls, kw))
+        end = _stage_end(out, lengths, peak or 1.0)
+    return out
+
 def build_lr_scheduler(
     optimizer:torch.optim.Optimizer,
     stages:list[dict],     # each: {'name': ..., 'num_updates': ..., other keys passed on}
@@ -56,15 +114,8 @@ def build_lr_scheduler(
 )->lrs.LRScheduler:
     "Chain the `stages` into one scheduler that steps once per update (a constant LR if there are none)."
     if not stages: return lrs.LambdaLR(optimizer, lambda _: 1.0)
-    lengths, scheds = stage_lengths(stages, total_updates), []
-    for s, n in zip(stages, lengths):
-        cls = scheduler_class(s['name'])
-        kw = {k: v for k, v in s.items() if k not in ('name', 'num_updates', '_key')}
-        params = inspect.signature(cls).parameters
-        for a in _LENGTH_ARGS:
-            if a in params and a not in kw: kw[a] = n
-        check_kwargs(cls, kw, f"lr_scheduler.{s.get('_key', 'stage')}", reserved=('name', 'num_updates'), skip=('optimizer',))
-        scheds.append(cls(optimizer, **kw))
+    lengths = stage_lengths(stages, total_updates)
+    scheds = [cls(optimizer, **kw) for cls, kw in stage_schedulers(stages, total_updates, _peak(optimizer))]
     if len(scheds) == 1: return scheds[0]
     milestones = [sum(lengths[: i + 1]) for i in range(len(lengths) - 1)]
     return lrs.SequentialLR(optimizer, scheds, milestones=milestones)

@@ -78,27 +78,29 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
                   compute_stats:bool=True):
     "Build data, model, optimizer, schedule and `Trainer` from a validated config."
     import torch
-    from ml_suite.data import DATASETS, BatchStream, eval_loader, CheckedDataset, dataset_normalization
-    from ml_suite.models import MODELS
+    from ml_suite.data import BatchStream, eval_loader, CheckedDataset, dataset_normalization, dataset_splits
+    from ml_suite.models import get_model
     from ml_suite.losses import LOSSES, METRICS
     from ml_suite.optim import build_optimizer, build_lr_scheduler
     from ml_suite.evaluator import Evaluator
     from ml_suite.trainer import Trainer, get_device
     where = lambda *p: src.where(p)
     device = get_device(cfg.device, dist)
-    ds_cls = resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', where('dataset', 'name'), src.folder)
     if cfg.nonfinite.max_consecutive < 1:
         raise ConfigError(f"nonfinite.max_consecutive{where('nonfinite', 'max_consecutive')} must be >= 1, got "
                           f"{cfg.nonfinite.max_consecutive}; use policy: off to turn the check off.")
     # every sample is read through a check that names the dataset, split and index of a sample that cannot be used
-    train_ds = CheckedDataset(ds_cls(split=cfg.dataset.train_split, **cfg.dataset.kwargs), cfg.dataset.train_split)
-    val_ds = CheckedDataset(ds_cls(split=cfg.dataset.val_split, **cfg.dataset.kwargs), cfg.dataset.val_split)
+    # (a fractional train_split: one dataset, built once and split by a seeded permutation)
+    parts = dataset_splits(cfg, ('train', 'val'), search_path=src.folder, src=src)
+    frac = isinstance(cfg.dataset.train_split, float)
+    train_ds = CheckedDataset(parts['train'], 'train' if frac else cfg.dataset.train_split)
+    val_ds = CheckedDataset(parts['val'], 'val' if frac else cfg.dataset.val_split)
     # Statistics are computed on a fresh start only: a resume (or a start from weights) loads the ones the weights were
     # trained with, and a dry run does not need them; until then `norm` is the identity, with the samples' shapes.
     norm = dataset_normalization(train_ds, cfg.dataset.normalize if compute_stats else False, num_workers=cfg.num_workers, dist=dist)
     train_ds.norm = val_ds.norm = norm
     torch.manual_seed(cfg.seed)
-    model = resolve_object(cfg.model.type, MODELS, 'model.type', where('model', 'type'), src.folder)(**cfg.model.kwargs)
+    model = get_model(cfg, search_path=src.folder, src=src)   # as ml_suite.models.get_model builds it in a shell
     criterion = _instantiate(resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', where('model', 'criterion'), src.folder))
     metrics = {m.rsplit(':', 1)[-1].lower(): resolve_object(m, METRICS, 'metrics', where('metrics'), src.folder) for m in cfg.metrics}
     model.to(device)
