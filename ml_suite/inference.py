@@ -85,14 +85,14 @@ def load_model(
 )->InferenceModel:
     "Rebuild the trained model from the config in its checkpoint, load the weights (safely), in eval mode on `device`."
     from ml_suite.checkpoint import load_checkpoint, load_weights
-    from ml_suite.models import MODELS
+    from ml_suite.models import get_model
     from ml_suite.trainer import get_device
     path = find_checkpoint(source, checkpoint)
     state = load_checkpoint(path)                      # weights_only: loading never runs code from the file
     cfg = checkpoint_config(state, path, 'cpu')
     dev = torch.device(device) if isinstance(device, torch.device) else get_device(device, DistInfo.from_env())
     folders = code_folders(state, path)
-    net = resolve_object(cfg.model.type, MODELS, 'model.type', '', folders)(**cfg.model.kwargs)
+    net = get_model(cfg, search_path=folders)   # as training built it: a class, a factory, a config-style callable
     load_weights(net, state['model'], source=str(path))
     norm = Normalization(); norm.load_state_dict(state.get('normalization'))   # absent (older checkpoints): identity
     model = InferenceModel(net, norm).to(dev).eval().requires_grad_(False)   # for inference: no autograd graphs
@@ -104,10 +104,8 @@ FIELD_METRICS = ('mae', 'rmse', 'rel_l2')
 
 def split_dataset(cfg, split:str='val', folders=()):
     "The dataset of `cfg` for `split`: 'train', 'val', 'test' (the config's names for them) or a name the dataset knows."
-    from ml_suite.data import DATASETS
-    name = {'train': cfg.dataset.train_split, 'val': cfg.dataset.val_split, 'test': cfg.dataset.test_split}.get(split, split)
-    cls = resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', '', folders)
-    return cls(split=name, **cfg.dataset.kwargs)
+    from ml_suite.data import get_dataset
+    return get_dataset(cfg, split, search_path=folders)   # a fractional split: the same indices training used
 
 def _metric_objects(cfg, field:bool, folders=())->dict:
     from ml_suite.losses import LOSSES, METRICS, MeanLoss
