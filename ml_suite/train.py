@@ -48,7 +48,7 @@ def check_run_dir(run_dir:Path)->Path:
         raise RunError(f"the run directory {run_dir} is not writable: {where} refuses new files ({e.strerror or e}). {fix}") from None
     return run_dir
 
-# %% ../nbs/10_train.ipynb #e9f3bcc3
+# %% ../nbs/10_train.ipynb #0bfdb03a
 OWNER_FILE = '.owner.json'   # in the run directory: the config that started it
 
 def config_owner(src:Source, run_dir:Path)->str|None:
@@ -106,7 +106,7 @@ def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|N
                           f"{', '.join(sorted(q.name for q in run_dir.glob('*.pt'))) or 'no checkpoints yet'}.")
     return mode, source
 
-# %% ../nbs/10_train.ipynb #61bd446b
+# %% ../nbs/10_train.ipynb #061f0505
 REFUSED_ON_RESUME = ('model', 'dataset', 'seed', 'optimizer.name')          # what a run cannot change
 SCHEDULE_KEYS = ('optimizer.learning_rate', 'total_updates', 'lr_scheduler')  # a change rebuilds the LR schedule
 ABSENT = '<not set>'   # a key one of two configs lacks
@@ -128,7 +128,7 @@ def is_under(key:str, prefixes)->bool:
     "Is the dotted `key` one of `prefixes`, or inside one?"
     return any(key == p or key.startswith(p + '.') for p in prefixes)
 
-# %% ../nbs/10_train.ipynb #bafa0705
+# %% ../nbs/10_train.ipynb #ca653666
 def _show(v)->str: return v if v is ABSENT else json.dumps(v, default=str)
 
 def _schema_key(key:str)->bool:
@@ -156,7 +156,7 @@ def check_resume_config(changes:list, src:Source, run_dir:Path, ckpt:Path)->list
             f"checkpoint.path={weights} and checkpoint.restart=false.")
     return lines
 
-# %% ../nbs/10_train.ipynb #25d45c2b
+# %% ../nbs/10_train.ipynb #20cd3241
 def resume_schedule(trainer, cfg:Config)->float:
     "Rebuild `trainer`'s LR schedule from `cfg` and step it to `trainer.updates`; the LR the next update uses."
     import warnings
@@ -287,8 +287,10 @@ def train(
     plan, ckpt = plan_start(cfg, run_dir, src)
     ownership, owner = check_owner(src, run_dir)   # every rank reads the same file: nothing is written yet
     warned, own = [], Checkpointer(run_dir)       # damaged checkpoints are logged once the log is open
-    state, changes, notes = None, [], []
-    if plan != 'fresh' and ckpt is None: ckpt, state = own.load_newest_good(warn=warned.append)
+    state, changes, notes, damaged = None, [], [], None
+    if plan != 'fresh' and ckpt is None:
+        try: ckpt, state = own.load_newest_good(warn=warned.append)
+        except RunError as e: damaged = e   # every checkpoint damaged: raised once training.log says which and why
     elif plan != 'fresh':
         try: state = load_checkpoint(ckpt, required=REQUIRED_KEYS if plan == 'resume' else ('model',))
         except CheckpointDamaged as e:
@@ -330,6 +332,7 @@ def train(
                     f"{dist.world_size} process(es); effective batch {cfg.batch_size} x {dist.world_size} x "
                     f"{cfg.grad_accum_steps} = {cfg.batch_size * dist.world_size * cfg.grad_accum_steps}")
         for w in warned: logger.warning(w)
+        if damaged is not None: raise damaged
         if ownership == 'adopt':
             logger.info(f"run directory {run_dir} has no record of the config that started it (it is older than the "
                         f"record): {_owner_name(owner, run_dir)} adopts it ({run_dir / OWNER_FILE})")
