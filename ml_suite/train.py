@@ -48,11 +48,11 @@ def check_run_dir(run_dir:Path)->Path:
         raise RunError(f"the run directory {run_dir} is not writable: {where} refuses new files ({e.strerror or e}). {fix}") from None
     return run_dir
 
-# %% ../nbs/10_train.ipynb #0bfdb03a
+# %% ../nbs/10_train.ipynb #393b9263
 OWNER_FILE = '.owner.json'   # in the run directory: the config that started it
 
 def config_owner(src:Source, run_dir:Path)->str|None:
-    "This start's config file as a run directory records it: relative to `run_dir` inside it, else absolute; None: a dict."
+    "This start's config file as `run_dir` records it: relative inside `run_dir`, else absolute; None: a dict."
     if src.file is None: return None
     f, rd = Path(src.file).resolve(), Path(run_dir).resolve()
     return f.relative_to(rd).as_posix() if f.is_relative_to(rd) else str(f)
@@ -98,7 +98,8 @@ def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|N
     source = checkpoint_path(run_dir, ck.checkpoint_name)
     if not source.is_file():
         every = ck.save_every_epochs
-        why = (f" epoch_N.pt files are written only by checkpoint.save_every_epochs (every that many validations), which "
+        why = (f" epoch_N.pt files are written only by checkpoint.save_every_epochs (every that many validations), "
+               f"which "
                f"this run has {'off (0)' if not every else f'at {every}: only every {every}th validation keeps one'}."
                if str(ck.checkpoint_name).isdigit() else '')
         raise ConfigError(f"checkpoint.checkpoint_name{src.where(('checkpoint', 'checkpoint_name'))} is "
@@ -106,7 +107,7 @@ def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|N
                           f"{', '.join(sorted(q.name for q in run_dir.glob('*.pt'))) or 'no checkpoints yet'}.")
     return mode, source
 
-# %% ../nbs/10_train.ipynb #061f0505
+# %% ../nbs/10_train.ipynb #16b2d88f
 REFUSED_ON_RESUME = ('model', 'dataset', 'seed', 'optimizer.name')          # what a run cannot change
 SCHEDULE_KEYS = ('optimizer.learning_rate', 'total_updates', 'lr_scheduler')  # a change rebuilds the LR schedule
 ABSENT = '<not set>'   # a key one of two configs lacks
@@ -122,13 +123,14 @@ def flatten_config(d:dict, prefix:str='')->dict:
 def config_changes(then:dict, now:dict)->list[tuple[str, object, object]]:
     "`(dotted key, value in `then`, value in `now`)` for each key that differs; `ABSENT` where one side lacks it."
     a, b = flatten_config(then), flatten_config(now)
-    return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in dict.fromkeys([*a, *b]) if a.get(k, ABSENT) != b.get(k, ABSENT)]
+    both = [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in dict.fromkeys([*a, *b])]
+    return [(k, x, y) for k, x, y in both if x != y]
 
 def is_under(key:str, prefixes)->bool:
     "Is the dotted `key` one of `prefixes`, or inside one?"
     return any(key == p or key.startswith(p + '.') for p in prefixes)
 
-# %% ../nbs/10_train.ipynb #ca653666
+# %% ../nbs/10_train.ipynb #5250abbf
 def _show(v)->str: return v if v is ABSENT else json.dumps(v, default=str)
 
 def _schema_key(key:str)->bool:
@@ -143,7 +145,8 @@ def _schema_key(key:str)->bool:
 
 def check_resume_config(changes:list, src:Source, run_dir:Path, ckpt:Path)->list[str]:
     "One log line per change; `ConfigError` listing those a run cannot make (`REFUSED_ON_RESUME`), with the ways on."
-    lines = [f"config changed since the checkpoint: {k} {_show(a)} -> {_show(b)}{src.where(k.split('.'))}" for k, a, b in changes]
+    lines = [f"config changed since the checkpoint: {k} {_show(a)} -> {_show(b)}{src.where(k.split('.'))}"
+             for k, a, b in changes]
     bad = [f"{k}: {_show(a)} -> {_show(b)}{src.where(k.split('.'))}" for k, a, b in changes
            if is_under(k, REFUSED_ON_RESUME) and not ((a is ABSENT or b is ABSENT) and _schema_key(k))]
     if bad:
@@ -156,7 +159,7 @@ def check_resume_config(changes:list, src:Source, run_dir:Path, ckpt:Path)->list
             f"checkpoint.path={weights} and checkpoint.restart=false.")
     return lines
 
-# %% ../nbs/10_train.ipynb #20cd3241
+# %% ../nbs/10_train.ipynb #5365cd3b
 def resume_schedule(trainer, cfg:Config)->float:
     "Rebuild `trainer`'s LR schedule from `cfg` and step it to `trainer.updates`; the LR the next update uses."
     import warnings
@@ -277,7 +280,8 @@ def train(
     start = time.monotonic() if start_time is None else start_time
     from ml_suite.trainer import get_device
     from ml_suite.tracking import setup_logging, close_logging, logger, WandbTracker, run_record, make_progress, collect_secrets, mask_secrets
-    from ml_suite.checkpoint import load_checkpoint, load_weights, RunLock, REQUIRED_KEYS, CheckpointDamaged, Checkpointer
+    from ml_suite.checkpoint import (load_checkpoint, load_weights, RunLock, REQUIRED_KEYS, CheckpointDamaged,
+                                     Checkpointer)
     if isinstance(overrides, str): overrides = [overrides]
     dist = DistInfo.from_env()
     cfg, src = load_config(config, overrides)
@@ -296,7 +300,7 @@ def train(
         except CheckpointDamaged as e:
             key = 'checkpoint.path' if cfg.checkpoint.path else 'checkpoint.checkpoint_name'
             raise RunError(f"{e} It was named by {key}; point that at a checkpoint written by ml_suite.") from None
-    if state is not None and plan == 'resume' and state.get('config') is not None:   # a changed config: refused or logged
+    if state is not None and plan == 'resume' and state.get('config') is not None:   # changes: refused, or logged
         changes = config_changes(state['config'], mask_secrets(config_to_dict(cfg), as_source=True))
         notes = check_resume_config(changes, src, run_dir, ckpt)
     _init_distributed(dist, get_device(cfg.device, dist), cfg.dist_backend, cfg.dist_timeout_minutes)
@@ -343,9 +347,10 @@ def train(
             logger.info(f"resumed from {ckpt} at update {trainer.updates}/{cfg.total_updates}")
             if new_schedule:
                 old = state['optimizer']['param_groups'][0]['lr']
+                lr = resume_schedule(trainer, cfg)
                 logger.info(f"the learning-rate schedule changed: rebuilt from this config and stepped to update "
-                            f"{trainer.updates}; update {trainer.updates + 1} uses lr {resume_schedule(trainer, cfg):.4g} "
-                            f"(the checkpoint's schedule: {old:.4g})")
+                            f"{trainer.updates}; update {trainer.updates + 1} uses lr {lr:.4g} (the checkpoint's "
+                            f"schedule: {old:.4g})")
         elif state is not None:
             load_weights(trainer.model, state['model'], source=str(ckpt))
             if state.get('normalization'): trainer.normalizer.load_state_dict(state['normalization'])  # the weights expect it

@@ -417,7 +417,7 @@ def state_dict(self:Trainer)->dict:
 
 @patch
 def load_state_dict(self:Trainer, sd:dict,
-                    schedule:bool=True):  # False: keep this trainer's schedule (the caller rebuilds it for a new config)
+                    schedule:bool=True):  # False: keep this trainer's schedule (the caller rebuilds it)
     "Restore the state saved by `state_dict` (the full state: resume); this trainer's optimizer settings are kept."
     load_weights(self.model, sd['model'])
     mine = [{k: v for k, v in g.items() if k not in ('params', 'lr')} for g in self.optimizer.param_groups]
