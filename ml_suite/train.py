@@ -48,7 +48,7 @@ def check_run_dir(run_dir:Path)->Path:
         raise RunError(f"the run directory {run_dir} is not writable: {where} refuses new files ({e.strerror or e}). {fix}") from None
     return run_dir
 
-# %% ../nbs/10_train.ipynb #393b9263
+# %% ../nbs/10_train.ipynb #74fe1b57
 OWNER_FILE = '.owner.json'   # in the run directory: the config that started it
 
 def config_owner(src:Source, run_dir:Path)->str|None:
@@ -107,7 +107,7 @@ def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|N
                           f"{', '.join(sorted(q.name for q in run_dir.glob('*.pt'))) or 'no checkpoints yet'}.")
     return mode, source
 
-# %% ../nbs/10_train.ipynb #16b2d88f
+# %% ../nbs/10_train.ipynb #8c499510
 REFUSED_ON_RESUME = ('model', 'dataset', 'seed', 'optimizer.name')          # what a run cannot change
 SCHEDULE_KEYS = ('optimizer.learning_rate', 'total_updates', 'lr_scheduler')  # a change rebuilds the LR schedule
 ABSENT = '<not set>'   # a key one of two configs lacks
@@ -130,8 +130,16 @@ def is_under(key:str, prefixes)->bool:
     "Is the dotted `key` one of `prefixes`, or inside one?"
     return any(key == p or key.startswith(p + '.') for p in prefixes)
 
-# %% ../nbs/10_train.ipynb #5250abbf
+# %% ../nbs/10_train.ipynb #889faa16
 def _show(v)->str: return v if v is ABSENT else json.dumps(v, default=str)
+
+def _where(src:Source, key:str)->str:
+    "Where `key`'s current value was set: `Source.where`, or that the config file leaves it at its default."
+    path = tuple(key.split('.'))
+    set_at = [path[:n] for n in range(1, len(path) + 1) if path[:n] in src.lines or path[:n] in src.overrides]
+    if src.file is not None and not set_at:
+        return f" (the default: {src.file.name} does not set it)"
+    return src.where(path)
 
 def _schema_key(key:str)->bool:
     "Is `key` a field of the config's dataclasses (which versions add), not a constructor key passed on?"
@@ -145,9 +153,9 @@ def _schema_key(key:str)->bool:
 
 def check_resume_config(changes:list, src:Source, run_dir:Path, ckpt:Path)->list[str]:
     "One log line per change; `ConfigError` listing those a run cannot make (`REFUSED_ON_RESUME`), with the ways on."
-    lines = [f"config changed since the checkpoint: {k} {_show(a)} -> {_show(b)}{src.where(k.split('.'))}"
+    lines = [f"config changed since the checkpoint: {k} {_show(a)} -> {_show(b)}{_where(src, k)}"
              for k, a, b in changes]
-    bad = [f"{k}: {_show(a)} -> {_show(b)}{src.where(k.split('.'))}" for k, a, b in changes
+    bad = [f"{k}: {_show(a)} -> {_show(b)}{_where(src, k)}" for k, a, b in changes
            if is_under(k, REFUSED_ON_RESUME) and not ((a is ABSENT or b is ABSENT) and _schema_key(k))]
     if bad:
         weights = run_dir if Path(ckpt).parent == Path(run_dir) else ckpt
@@ -159,7 +167,7 @@ def check_resume_config(changes:list, src:Source, run_dir:Path, ckpt:Path)->list
             f"checkpoint.path={weights} and checkpoint.restart=false.")
     return lines
 
-# %% ../nbs/10_train.ipynb #5365cd3b
+# %% ../nbs/10_train.ipynb #a235f3a0
 def resume_schedule(trainer, cfg:Config)->float:
     "Rebuild `trainer`'s LR schedule from `cfg` and step it to `trainer.updates`; the LR the next update uses."
     import warnings
@@ -345,7 +353,10 @@ def train(
             new_schedule = any(is_under(k, SCHEDULE_KEYS) for k, *_ in changes)
             trainer.load_state_dict(state, schedule=not new_schedule)
             logger.info(f"resumed from {ckpt} at update {trainer.updates}/{cfg.total_updates}")
-            if new_schedule:
+            if trainer.finished:
+                logger.warning(f"total_updates {cfg.total_updates}{_where(src, 'total_updates')} is not above the "
+                               f"{trainer.updates} updates done: nothing to train; raise it to train on")
+            elif new_schedule:
                 old = state['optimizer']['param_groups'][0]['lr']
                 lr = resume_schedule(trainer, cfg)
                 logger.info(f"the learning-rate schedule changed: rebuilt from this config and stepped to update "

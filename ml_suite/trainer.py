@@ -424,7 +424,7 @@ def load_state_dict(self:Trainer, sd:dict,
     self.optimizer.load_state_dict(sd['optimizer'])
     for g, m in zip(self.optimizer.param_groups, mine): g.update(m)   # weight_decay, betas...: as configured now
     if self.scheduler is not None and schedule: self.scheduler.load_state_dict(sd['scheduler'])
-    self.scaler.load_state_dict(sd['scaler'])
+    if sd['scaler']: self.scaler.load_state_dict(sd['scaler'])   # empty: saved without fp16 (amp may change on resume)
     self.updates, self.samples, self.best_val_loss = sd['updates'], sd['samples'], sd['best_val_loss']
     nf = sd.get('nonfinite') or {}                   # absent in checkpoints from before the count
     self.skipped_nonfinite, self._nonfinite_run = nf.get('skipped', 0), nf.get('in_a_row', 0)

@@ -155,3 +155,12 @@ def test_a_config_error_under_torchrun_is_printed_once(tmp_path):
                        env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode != 0
     assert r.stderr.count('ml-suite-train: error:') == 1, r.stderr
+
+def test_precision_and_a_shorter_run_may_change_on_resume(tmp_path):
+    "fp16 turned on at a resume (an empty saved scaler state); total_updates below the updates done: a warning."
+    path = write_config(tmp_path / 'run' / 'train.yml', tiny_config(total_updates=20, progress=False))
+    train(path)
+    assert train(path, ['amp=true', 'precision=float16', 'total_updates=30']).updates == 30
+    assert train(path, ['total_updates=10']).updates == 30
+    log = (tmp_path / 'run' / 'training.log').read_text()
+    assert "amp false -> true (command-line override 'amp=true')" in log and 'nothing to train' in log
