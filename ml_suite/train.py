@@ -48,7 +48,7 @@ def check_run_dir(run_dir:Path)->Path:
         raise RunError(f"the run directory {run_dir} is not writable: {where} refuses new files ({e.strerror or e}). {fix}") from None
     return run_dir
 
-# %% ../nbs/10_train.ipynb #e6bdf2ef
+# %% ../nbs/10_train.ipynb #dee29b07
 OWNER_FILE = '.owner.json'   # in the run directory: the config that started it
 
 def config_owner(src:Source, run_dir:Path)->str|None:
@@ -107,7 +107,7 @@ def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|N
                           f"{', '.join(sorted(q.name for q in run_dir.glob('*.pt'))) or 'no checkpoints yet'}.")
     return mode, source
 
-# %% ../nbs/10_train.ipynb #878f8297
+# %% ../nbs/10_train.ipynb #c291e654
 REFUSED_ON_RESUME = ('model', 'dataset', 'seed', 'optimizer.name')          # what a run cannot change
 SCHEDULE_KEYS = ('optimizer.learning_rate', 'total_updates', 'lr_scheduler')  # a change rebuilds the LR schedule
 ABSENT = '<not set>'   # a key one of two configs lacks
@@ -130,7 +130,7 @@ def is_under(key:str, prefixes)->bool:
     "Is the dotted `key` one of `prefixes`, or inside one?"
     return any(key == p or key.startswith(p + '.') for p in prefixes)
 
-# %% ../nbs/10_train.ipynb #f8ac9b38
+# %% ../nbs/10_train.ipynb #7d6f0ca1
 def _show(v)->str: return v if v is ABSENT else json.dumps(v, default=str)
 
 def _where(src:Source, key:str)->str:
@@ -167,7 +167,7 @@ def check_resume_config(changes:list, src:Source, run_dir:Path, ckpt:Path)->list
             f"checkpoint.path={weights} and checkpoint.restart=false.")
     return lines
 
-# %% ../nbs/10_train.ipynb #dc53e65c
+# %% ../nbs/10_train.ipynb #3f739aa1
 def resume_schedule(trainer, cfg:Config)->float:
     "Rebuild `trainer`'s LR schedule from `cfg` and step it to `trainer.updates`; the LR the next update uses."
     import warnings
