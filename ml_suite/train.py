@@ -14,8 +14,10 @@ from .config import Config, Source, load_config, config_to_dict, stages, parse_t
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_NONFINITE', 'EXIT_INTERRUPTED',
-           'resolve_run_dir', 'check_run_dir', 'plan_start', 'build_trainer', 'oom_advice', 'train', 'dry_run',
-           'run_status', 'format_status', 'status_main', 'main', 'quick_exit', 'cli']
+           'OWNER_FILE', 'REFUSED_ON_RESUME', 'SCHEDULE_KEYS', 'ABSENT', 'resolve_run_dir', 'check_run_dir',
+           'config_owner', 'check_owner', 'plan_start', 'flatten_config', 'config_changes', 'is_under',
+           'check_resume_config', 'resume_schedule', 'build_trainer', 'oom_advice', 'train', 'dry_run', 'run_status',
+           'format_status', 'status_main', 'main', 'quick_exit', 'cli']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -46,6 +48,36 @@ def check_run_dir(run_dir:Path)->Path:
         raise RunError(f"the run directory {run_dir} is not writable: {where} refuses new files ({e.strerror or e}). {fix}") from None
     return run_dir
 
+# %% ../nbs/10_train.ipynb #dee29b07
+OWNER_FILE = '.owner.json'   # in the run directory: the config that started it
+
+def config_owner(src:Source, run_dir:Path)->str|None:
+    "This start's config file as `run_dir` records it: relative inside `run_dir`, else absolute; None: a dict."
+    if src.file is None: return None
+    f, rd = Path(src.file).resolve(), Path(run_dir).resolve()
+    return f.relative_to(rd).as_posix() if f.is_relative_to(rd) else str(f)
+
+def _owner_name(owner:str|None, run_dir:Path)->str:
+    if owner is None: return 'a dict config (from Python, no file)'
+    return owner if Path(owner).is_absolute() else str(Path(run_dir) / owner)
+
+def check_owner(src:Source, run_dir:Path)->tuple[str, str|None]:
+    "`('new'|'adopt'|'same', owner)` for a start in `run_dir`; `ConfigError` if another config started it."
+    owner, path = config_owner(src, run_dir), Path(run_dir) / OWNER_FILE
+    try: rec = json.loads(path.read_text())['config']
+    except (OSError, ValueError, KeyError, TypeError):   # none yet (or unreadable): this start records one
+        return ('adopt' if (Path(run_dir) / 'resolved_config.yml').is_file() else 'new'), owner
+    if rec == owner: return 'same', owner
+    then, now = _owner_name(rec, run_dir), _owner_name(owner, run_dir)
+    raise ConfigError(
+        f"the run directory {run_dir} belongs to another config: it was started by {then} (recorded in {path}), and "
+        f"this start is from {now}. A run directory holds one experiment, so ml_suite does not continue it from a "
+        f"different config. Either run {then} again to continue that run; or give this config a run directory of its "
+        f"own (set run_dir, or leave run_dir out and put the file in a folder of its own: the default run directory is "
+        f"the config file's folder); or fine-tune from that run's weights in a new run_dir with "
+        f"checkpoint.path={run_dir} and checkpoint.restart=false. If the config was moved or renamed and this is the "
+        f"same experiment, delete {path}: the next start adopts the run directory.")
+
 # %% ../nbs/10_train.ipynb #39e64129
 def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|None]:
     """How to start: `('fresh', None)`, or `('resume'|'weights', file)`; `file` None means this run's own newest good
@@ -65,10 +97,89 @@ def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|N
         return (mode, None) if own.candidates('latest') else ('fresh', None)
     source = checkpoint_path(run_dir, ck.checkpoint_name)
     if not source.is_file():
+        every = ck.save_every_epochs
+        why = (f" epoch_N.pt files are written only by checkpoint.save_every_epochs (every that many validations), "
+               f"which "
+               f"this run has {'off (0)' if not every else f'at {every}: only every {every}th validation keeps one'}."
+               if str(ck.checkpoint_name).isdigit() else '')
         raise ConfigError(f"checkpoint.checkpoint_name{src.where(('checkpoint', 'checkpoint_name'))} is "
-                          f"{ck.checkpoint_name!r}, but {source} does not exist. Use latest, or one of: "
+                          f"{ck.checkpoint_name!r}, but {source} does not exist.{why} Use latest, or one of: "
                           f"{', '.join(sorted(q.name for q in run_dir.glob('*.pt'))) or 'no checkpoints yet'}.")
     return mode, source
+
+# %% ../nbs/10_train.ipynb #c291e654
+REFUSED_ON_RESUME = ('model', 'dataset', 'seed', 'optimizer.name')          # what a run cannot change
+SCHEDULE_KEYS = ('optimizer.learning_rate', 'total_updates', 'lr_scheduler')  # a change rebuilds the LR schedule
+ABSENT = '<not set>'   # a key one of two configs lacks
+
+def flatten_config(d:dict, prefix:str='')->dict:
+    "Nested dicts as one dict of dotted keys: `{'optimizer.learning_rate': 0.003, ...}`."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v: out.update(flatten_config(v, f"{prefix}{k}."))
+        else: out[f"{prefix}{k}"] = v
+    return out
+
+def config_changes(then:dict, now:dict)->list[tuple[str, object, object]]:
+    "`(dotted key, value in `then`, value in `now`)` for each key that differs; `ABSENT` where one side lacks it."
+    a, b = flatten_config(then), flatten_config(now)
+    both = [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in dict.fromkeys([*a, *b])]
+    return [(k, x, y) for k, x, y in both if x != y]
+
+def is_under(key:str, prefixes)->bool:
+    "Is the dotted `key` one of `prefixes`, or inside one?"
+    return any(key == p or key.startswith(p + '.') for p in prefixes)
+
+# %% ../nbs/10_train.ipynb #7d6f0ca1
+def _show(v)->str: return v if v is ABSENT else json.dumps(v, default=str)
+
+def _where(src:Source, key:str)->str:
+    "Where `key`'s current value was set: `Source.where`, or that the config file leaves it at its default."
+    path = tuple(key.split('.'))
+    set_at = [path[:n] for n in range(1, len(path) + 1) if path[:n] in src.lines or path[:n] in src.overrides]
+    if src.file is not None and not set_at:
+        return f" (the default: {src.file.name} does not set it)"
+    return src.where(path)
+
+def _schema_key(key:str)->bool:
+    "Is `key` a field of the config's dataclasses (which versions add), not a constructor key passed on?"
+    import dataclasses, typing
+    cls = Config
+    for part in key.split('.'):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints or part == 'kwargs': return False
+        cls = next((t for t in (hints[part], *typing.get_args(hints[part])) if dataclasses.is_dataclass(t)), None)
+    return True
+
+def check_resume_config(changes:list, src:Source, run_dir:Path, ckpt:Path)->list[str]:
+    "One log line per change; `ConfigError` listing those a run cannot make (`REFUSED_ON_RESUME`), with the ways on."
+    lines = [f"config changed since the checkpoint: {k} {_show(a)} -> {_show(b)}{_where(src, k)}"
+             for k, a, b in changes]
+    bad = [f"{k}: {_show(a)} -> {_show(b)}{_where(src, k)}" for k, a, b in changes
+           if is_under(k, REFUSED_ON_RESUME) and not ((a is ABSENT or b is ABSENT) and _schema_key(k))]
+    if bad:
+        weights = run_dir if Path(ckpt).parent == Path(run_dir) else ckpt
+        raise ConfigError(
+            f"cannot resume {ckpt} with this config: it changes what stays fixed within a run (every key under model "
+            f"and dataset, seed, optimizer.name): {'; '.join(bad)}. Nothing was written. Either undo "
+            f"{'this change' if len(bad) == 1 else 'these changes'} and rerun to continue the run; or start a new run "
+            f"with another run_dir; or fine-tune from this run's weights in a new run_dir with "
+            f"checkpoint.path={weights} and checkpoint.restart=false.")
+    return lines
+
+# %% ../nbs/10_train.ipynb #3f739aa1
+def resume_schedule(trainer, cfg:Config)->float:
+    "Rebuild `trainer`'s LR schedule from `cfg` and step it to `trainer.updates`; the LR the next update uses."
+    import warnings
+    from ml_suite.optim import build_lr_scheduler
+    opt = trainer.optimizer
+    for g in opt.param_groups: g['lr'] = g['initial_lr'] = cfg.optimizer.learning_rate   # as a fresh optimizer has it
+    trainer.scheduler = build_lr_scheduler(opt, stages(cfg), cfg.total_updates)
+    with warnings.catch_warnings():   # "scheduler.step() before optimizer.step()": only the LR is wanted here
+        warnings.simplefilter('ignore', UserWarning)
+        for _ in range(trainer.updates): trainer.scheduler.step()
+    trainer.lr = opt.param_groups[0]['lr']
+    return trainer.lr
 
 # %% ../nbs/10_train.ipynb #914a40e7
 def _instantiate(obj, **kw):
@@ -179,7 +290,8 @@ def train(
     start = time.monotonic() if start_time is None else start_time
     from ml_suite.trainer import get_device
     from ml_suite.tracking import setup_logging, close_logging, logger, WandbTracker, run_record, make_progress, collect_secrets, mask_secrets
-    from ml_suite.checkpoint import load_checkpoint, load_weights, RunLock, REQUIRED_KEYS, CheckpointDamaged
+    from ml_suite.checkpoint import (load_checkpoint, load_weights, RunLock, REQUIRED_KEYS, CheckpointDamaged,
+                                     Checkpointer)
     if isinstance(overrides, str): overrides = [overrides]
     dist = DistInfo.from_env()
     cfg, src = load_config(config, overrides)
@@ -187,11 +299,26 @@ def train(
     run_dir = resolve_run_dir(cfg, src)
     if not dist.distributed: check_run_dir(run_dir)   # under torchrun: rank 0 checks below, and all ranks learn of it
     plan, ckpt = plan_start(cfg, run_dir, src)
+    ownership, owner = check_owner(src, run_dir)   # every rank reads the same file: nothing is written yet
+    warned, own = [], Checkpointer(run_dir)       # damaged checkpoints are logged once the log is open
+    state, changes, notes, damaged = None, [], [], None
+    if plan != 'fresh' and ckpt is None:
+        try: ckpt, state = own.load_newest_good(warn=warned.append)
+        except RunError as e: damaged = e   # every checkpoint damaged: raised once training.log says which and why
+    elif plan != 'fresh':
+        try: state = load_checkpoint(ckpt, required=REQUIRED_KEYS if plan == 'resume' else ('model',))
+        except CheckpointDamaged as e:
+            key = 'checkpoint.path' if cfg.checkpoint.path else 'checkpoint.checkpoint_name'
+            raise RunError(f"{e} It was named by {key}; point that at a checkpoint written by ml_suite.") from None
+    if state is not None and plan == 'resume' and state.get('config') is not None:   # changes: refused, or logged
+        changes = config_changes(state['config'], mask_secrets(config_to_dict(cfg), as_source=True))
+        notes = check_resume_config(changes, src, run_dir, ckpt)
     _init_distributed(dist, get_device(cfg.device, dist), cfg.dist_backend, cfg.dist_timeout_minutes)
     lock = refused = None
     try:
         trainer = build_trainer(cfg, src, run_dir, dist, start, compute_stats=plan == 'fresh')
         trainer.config = mask_secrets(trainer.config, as_source=True)   # the config saved in checkpoints
+        if trainer.checkpointer is not None: trainer.checkpointer.last = own.last
         # -- nothing was written before this point --
         if dist.is_main:
             try:
@@ -200,6 +327,7 @@ def train(
                 lock = RunLock(run_dir).acquire()
                 trainer.checkpointer.remove_stale()
                 (run_dir / 'resolved_config.yml').write_text(yaml.safe_dump(mask_secrets(config_to_dict(cfg), as_source=True), sort_keys=False))
+                if ownership != 'same': (run_dir / OWNER_FILE).write_text(json.dumps({'config': owner}) + '\n')
             except RunError as e: refused = e
             except OSError as e:
                 refused = RunError(f"cannot start the run in {run_dir}: {e.strerror or e} ({e.filename or run_dir}). Free "
@@ -217,16 +345,25 @@ def train(
         logger.info(f"run directory {run_dir}; {type(trainer.raw_model).__name__} with {n_params:,} parameters on {trainer.device}; "
                     f"{dist.world_size} process(es); effective batch {cfg.batch_size} x {dist.world_size} x "
                     f"{cfg.grad_accum_steps} = {cfg.batch_size * dist.world_size * cfg.grad_accum_steps}")
-        state = None
-        if plan != 'fresh' and ckpt is None: ckpt, state = trainer.checkpointer.load_newest_good(warn=logger.warning)
-        elif plan != 'fresh':
-            try: state = load_checkpoint(ckpt, required=REQUIRED_KEYS if plan == 'resume' else ('model',))
-            except CheckpointDamaged as e:
-                key = 'checkpoint.path' if cfg.checkpoint.path else 'checkpoint.checkpoint_name'
-                raise RunError(f"{e} It was named by {key}; point that at a checkpoint written by ml_suite.") from None
+        for w in warned: logger.warning(w)
+        if damaged is not None: raise damaged
+        if ownership == 'adopt':
+            logger.info(f"run directory {run_dir} has no record of the config that started it (it is older than the "
+                        f"record): {_owner_name(owner, run_dir)} adopts it ({run_dir / OWNER_FILE})")
         if state is not None and plan == 'resume':
-            trainer.load_state_dict(state)
+            for line in notes: logger.info(line)
+            new_schedule = any(is_under(k, SCHEDULE_KEYS) for k, *_ in changes)
+            trainer.load_state_dict(state, schedule=not new_schedule)
             logger.info(f"resumed from {ckpt} at update {trainer.updates}/{cfg.total_updates}")
+            if trainer.finished:
+                logger.warning(f"total_updates {cfg.total_updates}{_where(src, 'total_updates')} is not above the "
+                               f"{trainer.updates} updates done: nothing to train; raise it to train on")
+            elif new_schedule:
+                old = state['optimizer']['param_groups'][0]['lr']
+                lr = resume_schedule(trainer, cfg)
+                logger.info(f"the learning-rate schedule changed: rebuilt from this config and stepped to update "
+                            f"{trainer.updates}; update {trainer.updates + 1} uses lr {lr:.4g} (the checkpoint's "
+                            f"schedule: {old:.4g})")
         elif state is not None:
             load_weights(trainer.model, state['model'], source=str(ckpt))
             if state.get('normalization'): trainer.normalizer.load_state_dict(state['normalization'])  # the weights expect it
@@ -326,18 +463,31 @@ def run_status(run_dir)->dict:
     best = min(vals, key=lambda r: r['val_loss']) if vals else None
     ckpts = sorted(run_dir.glob('*.pt'), key=lambda p: (p.stat().st_mtime, p.name == 'latest.pt'))  # best.pt may be the same file
     holder = RunLock.holder(run_dir)
+    resume = _resume_point(run_dir)
     return {'run_dir': str(run_dir), 'updates': rows[-1]['update'] if rows else 0, 'total_updates': cfg.get('total_updates'),
             'best_val_loss': best['val_loss'] if best else None, 'best_update': best['update'] if best else None,
             'last_checkpoint': ckpts[-1].name if ckpts else None,
             'last_checkpoint_time': time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ckpts[-1].stat().st_mtime)) if ckpts else None,
-            'running': holder is not None, 'holder': holder}
+            'running': holder is not None, 'holder': holder, 'resumes_from': resume[0], 'resume_update': resume[1]}
+
+def _resume_point(run_dir:Path)->tuple[str|None, int|None]:
+    "The checkpoint a rerun resumes from and its update, read cheaply (memory-mapped, tensors not read)."
+    import torch
+    from ml_suite.checkpoint import Checkpointer
+    for p in Checkpointer(run_dir).candidates('latest'):
+        try: return p.name, int(torch.load(p, map_location='cpu', weights_only=True, mmap=True)['updates'])
+        except Exception: continue   # damaged: a rerun skips it too
+    return None, None
 
 def format_status(st:dict)->str:
     "`run_status` as a few lines of text."
     run = (f"running (pid {st['holder'].get('pid')} on {st['holder'].get('host')})" if st['running'] else 'not running')
     best = f"{st['best_val_loss']:.6g} at update {st['best_update']}" if st['best_val_loss'] is not None else 'none yet'
     last = f"{st['last_checkpoint']} ({st['last_checkpoint_time']})" if st['last_checkpoint'] else 'none yet'
-    return (f"{st['run_dir']}\n  updates          {st['updates']}/{st['total_updates']}\n  best val_loss    {best}\n"
+    resume = (f"a rerun resumes from update {st['resume_update']} ({st['resumes_from']})" if st.get('resumes_from')
+              else 'no checkpoint: a rerun starts over')
+    return (f"{st['run_dir']}\n  updates          {st['updates']}/{st['total_updates']} (last row); {resume}\n"
+            f"  best val_loss    {best}\n"
             f"  last checkpoint  {last}\n  status           {run}")
 
 def status_main(argv=None)->int:
@@ -394,7 +544,8 @@ def _main(argv=None)->int:
     except (ConfigError, RunError) as e:
         from ml_suite.tracking import collect_secrets, mask_secrets
         collect_secrets()   # the message may quote a value that came from the environment or .env
-        print(f"ml-suite-train: error: {mask_secrets(str(e))}", file=sys.stderr)
+        if isinstance(e, RunError) or DistInfo.from_env().is_main:   # a config error: the same on every rank, said once
+            print(f"ml-suite-train: error: {mask_secrets(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:   # the second Ctrl-C: the first one's checkpoint was not finished
         print("ml-suite-train: interrupted twice: stopped at once, without finishing the checkpoint; latest.pt is the "

@@ -417,18 +417,28 @@ def state_dict(self:Trainer)->dict:
             'code_paths': ml_suite.core.code_paths(self.config)}   # where the config's own modules were imported from
 
 @patch
-def load_state_dict(self:Trainer, sd:dict):
-    "Restore the state saved by `state_dict` (the full state: resume)."
+def load_state_dict(self:Trainer, sd:dict,
+                    schedule:bool=True):  # False: keep this trainer's schedule (the caller rebuilds it)
+    "Restore the state saved by `state_dict` (the full state: resume); this trainer's optimizer settings are kept."
     load_weights(self.model, sd['model'])
+    mine = [{k: v for k, v in g.items() if k not in ('params', 'lr')} for g in self.optimizer.param_groups]
     self.optimizer.load_state_dict(sd['optimizer'])
-    if self.scheduler is not None: self.scheduler.load_state_dict(sd['scheduler'])
-    self.scaler.load_state_dict(sd['scaler'])
+    for g, m in zip(self.optimizer.param_groups, mine): g.update(m)   # weight_decay, betas...: as configured now
+    if self.scheduler is not None and schedule: self.scheduler.load_state_dict(sd['scheduler'])
+    if sd['scaler']: self.scaler.load_state_dict(sd['scaler'])   # empty: saved without fp16 (amp may change on resume)
     self.updates, self.samples, self.best_val_loss = sd['updates'], sd['samples'], sd['best_val_loss']
     nf = sd.get('nonfinite') or {}                   # absent in checkpoints from before the count
     self.skipped_nonfinite, self._nonfinite_run = nf.get('skipped', 0), nf.get('in_a_row', 0)
     data, old_world = dict(sd['data']), sd.get('world_size', 1)
+    bs = getattr(self.train_data, 'batch_size', None)
+    old_bs = ((sd.get('config') or {}).get('batch_size') or bs) if bs else None
+    n_old, n_new = old_world * (old_bs or 1), self.dist.world_size * (bs or 1)   # samples per batch of all processes
+    if 'batches_done' in data and n_old != n_new:   # the same samples done, in the new batches
+        data['batches_done'] = data['batches_done'] * n_old // n_new
+        if old_bs != bs and self.dist.is_main:
+            logger.info(f"batch_size changed from {old_bs} to {bs}: the data position is kept in samples (batch "
+                        f"{data['batches_done']} of epoch {data.get('epoch')} in batches of {bs})")
     if old_world != self.dist.world_size:
-        if 'batches_done' in data: data['batches_done'] = data['batches_done'] * old_world // self.dist.world_size
         if self.dist.is_main:
             logger.warning(f"resuming a {old_world}-process checkpoint with {self.dist.world_size} processes: weights, "
                            f"optimizer and schedule are exact, the order of the remaining data differs")
