@@ -108,7 +108,7 @@ def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|N
     return mode, source
 
 # %% ../nbs/10_train.ipynb #c291e654
-REFUSED_ON_RESUME = ('model', 'dataset', 'seed', 'optimizer.name')          # what a run cannot change
+REFUSED_ON_RESUME = ('model', 'dataset', 'factories', 'seed', 'optimizer.name')   # what a run cannot change
 SCHEDULE_KEYS = ('optimizer.learning_rate', 'total_updates', 'lr_scheduler')  # a change rebuilds the LR schedule
 ABSENT = '<not set>'   # a key one of two configs lacks
 
@@ -161,7 +161,8 @@ def check_resume_config(changes:list, src:Source, run_dir:Path, ckpt:Path)->list
         weights = run_dir if Path(ckpt).parent == Path(run_dir) else ckpt
         raise ConfigError(
             f"cannot resume {ckpt} with this config: it changes what stays fixed within a run (every key under model "
-            f"and dataset, seed, optimizer.name): {'; '.join(bad)}. Nothing was written. Either undo "
+            f"and dataset, the factories that build them, seed, optimizer.name): {'; '.join(bad)}. Nothing was "
+            f"written. Either undo "
             f"{'this change' if len(bad) == 1 else 'these changes'} and rerun to continue the run; or start a new run "
             f"with another run_dir; or fine-tune from this run's weights in a new run_dir with "
             f"checkpoint.path={weights} and checkpoint.restart=false.")
