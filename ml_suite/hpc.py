@@ -61,7 +61,7 @@ def stop_requested()->bool:
 
 def clear_stop_requests(): _requests.clear()
 
-# %% ../nbs/12_hpc.ipynb #9e6d663a
+# %% ../nbs/12_hpc.ipynb #56d1f41e
 def _seconds(limit:str)->float|None:
     "SLURM's `[D-]HH:MM:SS` (as `scontrol` prints TimeLimit) in seconds; None for UNLIMITED or anything else."
     m = re.fullmatch(r'(?:(\d+)-)?(\d+):(\d+):(\d+)', limit or '')
@@ -84,8 +84,9 @@ def requeue_refusal(
     trained = trained_s if updates else 0.0
     lead = int(m[1]) if (m := re.search(r'@(\d+)', signal_spec or '')) else None
     if limit_s is None: return None                   # no time limit: a signal is a preemption; requeueing is right
-    if lead is not None and reason != 'time limit' and before_end_s is not None and before_end_s < min(lead, limit_s - 30) - 30:
-        lead = signal_spec = None   # the warning came later than the script's line asks: sbatch's command line changed it
+    late_warning = before_end_s is not None and lead is not None and before_end_s < min(lead, limit_s - 30) - 30
+    if reason != 'time limit' and late_warning:
+        lead = signal_spec = None   # it came later than the script's line asks: sbatch's command line changed that
     early = lead is not None and limit_s - lead - 30 < startup_s   # the warning may come during the start-up
     # too little training counts where the stop was the time limit's, not a preemption's: the time keeper's own stop,
     # or a signal of unknown lead that already stopped this job once before (a preemption rarely strikes twice so)
@@ -93,8 +94,8 @@ def requeue_refusal(
     if not (early or short): return None
     mins = f"--time={limit_s / 60:g}" if limit_s % 60 == 0 else f"a time limit of {limit_s:.0f} s"
     head = (f"SLURM job {job} stopped ({reason}) {startup_s + trained:.0f} s after it started, having trained for "
-            f"{trained:.0f} s ({updates} update(s)) after a start-up of {startup_s:.0f} s. It is not requeued: a requeued "
-            f"job would stop {'in its start-up' if early else 'at the same point'} again. ")
+            f"{trained:.0f} s ({updates} update(s)) after a start-up of {startup_s:.0f} s. It is not requeued: a "
+            f"requeued job would stop {'in its start-up' if early else 'at the same point'} again. ")
     tail = " Then resubmit the same command: the run continues from its checkpoint."
     if lead is None and reason == 'time limit':
         return head + (f"{mins} gives {limit_s:.0f} s, which barely holds the start-up, an update and the final save: "
@@ -141,13 +142,15 @@ def requeue_job(
         return False, (f"scontrol is not available here (a container?), so job {job} cannot requeue itself; exit code 3 "
                        f"lets a job submitted with --dependency=afternotok:{job} continue the run")
     if updates is not None:
-        info = _scontrol('show', 'job', '-o', job)
-        limit, end = re.search(r'\bTimeLimit=(\S+)', info), re.search(r'\bEndTime=(\d\S+)', info)
-        limit_s = _seconds(limit[1]) if limit else None
         import time
         from datetime import datetime
-        try: before_end = datetime.fromisoformat(end[1]).timestamp() - time.time() if end else None
-        except ValueError: before_end = None
+        info = _scontrol('show', 'job', '-o', job)
+        limit_s = _seconds(m[1]) if (m := re.search(r'\bTimeLimit=(\S+)', info)) else None
+        when = lambda key: (datetime.fromisoformat(m[1]).timestamp() - time.time()
+                            if (m := re.search(rf'\b{key}=(\d\S+)', info)) else None)
+        try: before_end, since_start = when('EndTime'), -when('StartTime')
+        except (ValueError, TypeError): before_end = since_start = None
+        if since_start is not None: startup_s = max(startup_s, since_start - trained_s)   # the launcher's too (torchrun)
         why = requeue_refusal(updates, startup_s, trained_s, limit_s, reason, job=job, before_end_s=before_end,
                               signal_spec=_signal_spec(job, environ) if limit_s else None,
                               restarts=int(environ.get('SLURM_RESTART_COUNT') or 0))

@@ -263,9 +263,10 @@ def train(
             done, refused = False, None
             if dist.is_main:
                 from ml_suite.hpc import requeue_job
-                job = dict(updates=trainer.updates - u0, startup_s=fit_start - start, trained_s=time.monotonic() - fit_start,
-                           reason=trainer.stop_reason)
-                try: done, msg = requeue_job(**job) if cfg.preemption.requeue else (False, "preemption.requeue is false: not requeuing; rerun the same command to continue")
+                job = dict(updates=trainer.updates - u0, startup_s=fit_start - start,
+                           trained_s=time.monotonic() - fit_start, reason=trainer.stop_reason)
+                off = (False, "preemption.requeue is false: not requeuing; rerun the same command to continue")
+                try: done, msg = requeue_job(**job) if cfg.preemption.requeue else off
                 except RunError as e: refused = e; logger.error(str(e), extra={'console': False})
                 else: (logger.info if done else logger.warning)(msg)
             trainer.requeued, stop = trainer._agree(done, refused is not None)   # the other ranks wait for the requeue
@@ -399,7 +400,7 @@ def _main(argv=None)->int:
               "last complete one. Rerun the same command to continue from it.", file=sys.stderr)
         return EXIT_INTERRUPTED
     if t.stop_action == 'nonfinite': return EXIT_NONFINITE
-    if t.finished or getattr(t, 'requeued', False): return EXIT_OK   # requeued: the job goes on (3 makes torchrun report a failure)
+    if t.finished or getattr(t, 'requeued', False): return EXIT_OK   # requeued: the job goes on (torchrun: no failure)
     return EXIT_INTERRUPTED if t.stop_action == 'interrupt' else EXIT_STOPPED
 
 # %% ../nbs/10_train.ipynb #8166c798
