@@ -6,11 +6,11 @@ Docs: https://ml-suite.github.io/ml_suite/hpc.html.md"""
 
 # %% ../nbs/12_hpc.ipynb #33e3fd1f
 from __future__ import annotations
-import os, shutil, signal, subprocess, threading
+import os, re, shutil, signal, subprocess, threading
 
 # %% auto #0
-__all__ = ['install_stop_handlers', 'restore_handlers', 'stop_request', 'stop_requested', 'clear_stop_requests', 'slurm_job_id',
-           'requeue_job']
+__all__ = ['install_stop_handlers', 'restore_handlers', 'stop_request', 'stop_requested', 'clear_stop_requests',
+           'requeue_refusal', 'slurm_job_id', 'requeue_job']
 
 # %% ../nbs/12_hpc.ipynb #8b99d10b
 _requests:list = []   # (signal name, action) in the order they came
@@ -61,6 +61,54 @@ def stop_requested()->bool:
 
 def clear_stop_requests(): _requests.clear()
 
+# %% ../nbs/12_hpc.ipynb #56d1f41e
+def _seconds(limit:str)->float|None:
+    "SLURM's `[D-]HH:MM:SS` (as `scontrol` prints TimeLimit) in seconds; None for UNLIMITED or anything else."
+    m = re.fullmatch(r'(?:(\d+)-)?(\d+):(\d+):(\d+)', limit or '')
+    if not m: return None
+    d, h, mi, s = (int(x or 0) for x in m.groups())
+    return float(((d * 24 + h) * 60 + mi) * 60 + s)
+
+def requeue_refusal(
+    updates:int,                   # updates this job made
+    startup_s:float,               # seconds from the job's launch to its first update
+    trained_s:float,               # seconds from its first update to the stop (and the final save)
+    limit_s:float|None,            # the job's time limit (`--time`) in seconds; None: no limit
+    reason:str,                    # what stopped it: a signal's name (`SIGUSR1`) or `time limit`
+    signal_spec:str|None=None,     # the job's `--signal` value, e.g. `USR1@120`, where known
+    restarts:int=0,                # how often the job was requeued before (`SLURM_RESTART_COUNT`)
+    before_end_s:float|None=None,  # seconds from now (just after the stop) to the job's end
+    job:str='this job',
+)->str|None:
+    "Why a requeue would only repeat this job's stop (no time to train after the start-up), or None."
+    trained = trained_s if updates else 0.0
+    lead = int(m[1]) if (m := re.search(r'@(\d+)', signal_spec or '')) else None
+    if limit_s is None: return None                   # no time limit: a signal is a preemption; requeueing is right
+    late_warning = before_end_s is not None and lead is not None and before_end_s < min(lead, limit_s - 30) - 30
+    if reason != 'time limit' and late_warning:
+        lead = signal_spec = None   # it came later than the script's line asks: sbatch's command line changed that
+    early = lead is not None and limit_s - lead - 30 < startup_s   # the warning may come during the start-up
+    # too little training counts where the stop was the time limit's, not a preemption's: the time keeper's own stop,
+    # or a signal of unknown lead that already stopped this job once before (a preemption rarely strikes twice so)
+    short = trained < startup_s and (reason == 'time limit' or (lead is None and restarts > 0))
+    if not (early or short): return None
+    mins = f"--time={limit_s / 60:g}" if limit_s % 60 == 0 else f"a time limit of {limit_s:.0f} s"
+    head = (f"SLURM job {job} stopped ({reason}) {startup_s + trained:.0f} s after it started, having trained for "
+            f"{trained:.0f} s ({updates} update(s)) after a start-up of {startup_s:.0f} s. It is not requeued: a "
+            f"requeued job would stop {'in its start-up' if early else 'at the same point'} again. ")
+    tail = " Then resubmit the same command: the run continues from its checkpoint."
+    if lead is None and reason == 'time limit':
+        return head + (f"{mins} gives {limit_s:.0f} s, which barely holds the start-up, an update and the final save: "
+                       f"raise --time." + tail)
+    when = ("at the start" if lead is None or lead + 30 >= limit_s - 1 else
+            f"as early as {limit_s - lead - 30:.0f} s after the start")
+    ask = (f"--signal={signal_spec} asks for the warning {lead} s before the end (up to {lead + 30} s: SLURM checks "
+           f"every 30 s), i.e. {when}" if lead is not None else
+           f"the warning of --signal came {startup_s + trained:.0f} s after the start")
+    return head + (f"{mins} gives {limit_s:.0f} s; {ask}: raise --time or lower the @ value of --signal (--time must "
+                   f"exceed it by the start-up, 30 s and the training each job should do)." + tail +
+                   " (If a preemption stopped it, just resubmit.)")
+
 # %% ../nbs/12_hpc.ipynb #658d309c
 def slurm_job_id(environ=None)->str|None:
     "The id to requeue: `<array job>_<task>` for an array task, else the job id; None outside SLURM."
@@ -69,13 +117,46 @@ def slurm_job_id(environ=None)->str|None:
         return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
     return environ.get('SLURM_JOB_ID')
 
-def requeue_job(environ=None)->tuple[bool, str]:
-    "Requeue this SLURM job; returns (done, a sentence for the log)."
+def _scontrol(*args)->str:
+    try: return subprocess.run(['scontrol', *args], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError): return ''
+
+def _signal_spec(job:str, environ)->str|None:
+    "The job's `--signal` value: from `SBATCH_SIGNAL`, else the job script's `#SBATCH --signal` line."
+    if environ.get('SBATCH_SIGNAL'): return environ['SBATCH_SIGNAL']
+    m = re.search(r'^#SBATCH\s+--signal[= ](\S+)', _scontrol('write', 'batch_script', job.split('_')[0], '-'), re.M)
+    return m[1] if m else None
+
+def requeue_job(
+    environ=None,
+    updates:int|None=None,      # updates this job made; with the two below: refuse a requeue that cannot help
+    startup_s:float=0.0,        # seconds from the job's launch to its first update
+    trained_s:float=0.0,        # seconds from its first update to the stop
+    reason:str='a signal',      # what stopped it (a signal's name, or `time limit`)
+)->tuple[bool, str]:
+    "Requeue this SLURM job; returns (done, a sentence for the log); `RunError` when the requeue would only repeat."
+    environ = os.environ if environ is None else environ
     job = slurm_job_id(environ)
     if job is None: return False, "not running under SLURM, so there is no job to requeue; rerun the same command to continue"
     if shutil.which('scontrol') is None:
         return False, (f"scontrol is not available here (a container?), so job {job} cannot requeue itself; exit code 3 "
                        f"lets a job submitted with --dependency=afternotok:{job} continue the run")
+    if updates is not None:
+        import time
+        from datetime import datetime
+        info = _scontrol('show', 'job', '-o', job)
+        limit_s = _seconds(m[1]) if (m := re.search(r'\bTimeLimit=(\S+)', info)) else None
+        when = lambda key: (datetime.fromisoformat(m[1]).timestamp() - time.time()
+                            if (m := re.search(rf'\b{key}=(\d\S+)', info)) else None)
+        try: before_end, since_start = when('EndTime'), -when('StartTime')
+        except (ValueError, TypeError): before_end = since_start = None
+        if since_start is not None: startup_s = max(startup_s, since_start - trained_s)   # the launcher's too (torchrun)
+        why = requeue_refusal(updates, startup_s, trained_s, limit_s, reason, job=job, before_end_s=before_end,
+                              signal_spec=_signal_spec(job, environ) if limit_s else None,
+                              restarts=int(environ.get('SLURM_RESTART_COUNT') or 0))
+        if why:
+            from ml_suite.core import RunError
+            raise RunError(why)
     try: r = subprocess.run(['scontrol', 'requeue', job], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as e: r = None; err = str(e)
     if r is not None and r.returncode == 0: return True, f"requeued SLURM job {job}; it will resume from the checkpoint"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['logger', 'find_secrets', 'collect_secrets', 'mask_secrets', 'read_metrics', 'MetricsLog', 'setup_logging',
-           'close_logging', 'WandbTracker', 'run_record', 'in_notebook', 'TerminalBar', 'NotebookProgress',
-           'make_progress']
+           'close_logging', 'unreachable', 'wandb_online_problem', 'WandbTracker', 'run_record', 'in_notebook',
+           'TerminalBar', 'NotebookProgress', 'make_progress']
 
 # %% ../nbs/08_tracking.ipynb #be4eefc1
 import re as _re
@@ -140,29 +140,116 @@ def close_logging():
     "Detach and close ml_suite's log handlers (the training.log file is released)."
     for h in list(logger.handlers): logger.removeHandler(h); h.close()
 
+# %% ../nbs/08_tracking.ipynb #1841aad0
+def unreachable(
+    url:str,              # e.g. `https://api.wandb.ai`
+    timeout:float=3.0,    # seconds for the DNS lookup and the connection together
+)->str|None:
+    "Why `url`'s server cannot be reached from here (DNS, TCP connect, through a proxy where set), or None if it can."
+    import socket, threading, urllib.request
+    from urllib.parse import urlsplit
+    u = urlsplit(url if '://' in url else f'https://{url}')
+    if not u.hostname: return f"{url!r} names no host"
+    host, port, via = u.hostname, u.port or (443 if u.scheme == 'https' else 80), ''
+    proxy = urllib.request.getproxies().get(u.scheme) or urllib.request.getproxies().get('all')
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urlsplit(proxy if '://' in proxy else f'http://{proxy}')
+        if p.hostname: host, port, via = p.hostname, p.port or 80, f' (the proxy for {u.hostname})'
+    box = []
+    def probe():
+        try:
+            with socket.create_connection((host, port), timeout=timeout): box.append(None)
+        except OSError as e: box.append(f"{host}:{port}{via} cannot be reached ({e.strerror or e})")
+    t = threading.Thread(target=probe, daemon=True); t.start(); t.join(timeout)
+    return box[0] if box else f"{host}:{port}{via} did not answer within {timeout:g} s"
+
+# %% ../nbs/08_tracking.ipynb #7601639c
+def wandb_online_problem(
+    api_key:str|None=None,   # default: the key wandb finds (WANDB_API_KEY, ~/.netrc)
+    base_url:str|None=None,  # default: the server wandb would use (WANDB_BASE_URL, its settings, its default)
+    timeout:float=3.0,       # seconds for the network check
+)->str|None:
+    "Why online W&B tracking cannot work from here (no key, a malformed key, the server out of reach), or None."
+    source = 'the API key given' if api_key else 'the API key in WANDB_API_KEY'
+    try:
+        from wandb.sdk import wandb_setup
+        settings = wandb_setup.singleton().settings
+        base_url = base_url or settings.base_url
+        api_key = api_key or settings.api_key or os.environ.get('WANDB_API_KEY')
+    except Exception: base_url = base_url or os.environ.get('WANDB_BASE_URL') or 'https://api.wandb.ai'
+    token_file = os.environ.get('WANDB_IDENTITY_TOKEN_FILE')   # another way to log in: then there is no key to check
+    if not api_key and not token_file:
+        try:
+            from wandb.sdk.lib.wbauth import read_netrc_auth
+            api_key, source = read_netrc_auth(host=base_url), 'the API key in ~/.netrc'
+        except ImportError: pass
+        except Exception as e: return f"the API key in ~/.netrc for {base_url} is not usable ({e})"
+    if not api_key and not token_file: return f"no API key found for {base_url} (WANDB_API_KEY, or `wandb login`)"
+    if api_key:
+        try: from wandb.sdk.lib.wbauth import check_api_key
+        except ImportError:   # an older wandb: its rule for a classic key
+            check_api_key = lambda k: None if _re.fullmatch(r'(?:[\w-]+-)?\w{40,}', k) else 'It is not 40+ characters.'
+        bad = check_api_key(api_key)
+        if bad: return (f"{source} is not a W&B API key ({bad} A placeholder like your_api_key_here? Set it to your "
+                        f"key from https://wandb.ai/authorize, or remove it to track offline)")
+    why = unreachable(base_url, timeout)
+    return f"the W&B server {base_url} cannot be reached: {why}" if why else None
+
 # %% ../nbs/08_tracking.ipynb #40c5ca68
 class WandbTracker:
-    "Logs rows to a Weights & Biases run (rank 0 only; `wandb` imported on first use)."
-    def __init__(self, cfg, run_dir:Path, config_dict:dict, run_id:str|None=None):
-        import wandb
+    "Logs rows to a Weights & Biases run (rank 0 only; `wandb` imported on first use); tracking never ends a run."
+    def __init__(self, cfg, run_dir:Path, config_dict:dict, run_id:str|None=None, timeout:float=3.0):
+        self.run, self.id, self._warned = None, run_id, False
         mode = cfg.mode or os.environ.get('WANDB_MODE')
-        if mode is None:
-            has_key = bool(os.environ.get('WANDB_API_KEY')) or (Path.home() / '.netrc').exists() and 'api.wandb.ai' in (Path.home() / '.netrc').read_text()
-            mode = 'online' if has_key else 'offline'
-            if mode == 'offline': logger.info(f"wandb: no API key found (WANDB_API_KEY or `wandb login`), logging offline; "
-                                              f"upload later with: wandb sync {Path(run_dir) / 'wandb'}/offline-run-*")
+        try: import wandb
+        except ImportError as e:
+            self._warn(f"wandb cannot be imported ({e}): this run is not tracked by W&B; `pip install wandb` to track "
+                       f"the next one (metrics.jsonl has every row)")
+            return
+        online = mode in (None, 'online', 'run')     # 'run' is wandb's older name for online
+        why = wandb_online_problem(timeout=timeout) if online else None
         m = lambda v: mask_secrets(v, as_source=True)
+        kw = dict(project=m(cfg.project), entity=m(cfg.entity), name=m(cfg.name), tags=m(list(cfg.tags)) or None,
+                  config=m(config_dict), dir=str(run_dir), id=run_id, resume='allow')
         argv, sys.argv = sys.argv, m(list(sys.argv))    # wandb records the command line too
         try:
-            self.run = wandb.init(project=m(cfg.project), entity=m(cfg.entity), name=m(cfg.name), tags=m(list(cfg.tags)) or None,
-                                  config=m(config_dict), dir=str(run_dir), mode=mode, id=run_id, resume='allow')
+            if online and why is None:
+                limit = {} if 'WANDB_INIT_TIMEOUT' in os.environ else {'settings': wandb.Settings(init_timeout=30)}
+                try: self.run = wandb.init(**kw, mode='online', **limit)
+                except Exception as e: why = f"wandb.init failed online ({type(e).__name__}: {_first_line(e)})"
+            if self.run is None:
+                try: self.run = wandb.init(**kw, mode='offline' if online else mode)
+                except Exception as e:
+                    self._warn(f"wandb.init failed{' online (' + why + ') and' if why else ''} offline "
+                               f"({type(e).__name__}: {_first_line(e)}): this run is not tracked by W&B "
+                               f"(metrics.jsonl has every row)")
+                    return
         finally: sys.argv = argv
         self.id = self.run.id
+        if why:
+            where = Path(self.run.dir).parent   # wandb/offline-run-<time>-<id>
+            quiet = why.startswith('no API key') and mode is None   # the documented default: no surprise, no warning
+            say = logger.info if quiet else logger.warning
+            say(mask_secrets(f"wandb: {why}; logging offline in {where}; upload it later with: wandb sync {where}"))
+
+    def _warn(self, msg:str):
+        if not self._warned: self._warned = True; logger.warning(mask_secrets(f"wandb: {msg}"))
 
     def log(self, row:dict):
-        self.run.log({k: v for k, v in row.items() if k != 'update' and v is not None}, step=row['update'])
+        if self.run is None: return
+        try: self.run.log({k: v for k, v in row.items() if k != 'update' and v is not None}, step=row['update'])
+        except Exception as e: self._warn(f"logging to W&B failed at update {row.get('update')} ({type(e).__name__}: "
+                                          f"{_first_line(e)}); training goes on, metrics.jsonl has every row")
 
-    def close(self): self.run.finish()
+    def close(self):
+        if self.run is None: return
+        try: self.run.finish()
+        except Exception as e: self._warn(f"finishing the W&B run failed ({type(e).__name__}: {_first_line(e)}); "
+                                          f"the run's own files are complete")
+
+def _first_line(e:BaseException)->str:
+    lines = str(e).strip().splitlines()
+    return (lines[0][:300] if lines else '') or type(e).__name__
 
 # %% ../nbs/08_tracking.ipynb #ae20682f
 def _git_state(folder:Path)->dict:

@@ -380,6 +380,7 @@ def train(
                 tracker = WandbTracker(cfg.wandb, run_dir, {**config_to_dict(cfg), 'run': record}, run_id=trainer.wandb_id)
                 trainer.trackers.append(tracker); trainer.wandb_id = tracker.id
         trainer.progress = make_progress(cfg.total_updates, dist.rank, cfg.progress)
+        u0, fit_start = trainer.updates, time.monotonic()   # what this job trains: is a requeue worth it? (requeue_job)
         try: trainer.fit()
         except RunError as e:    # a full disk, say: one paragraph; the command line prints it, the log file keeps it
             _wait_quietly(trainer)
@@ -399,11 +400,17 @@ def train(
             logger.info(f"stopped with a checkpoint of update {trainer.updates} in {run_dir / 'latest.pt'}; "
                         f"rerun the same command to continue")
         if trainer.stop_action == 'requeue':
+            done, refused = False, None
             if dist.is_main:
                 from ml_suite.hpc import requeue_job
-                done, msg = requeue_job() if cfg.preemption.requeue else (False, "preemption.requeue is false: not requeuing; rerun the same command to continue")
-                (logger.info if done else logger.warning)(msg)
-            trainer._agree(False)   # the other ranks wait until the job is requeued before they exit
+                job = dict(updates=trainer.updates - u0, startup_s=fit_start - start,
+                           trained_s=time.monotonic() - fit_start, reason=trainer.stop_reason)
+                off = (False, "preemption.requeue is false: not requeuing; rerun the same command to continue")
+                try: done, msg = requeue_job(**job) if cfg.preemption.requeue else off
+                except RunError as e: refused = e; logger.error(str(e), extra={'console': False})
+                else: (logger.info if done else logger.warning)(msg)
+            trainer.requeued, stop = trainer._agree(done, refused is not None)   # the other ranks wait for the requeue
+            if stop: raise refused or RunError("rank 0 did not requeue the job; its message says why")
         return trainer
     finally:
         if lock: lock.release()
@@ -553,7 +560,7 @@ def _main(argv=None)->int:
               "last complete one. Rerun the same command to continue from it.", file=sys.stderr)
         return EXIT_INTERRUPTED
     if t.stop_action == 'nonfinite': return EXIT_NONFINITE
-    if t.finished: return EXIT_OK
+    if t.finished or getattr(t, 'requeued', False): return EXIT_OK   # requeued: the job goes on (torchrun: no failure)
     return EXIT_INTERRUPTED if t.stop_action == 'interrupt' else EXIT_STOPPED
 
 # %% ../nbs/10_train.ipynb #8166c798

@@ -93,3 +93,80 @@ def test_srun_with_torchrun_two_processes(slurm, tmp_path):
     slurm.wait_state(job, 'COMPLETED', timeout=180)
     log = (path.parent / 'training.log').read_text()
     assert '2 process(es)' in log and 'finished 20 updates' in log, log
+
+
+# -- the job scripts from a fresh clone (issue 16, item 9) ------------------------------------------------------------
+import shutil, subprocess
+from conftest import ROOT
+
+def fresh_clone(tmp_path) -> Path:
+    "The repository's files as a fresh clone has them (tracked or addable; no logs/*.out), plus its .venv, as `uv sync` makes it."
+    clone = tmp_path / 'clone'
+    files = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard', 'scripts', 'logs', 'configs'],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        (clone / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, clone / f)
+    (clone / ".venv").symlink_to(ROOT / ".venv")
+    return clone
+
+def unactivated_env(slurm, **extra) -> dict:
+    "The submitting shell of a new user: no VIRTUAL_ENV, no venv's bin on PATH."
+    env = slurm.env(**extra)
+    env.pop('VIRTUAL_ENV', None)
+    venv_bins = {str(ROOT / '.venv' / 'bin'), str(Path(sys.executable).parent)}
+    env['PATH'] = ':'.join(p for p in env['PATH'].split(':') if p not in venv_bins and '.venv' not in p)
+    return env
+
+def submit_script(slurm, clone, config, *sbatch_args, env=None) -> int:
+    cmd = ['sbatch', '--parsable', '--gres=none', '--cpus-per-task=1', *sbatch_args,
+           'scripts/slurm/single_node.sbatch', str(config)]
+    r = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip().split(';')[0])
+
+def script_job(slurm, tmp_path, cfg, *sbatch_args):
+    "A fresh clone with the sleepy model, and the job script submitted from its root, as the README says."
+    clone = fresh_clone(tmp_path)
+    assert not list((clone / 'logs').glob('*.out'))
+    exp = clone / 'exp'
+    exp.mkdir()
+    (exp / 'sleepy.py').write_text(SLEEPY)
+    path = write_config(exp / 'train.yml', {**cfg, 'run_dir': str(exp)})
+    env = unactivated_env(slurm, GPUS=1, OMP_NUM_THREADS=1)
+    assert shutil.which('torchrun', path=env['PATH']) is None, 'the venv is not on PATH, as for a new user'
+    job = submit_script(slurm, clone, 'exp/train.yml', *sbatch_args, env=env)
+    return job, clone / 'logs' / f'ml_suite-{job}.out', exp
+
+def test_job_script_from_a_fresh_clone_trains_to_the_end(slurm, tmp_path):
+    "No `mkdir -p logs`, no activated venv: before, JobLaunchFailure and then `execve(): torchrun: No such file`."
+    job, log, exp = script_job(slurm, tmp_path, tiny_config(total_updates=20, updates_per_epoch=10))
+    info = slurm.wait_state(job, 'COMPLETED', timeout=180)
+    text = log.read_text()
+    assert 'finished 20 updates' in text and info['ExitCode'] == '0:0', text
+    assert 'Traceback' not in text and 'SignalException' not in text, text
+
+@pytest.mark.slow
+def test_job_script_requeues_without_torchrun_tracebacks(slurm, tmp_path):
+    "The script's job, signalled: it saves, requeues and finishes; neither torchrun nor ml_suite prints a traceback."
+    job, log, exp = script_job(slurm, tmp_path, sleepy_config(total_updates=200, updates_per_epoch=50))
+    slurm.wait_for(lambda: (exp / 'metrics.jsonl').exists() and any(r['update'] >= 40 for r in read_rows(exp)),
+                   timeout=120, message='40 updates')
+    slurm.scancel(job, signal='USR1')
+    info = slurm.wait_state(job, 'COMPLETED', timeout=240)
+    text = log.read_text()
+    assert info['Restarts'] == '1', (info, text)
+    assert f'requeued SLURM job {job}' in text and 'resumed from' in text and 'finished 200 updates' in text, text
+    assert 'SignalException' not in text and 'Traceback' not in text and 'death signal' not in text, text
+
+@pytest.mark.slow
+def test_a_job_too_short_for_its_warning_does_not_requeue_itself(slurm, tmp_path):
+    "--time=2 with the script's --signal=USR1@120: before, 14 requeues in 7 minutes without training; now one stop."
+    job, log, exp = script_job(slurm, tmp_path, sleepy_config(total_updates=100000, updates_per_epoch=1000), '--time=2')
+    info = slurm.wait_state(job, 'FAILED', timeout=400)
+    text = log.read_text()
+    assert info['Restarts'] in ('0', '1'), (info, text)
+    assert 'It is not requeued' in text and '--time=2 gives 120 s; --signal=USR1@120 asks for the warning 120 s' in text, text
+    assert 'raise --time or lower the @ value of --signal' in text, text
+    assert 'SignalException' not in text, text
+    assert (exp / 'latest.pt').exists()

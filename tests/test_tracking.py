@@ -133,3 +133,87 @@ def test_each_start_is_recorded(tmp_path):
     s = starts[1]
     assert 'total_updates=20' in s['argv'] and s['torch'] == torch.__version__ and s['cpus'] == os.cpu_count()
     assert 'lock_sha256' in s or 'packages_sha256' in s
+
+# -- tracking never ends a run (issue 16, item 5) ---------------------------------------------------------------------
+FAKE_KEY = '0123456789abcdef' * 2 + '01234567'   # the shape of a classic W&B key (40 hex characters), valid nowhere
+
+def fallback_warnings(text: str) -> list:
+    return [l for l in text.splitlines() if ' WARNING wandb: ' in l]
+
+def test_placeholder_key_trains_offline_with_one_warning_and_starts_in_seconds(tmp_path):
+    "The original suite's `.env` placeholder: AuthenticationError after 47 s before; now offline at once, one warning."
+    cfg = tiny_config(total_updates=20, updates_per_epoch=10, wandb=dict(enabled=True, project='ml_suite_tests'))
+    path = write_config(tmp_path / 'train.yml', cfg)
+    env = {**offline_env(tmp_path), 'WANDB_API_KEY': 'your_api_key_here', 'PYTHONUNBUFFERED': '1'}
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, '-m', 'ml_suite.train', str(path)], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = None
+    while p.poll() is None and first is None:   # the time from the launch to the first logged update
+        rows = tmp_path / 'metrics.jsonl'
+        if rows.exists() and rows.read_text().strip(): first = time.monotonic() - t0
+        time.sleep(0.05)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    first = first if first is not None else time.monotonic() - t0
+    assert first < 20, f'{first:.1f} s from the launch to the first update'
+    runs = list((tmp_path / 'wandb').glob('offline-run-*'))
+    assert len(runs) == 1 and list(runs[0].glob('run-*.wandb')), runs
+    assert sorted(wandb_history(runs[0])) == [5, 10, 15, 20]
+    warned = fallback_warnings(out)
+    assert len(warned) == 1, out
+    assert 'not a W&B API key (API key must have 40+ characters, has 17.' in warned[0], warned
+    assert warned[0].endswith(f'logging offline in {runs[0]}; upload it later with: wandb sync {runs[0]}'), warned
+    assert 'your_api_key_here' not in out + err and 'Traceback' not in out + err
+
+TRACKER = '''
+import json, sys, time
+from pathlib import Path
+from ml_suite.config import WandbConfig
+from ml_suite.tracking import WandbTracker, setup_logging, collect_secrets
+run_dir = Path(sys.argv[1]); run_dir.mkdir(exist_ok=True); setup_logging(run_dir); collect_secrets()
+t0 = time.monotonic()
+t = WandbTracker(WandbConfig(enabled=True, mode=sys.argv[2] or None, project='p'), run_dir, {'a': 1})
+took = time.monotonic() - t0
+t.log({'update': 1, 'train_loss': 0.5}); t.close()
+print(json.dumps({'took': took, 'id': t.id}))
+'''
+
+def start_tracker(tmp_path, mode, timeout=60, **env):
+    "Start a `WandbTracker` as `train` does, in a fresh process; returns (seconds init took, id, output)."
+    e = {**offline_env(tmp_path), **env}
+    r = subprocess.run([sys.executable, '-c', TRACKER, str(tmp_path / 'run'), mode], env=e, capture_output=True,
+                       text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith('{"took"')))
+    return res['took'], res['id'], r.stdout + r.stderr
+
+def test_a_wellformed_key_without_internet_falls_back_offline_in_seconds(tmp_path):
+    "mode online, a 40-hex key, no route to W&B (this machine): before, a CommError after minutes; now offline at once."
+    took, run_id, out = start_tracker(tmp_path, 'online', WANDB_API_KEY=FAKE_KEY)
+    assert took < 15, f'{took:.1f} s'
+    warned = fallback_warnings(out)
+    assert len(warned) == 1 and 'cannot be reached' in warned[0] and 'wandb sync ' in warned[0], out
+    assert list((tmp_path / 'run' / 'wandb').glob(f'offline-run-*-{run_id}/run-{run_id}.wandb'))
+    assert FAKE_KEY not in out
+
+def test_an_online_init_that_fails_is_retried_offline(tmp_path):
+    "The server answers, but refuses the key: wandb.init raises; the run is tracked offline instead."
+    import http.server, threading
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get('Content-Length') or 0))
+            self.send_response(401); self.send_header('Content-Type', 'application/json'); self.end_headers()
+            self.wfile.write(b'{"errors": [{"message": "invalid API key"}]}')
+        do_GET = do_POST
+        def log_message(self, *a): pass
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        took, run_id, out = start_tracker(tmp_path, '', WANDB_API_KEY=FAKE_KEY,
+                                          WANDB_BASE_URL=f'http://127.0.0.1:{server.server_address[1]}')
+    finally: server.shutdown()
+    warned = fallback_warnings(out)
+    assert len(warned) == 1 and 'wandb.init failed online (' in warned[0] and 'wandb sync ' in warned[0], out
+    assert list((tmp_path / 'run' / 'wandb').glob(f'offline-run-*-{run_id}/run-{run_id}.wandb'))
+    assert took < 30 and FAKE_KEY not in out
