@@ -34,7 +34,7 @@ def train_cmd()->list:
 def dry_run_vs_import(config:str, rounds:int)->dict:
     dry, imp, dyn = [], [], []
     for r in range(rounds):
-        pair = [('dry', train_cmd() + [config, '--dry-run']), ('import', [sys.executable, '-c', 'import torch'])]
+        pair = [('dry', train_cmd() + [config, '--dry-run', 'run_dir=runs/startup-bench']), ('import', [sys.executable, '-c', 'import torch'])]
         for name, cmd in (pair if r % 2 == 0 else pair[::-1]) + [('dynamo', [sys.executable, '-c', 'import torch, torch._dynamo'])]:
             s, out = wall(cmd)
             if out.returncode: raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")

@@ -14,9 +14,9 @@ from .core import ConfigError, RunError, DistInfo, resolve_object, search_folder
 from .data import Normalization
 
 # %% auto #0
-__all__ = ['FIELD_METRICS', 'TOLERANCES', 'find_checkpoint', 'code_folders', 'checkpoint_config', 'InferenceModel', 'load_model',
-           'split_dataset', 'evaluate', 'format_eval', 'input_files', 'predict', 'dynamic_dims', 'export_model',
-           'eval_main', 'predict_main', 'export_main', 'main']
+__all__ = ['FIELD_METRICS', 'TOLERANCES', 'find_checkpoint', 'code_folders', 'load_run_dotenv', 'checkpoint_config',
+           'InferenceModel', 'load_model', 'split_dataset', 'evaluate', 'format_eval', 'input_files', 'predict',
+           'dynamic_dims', 'export_model', 'eval_main', 'predict_main', 'export_main', 'main']
 
 # %% ../nbs/14_inference.ipynb #36ed16fb
 def find_checkpoint(
@@ -43,6 +43,15 @@ def code_folders(state:dict, path:Path)->list[str]:
     recorded = [f for f in (state.get('code_paths') or {}).values() if Path(f).is_dir()]
     return list(dict.fromkeys([*recorded, str(Path(path).parent)]))
 
+def load_run_dotenv(path:Path)->list[Path]:
+    "Read the `.env` files training read (beside the config that started the run, and above it); the files read."
+    from ml_suite.config import load_dotenv
+    from ml_suite.train import OWNER_FILE
+    run_dir = Path(path).parent
+    try: owner = json.loads((run_dir / OWNER_FILE).read_text()).get('config')
+    except (OSError, ValueError, AttributeError): owner = None   # no record (a copied file, an older run): its folder
+    return load_dotenv((run_dir / owner).parent if owner else run_dir)   # an absolute `owner` replaces `run_dir`
+
 def checkpoint_config(state:dict, path:Path, device:str='auto'):
     "The validated `Config` saved in the checkpoint `state` (read from `path`), with `device` in place of the training device."
     from ml_suite.config import Config, Source, from_dict, validate_config
@@ -50,6 +59,7 @@ def checkpoint_config(state:dict, path:Path, device:str='auto'):
         raise RunError(f"{path} holds no training config, so the model cannot be rebuilt from it. It was not written by "
                        f"ml_suite's trainer from a config; build the model yourself and load its weights with "
                        f"ml_suite.checkpoint.load_weights(model, state['model']).")
+    load_run_dotenv(path)   # a user's dataset may read DATA_DIR and the like, as it did in training
     src = Source(file=Path(path).parent / 'resolved_config.yml')
     data = {**state['config'], 'device': device, 'wandb': {**(state['config'].get('wandb') or {}), 'enabled': False}}
     with search_folders(code_folders(state, path)): return validate_config(from_dict(Config, data, (), src), src)

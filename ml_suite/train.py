@@ -14,8 +14,8 @@ from .config import Config, Source, load_config, config_to_dict, stages, parse_t
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_NONFINITE', 'EXIT_INTERRUPTED',
-           'OWNER_FILE', 'REFUSED_ON_RESUME', 'SCHEDULE_KEYS', 'ABSENT', 'resolve_run_dir', 'check_run_dir',
-           'config_owner', 'check_owner', 'plan_start', 'flatten_config', 'config_changes', 'is_under',
+           'TEMPLATES_MARKER', 'OWNER_FILE', 'REFUSED_ON_RESUME', 'SCHEDULE_KEYS', 'ABSENT', 'resolve_run_dir',
+           'check_run_dir', 'config_owner', 'check_owner', 'plan_start', 'flatten_config', 'config_changes', 'is_under',
            'check_resume_config', 'resume_schedule', 'build_trainer', 'oom_advice', 'train', 'dry_run', 'run_status',
            'format_status', 'status_main', 'main', 'quick_exit', 'cli']
 
@@ -23,12 +23,24 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED'
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 
 # %% ../nbs/10_train.ipynb #5730c2b2
+TEMPLATES_MARKER = '.ml_suite_templates'   # a folder of config templates: never a run directory
+
 def resolve_run_dir(cfg:Config, src:Source)->Path:
-    "The run directory: `cfg.run_dir`, else the config file's folder."
-    if cfg.run_dir: return Path(os.path.expanduser(cfg.run_dir)).absolute()
-    if src.file is not None: return src.file.parent.absolute()
-    raise ConfigError("a config given as a dict must name its run_dir (there is no config file whose folder could "
-                      "hold the run); add 'run_dir': 'runs/my_run' to the dict.")
+    "The run directory: `cfg.run_dir`, else the config file's folder; never a folder of config templates."
+    if cfg.run_dir: run_dir = Path(os.path.expanduser(cfg.run_dir)).absolute()
+    elif src.file is not None: run_dir = src.file.parent.absolute()
+    else:
+        raise ConfigError("a config given as a dict must name its run_dir (there is no config file whose folder "
+                          "could hold the run); add 'run_dir': 'runs/my_run' to the dict.")
+    if (run_dir / TEMPLATES_MARKER).is_file():
+        name = src.file.name if src.file is not None else 'train.yml'
+        how = 'its run_dir' if cfg.run_dir else 'no run_dir, so the run directory would be its folder'
+        raise ConfigError(f"the run directory would be {run_dir}, a folder of config templates ({TEMPLATES_MARKER} "
+                          f"there says so), and a run writes its checkpoints and logs into its run directory; the "
+                          f"config{src.where(('run_dir',))} sets {how}. Name a run directory on the command line, e.g. "
+                          f"run_dir=runs/{Path(name).stem}, or copy {name} into a folder of its own (e.g. "
+                          f"$RESULTS_DIR/my_experiment/) and run that copy: its run directory is then that folder.")
+    return run_dir
 
 # %% ../nbs/10_train.ipynb #67dac261
 def check_run_dir(run_dir:Path)->Path:
@@ -513,7 +525,7 @@ def status_main(argv=None)->int:
 def _parser():
     p = argparse.ArgumentParser(prog='ml-suite-train', formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a model from a YAML config. Rerun the same command to resume.",
-        epilog="examples:\n  ml-suite-train configs/quickstart.yml\n  ml-suite-train train.yml optimizer.learning_rate=3e-4 total_updates=500\n"
+        epilog="examples:\n  ml-suite-train configs/quickstart.yml run_dir=runs/quickstart\n  ml-suite-train train.yml optimizer.learning_rate=3e-4 total_updates=500\n"
                "  torchrun --standalone --nproc_per_node=4 -m ml_suite.train train.yml\n\n"
                "exit codes: 0 finished, 1 error, 2 bad config or usage, 3 stopped early (rerun to continue), "
                "4 run directory in use, 5 stopped on NaN/Inf losses, 130 Ctrl-C")

@@ -55,7 +55,7 @@ def test_startup_benchmark_runs_and_dry_run_skips_the_compiler(tmp_path):
     out = run(BENCH / 'startup.py', '--rounds=1', '--limit-runs=0')
     assert 'dry run' in out and 'import torch' in out
     code = ("import sys; from ml_suite.train import dry_run\n"
-            f"dry_run({str(ROOT / 'configs' / 'quickstart.yml')!r}, out=lambda s: None)\n"
+            f"dry_run({str(ROOT / 'configs' / 'quickstart.yml')!r}, ['run_dir={tmp_path}'], out=lambda s: None)\n"
             "print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy', 'wandb', 'matplotlib') if m in sys.modules))")
     assert run('-c', code).strip() == '[]'
 

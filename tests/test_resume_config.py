@@ -135,6 +135,15 @@ def test_two_copies_of_a_shipped_config_never_share_a_run_directory(tmp_path, mo
     with pytest.raises(ConfigError, match='a dict config'):   # a dict is not the file that started it either
         train(__import__('yaml').safe_load(a.read_text()) | {'run_dir': str(a.parent)}, TINY)
 
+def test_the_shipped_configs_folder_is_never_a_run_directory(tmp_path):
+    "Item 2: `ml-suite-train configs/quickstart.yml` without run_dir is refused (configs/ holds templates); with it, trains."
+    before = snapshot(ROOT / 'configs')
+    code, err = cli(ROOT / 'configs' / 'quickstart.yml', *TINY)
+    assert code == 2 and 'a folder of config templates' in err and 'run_dir=runs/quickstart' in err, err
+    assert snapshot(ROOT / 'configs') == before
+    assert cli(ROOT / 'configs' / 'quickstart.yml', *TINY, f'run_dir={tmp_path / "qs"}')[0] == 0
+    assert (tmp_path / 'qs' / 'latest.pt').is_file() and snapshot(ROOT / 'configs') == before
+
 def test_status_reports_the_update_a_rerun_resumes_from(tmp_path, capsys):
     "Item 10: the last metrics row and the newest good checkpoint's update, both."
     path = write_config(tmp_path / 'run' / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10, progress=False))
