@@ -366,7 +366,8 @@ def train(
         if state is not None and plan == 'resume':
             for line in notes: logger.info(line)
             new_schedule = any(is_under(k, SCHEDULE_KEYS) for k, *_ in changes)
-            trainer.load_state_dict(state, schedule=not new_schedule)
+            settings = any(is_under(k, ('optimizer',)) and not is_under(k, SCHEDULE_KEYS) for k, *_ in changes)
+            trainer.load_state_dict(state, schedule=not new_schedule, settings=settings)
             logger.info(f"resumed from {ckpt} at update {trainer.updates}/{cfg.total_updates}")
             if trainer.finished:
                 logger.warning(f"total_updates {cfg.total_updates}{_where(src, 'total_updates')} is not above the "

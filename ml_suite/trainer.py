@@ -418,12 +418,15 @@ def state_dict(self:Trainer)->dict:
 
 @patch
 def load_state_dict(self:Trainer, sd:dict,
-                    schedule:bool=True):  # False: keep this trainer's schedule (the caller rebuilds it)
-    "Restore the state saved by `state_dict` (the full state: resume); this trainer's optimizer settings are kept."
+                    schedule:bool=True,   # False: keep this trainer's schedule (the caller rebuilds it)
+                    settings:bool=False): # True: keep this trainer's optimizer settings (the config changed them)
+    "Restore the state saved by `state_dict` (the full state: resume)."
     load_weights(self.model, sd['model'])
     mine = [{k: v for k, v in g.items() if k not in ('params', 'lr')} for g in self.optimizer.param_groups]
     self.optimizer.load_state_dict(sd['optimizer'])
-    for g, m in zip(self.optimizer.param_groups, mine): g.update(m)   # weight_decay, betas...: as configured now
+    # weight_decay, betas...: as configured now. Only on a change: a schedule may move them (OneCycleLR's momentum).
+    if settings:
+        for g, m in zip(self.optimizer.param_groups, mine): g.update(m)
     if self.scheduler is not None and schedule: self.scheduler.load_state_dict(sd['scheduler'])
     if sd['scaler']: self.scaler.load_state_dict(sd['scaler'])   # empty: saved without fp16 (amp may change on resume)
     self.updates, self.samples, self.best_val_loss = sd['updates'], sd['samples'], sd['best_val_loss']
