@@ -150,7 +150,8 @@ def requeue_job(
                             if (m := re.search(rf'\b{key}=(\d\S+)', info)) else None)
         try: before_end, since_start = when('EndTime'), -when('StartTime')
         except (ValueError, TypeError): before_end = since_start = None
-        if since_start is not None: startup_s = max(startup_s, since_start - trained_s)   # the launcher's too (torchrun)
+        # the launcher's start-up too (torchrun)
+        if since_start is not None: startup_s = max(startup_s, since_start - trained_s)
         why = requeue_refusal(updates, startup_s, trained_s, limit_s, reason, job=job, before_end_s=before_end,
                               signal_spec=_signal_spec(job, environ) if limit_s else None,
                               restarts=int(environ.get('SLURM_RESTART_COUNT') or 0))

@@ -402,7 +402,8 @@ def export_model(
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             logging.getLogger('torch.onnx').setLevel(logging.ERROR)
-            torch.onnx.export(ep, (x,), str(path), dynamo=True, external_data=False, verbose=False)   # the program above
+            # the program above, already checked
+            torch.onnx.export(ep, (x,), str(path), dynamo=True, external_data=False, verbose=False)
         got = _run_onnx(path, x)
     err = (got - want).abs().max().item()
     tol = TOLERANCES[fmt]

@@ -526,7 +526,8 @@ def status_main(argv=None)->int:
 def _parser():
     p = argparse.ArgumentParser(prog='ml-suite-train', formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a model from a YAML config. Rerun the same command to resume.",
-        epilog="examples:\n  ml-suite-train configs/quickstart.yml run_dir=runs/quickstart\n  ml-suite-train train.yml optimizer.learning_rate=3e-4 total_updates=500\n"
+        epilog="examples:\n  ml-suite-train configs/quickstart.yml run_dir=runs/quickstart\n"
+               "  ml-suite-train train.yml optimizer.learning_rate=3e-4 total_updates=500\n"
                "  torchrun --standalone --nproc_per_node=4 -m ml_suite.train train.yml\n\n"
                "exit codes: 0 finished, 1 error, 2 bad config or usage, 3 stopped early (rerun to continue), "
                "4 run directory in use, 5 stopped on NaN/Inf losses, 130 Ctrl-C")
