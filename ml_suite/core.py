@@ -13,8 +13,9 @@ from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['IMPORTED_FROM', 'ConfigError', 'RunError', 'RunDirLocked', 'did_you_mean', 'resolve_object', 'import_root',
-           'code_paths', 'search_folders', 'call_style', 'check_kwargs', 'stage_lengths', 'DistInfo', 'is_main_process']
+__all__ = ['IMPORTED_FROM', 'ConfigError', 'RunError', 'RunDirLocked', 'ModelError', 'describe_tensor', 'did_you_mean',
+           'resolve_object', 'import_root', 'code_paths', 'search_folders', 'call_style', 'check_kwargs',
+           'stage_lengths', 'DistInfo', 'is_main_process']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 class ConfigError(ValueError):
@@ -28,6 +29,16 @@ class RunError(RuntimeError):
 class RunDirLocked(RunError):
     "Another live process is training in the same run directory."
     exit_code = 4
+
+# %% ../nbs/00_core.ipynb #4ddf4df4
+class ModelError(RunError):
+    "The model does not fit the data: the message names the model, the input shape and the layer that failed."
+
+# %% ../nbs/00_core.ipynb #d258cc5a
+def describe_tensor(v)->str:
+    "A tensor's shape and dtype for messages, e.g. `(8, 1, 32, 32) float32`; anything else by its type."
+    if hasattr(v, 'shape') and hasattr(v, 'dtype'): return f"{tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
+    return f"a {type(v).__name__}"
 
 # %% ../nbs/00_core.ipynb #9cf2e53f
 def did_you_mean(

@@ -8,6 +8,7 @@ Docs: https://ml-suite.github.io/ml_suite/evaluator.html.md"""
 from __future__ import annotations
 from contextlib import nullcontext
 import torch
+from .core import ModelError, describe_tensor
 from .losses import MeanLoss, METRICS, Metric
 
 # %% auto #0
@@ -54,12 +55,12 @@ class Evaluator:
 
     def metric_error(self, name:str, pred, y, e:Exception):
         "A `ModelError` saying which metric (or the criterion, for `loss`) failed on which predictions and targets."
-        from ml_suite.trainer import ModelError, _shape
         what = (f"the criterion {getattr(self.criterion, '__name__', type(self.criterion).__name__)} (val_loss)"
                 if name == 'loss' else f"the metric {name} ({self.metric_types[name].__name__})")
         fix = ("Use a criterion that takes these targets" if name == 'loss' else
                f"Remove {name} from metrics, or use one that takes these targets")
-        return ModelError(f"validation failed: {what} cannot take predictions of shape {_shape(pred)} and targets of "
-                          f"shape {_shape(y)}: {type(e).__name__}: {' '.join(str(e).split())[:400]}. {fix} (accuracy "
+        return ModelError(f"validation failed: {what} cannot take predictions of shape {describe_tensor(pred)} and "
+                          f"targets of shape {describe_tensor(y)}: {type(e).__name__}: {' '.join(str(e).split())[:400]}. "
+                          f"{fix} (accuracy "
                           f"and cross_entropy take class indices; mse, mae, rmse, rel_l2 take targets of the "
                           f"predictions' shape).")

@@ -11,7 +11,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import torch
 from fastcore.basics import patch
-from .core import DistInfo, RunError
+from .core import DistInfo, RunError, ModelError, describe_tensor as _shape
 from . import hpc
 from .timekeeper import TimeKeeper
 from .checkpoint import Checkpointer, unwrap_model, load_weights, get_rng_state, set_rng_state
@@ -19,8 +19,8 @@ from .evaluator import all_reduce_sum
 from .tracking import MetricsLog, logger
 
 # %% auto #0
-__all__ = ['get_device', 'stop_on_signals', 'ModelError', 'track_modules', 'failing_layer', 'forward_error', 'first_batch_loss',
-           'Trainer', 'NonFiniteError']
+__all__ = ['get_device', 'stop_on_signals', 'track_modules', 'failing_layer', 'forward_error', 'first_batch_loss', 'Trainer',
+           'NonFiniteError']
 
 # %% ../nbs/09_trainer.ipynb #e63703f8
 def get_device(name:str='auto', dist:DistInfo=DistInfo())->torch.device:
@@ -38,9 +38,6 @@ def stop_on_signals(requeue=('SIGUSR1', 'SIGUSR2'), exit=('SIGTERM',)):
     finally: hpc.restore_handlers(old)
 
 # %% ../nbs/09_trainer.ipynb #94e2c59a
-class ModelError(RunError):
-    "The model does not fit the data: the message names the model, the input shape and the layer that failed."
-
 @contextmanager
 def track_modules(model:torch.nn.Module):
     "While inside, the yielded list holds `(name, module, input shapes)` of every module whose forward is running, innermost last."
@@ -63,9 +60,6 @@ def failing_layer(model:torch.nn.Module, x)->tuple|None:
     return None
 
 # %% ../nbs/09_trainer.ipynb #9d3356d7
-def _shape(v)->str:
-    return f"{tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" if torch.is_tensor(v) else f"a {type(v).__name__}"
-
 def forward_error(model:torch.nn.Module, x, e:Exception)->ModelError:
     "A `ModelError` for `model(x)` having raised `e`: the model, the input's shape and dtype, the failing layer, a hint."
     name, where = type(model).__name__, failing_layer(model, x)
