@@ -14,6 +14,8 @@ NBS += [pytest.param(p, id=f'tutorials/{p.name}', marks=pytest.mark.slow) for p 
 def test_notebook_runs(nb, monkeypatch):
     monkeypatch.chdir(nb.parent)
     monkeypatch.syspath_prepend(str(nb.parent))   # as Jupyter does: modules beside the notebook import
-    ok, secs = nbt.test_nb(nb, skip_flags=['slow', 'cuda', 'slurm'], force_flags=[], do_print=False)
+    saved = dict(os.environ)   # a lesson's train()/load_config() reads .env files into the environment, as in Jupyter
+    try: ok, secs = nbt.test_nb(nb, skip_flags=['slow', 'cuda', 'slurm'], force_flags=[], do_print=False)
+    finally: os.environ.clear(); os.environ.update(saved)   # the tests after it see the environment they started with
     rel = nb.relative_to(ROOT / 'nbs')
     assert ok, f"{rel} failed (run `uv run nbdev-test nbs/{rel}` for the traceback)"

@@ -140,7 +140,8 @@ def _experiment(tmp: Path, name: str) -> Path:
 SHORT = ['total_updates=40', 'updates_per_epoch=20', 'lr_scheduler.first_stage.num_updates=10']
 
 def _env():
-    env = {k: v for k, v in os.environ.items() if not k.startswith('WANDB_')}
+    # hermetic: what the README's .env sets comes from that file, not from this process
+    env = {k: v for k, v in os.environ.items() if not k.startswith('WANDB_') and k not in ('BASE_DIR', 'DATA_DIR', 'RESULTS_DIR')}
     return {**env, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1', 'PATH': f"{Path(sys.executable).parent}:{env['PATH']}"}
 
 def _check_run(exp: Path, out: str):
