@@ -1,9 +1,10 @@
 "The time keeper on a run whose budget ends mid-training: it uses at least 90% of the budget and never overruns."
 import subprocess, sys, time
-import torch
+import pytest, torch
 from conftest import tiny_config, write_config, read_rows
 from test_slurm_train import SLEEPY
 
+@pytest.mark.slow   # a 40-s budget: slow, so that the default run stays under 6 minutes (CI runs it with -m slow)
 def test_time_limit_stops_in_time_with_a_checkpoint(tmp_path):
     (tmp_path / 'sleepy.py').write_text(SLEEPY)
     limit = 40
