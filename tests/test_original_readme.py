@@ -5,56 +5,12 @@ import json, os, subprocess, sys, textwrap
 from pathlib import Path
 import pytest
 from conftest import ROOT, read_rows
+from test_original_suite import SEED_CONFIG
 
-# The README's blocks, verbatim (Step 6, "Learning Rate Scheduling", "Checkpointing and Resumption", "Time Keeping");
-# only `factories` is ml_suite's: it names the two functions the original suite had users edit.
-TRAIN_YML = """\
-# Dataset - your data parameters
-dataset:
-  name: my_dataset
-  train_split: 0.8
-
-# Model - must match get_model()
-model:
-  type: my_custom_model
-  input_dim: 128
-  hidden_dim: 256
-  criterion: MSE
-
-# Training parameters
-batch_size: 64            # Per GPU!
-total_updates: 100000     # Total gradient updates
-updates_per_epoch: 1000   # Updates between evaluations
-
-# Optimizer
-optimizer:
-  name: AdamW
-  learning_rate: 1e-4
-  weight_decay: 0.01
-
-lr_scheduler:
-  first_stage:      # Warmup: gradually increase LR
-    name: LinearLR
-    start_factor: 0.001
-    end_factor: 1.0
-    num_updates: 5000
-
-  second_stage:     # Main training: cosine decay
-    name: CosineAnnealingLR
-    num_updates: -1    # -1 = use remaining updates
-    end_factor: 0.01   # End at 1% of peak LR
-
-  third_stage:      # Cooldown: decay to zero
-    name: LinearLR
-    end_factor: 0
-    num_updates: 10
-
-checkpoint:
-  checkpoint_name: latest  # Load "latest", "best", or epoch number (e.g., "5")
-  restart: true            # true = continue training, false = only load weights (for fine-tuning)
-
-time_limit: "24:00:00"  # Should be slightly less than SLURM --time
-
+# The README's blocks, verbatim (Step 6, "Learning Rate Scheduling", "Checkpointing", "Time Keeping": the same text
+# as the in-process tests use), with its WandB block; only `factories` is ml_suite's: it names the two functions the
+# original suite had users edit.
+TRAIN_YML = SEED_CONFIG + """
 # WandB
 wandb:
   enabled: true
