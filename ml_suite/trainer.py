@@ -8,34 +8,22 @@ Docs: https://ml-suite.github.io/ml_suite/trainer.html.md"""
 from __future__ import annotations
 import math, time, warnings
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
+from dataclasses import dataclass
 import torch
 from fastcore.basics import patch
-from .core import DistInfo, RunError, ModelError, describe_tensor as _shape
+from .core import DistInfo, ModelError, describe_tensor as _shape
 from . import hpc
-from .timekeeper import TimeKeeper
+from .dist import get_device, all_gather_object
 from .checkpoint import Checkpointer, unwrap_model, load_weights, get_rng_state, set_rng_state
-from .evaluator import all_reduce_sum
-from .tracking import MetricsLog, logger
+from .tracking import logger
+from .nonfinite import NonFiniteGuard, NonFiniteError, is_finite
+from .stopping import StopController, StopAction, stop_on_signals
+from .recorder import RunRecorder
+from .cadence import CheckpointPolicy, is_validation, next_event
 
 # %% auto #0
-__all__ = ['get_device', 'stop_on_signals', 'track_modules', 'failing_layer', 'forward_error', 'first_batch_loss', 'Trainer',
-           'NonFiniteError']
-
-# %% ../nbs/09_trainer.ipynb #e63703f8
-def get_device(name:str='auto', dist:DistInfo=DistInfo())->torch.device:
-    "`auto`: this process's GPU (by local rank) when CUDA is available, else the CPU."
-    if name == 'auto': name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name == 'cuda': name = f'cuda:{dist.local_rank}'
-    return torch.device(name)
-
-# %% ../nbs/09_trainer.ipynb #403a6e79
-@contextmanager
-def stop_on_signals(requeue=('SIGUSR1', 'SIGUSR2'), exit=('SIGTERM',)):
-    "While inside, these signals (and Ctrl-C) ask the trainer to stop at the next update boundary."
-    old = hpc.install_stop_handlers(requeue, exit)
-    try: yield
-    finally: hpc.restore_handlers(old)
+__all__ = ['track_modules', 'failing_layer', 'forward_error', 'first_batch_loss', 'TrainSettings', 'TrainerParts', 'wrap_model',
+           'Trainer']
 
 # %% ../nbs/09_trainer.ipynb #94e2c59a
 @contextmanager
@@ -52,6 +40,7 @@ def track_modules(model:torch.nn.Module):
     finally:
         for h in handles: h.remove()
 
+# %% ../nbs/09_trainer.ipynb #8b4374f1
 def failing_layer(model:torch.nn.Module, x)->tuple|None:
     "Run `model(x)` once more without gradients; `(name, module, input shapes)` of the innermost module that raised, or None."
     with track_modules(model) as stack, torch.no_grad():
@@ -75,11 +64,12 @@ def forward_error(model:torch.nn.Module, x, e:Exception)->ModelError:
     msg = ' '.join(str(e).split())[:400]
     return ModelError(f"{name} failed on a batch of inputs of shape {_shape(x)}{layer}: {type(e).__name__}: {msg}. {hint}")
 
-# %% ../nbs/09_trainer.ipynb #3762d7e6
+# %% ../nbs/09_trainer.ipynb #79c7123d
 def _elementwise_losses()->tuple:
     from ml_suite.losses import LOSSES
     return tuple(c for k, c in LOSSES.items() if k != 'cross_entropy')
 
+# %% ../nbs/09_trainer.ipynb #3762d7e6
 def first_batch_loss(model:torch.nn.Module, criterion, x, y, raw_model:torch.nn.Module|None=None):
     "`criterion(model(x), y)`, checked: a failing forward, or predictions that do not match the targets, raise `ModelError`."
     raw = raw_model if raw_model is not None else model   # the bare model (no DDP, no compile) to locate a failure in
@@ -105,89 +95,122 @@ def first_batch_loss(model:torch.nn.Module, criterion, x, y, raw_model:torch.nn.
                          f"scalar (e.g. reduction='mean').")
     return loss
 
+# %% ../nbs/09_trainer.ipynb #e18683f9
+@dataclass
+class TrainSettings:
+    "The loop's numbers: its length, the validation and row intervals, accumulation, clipping, precision, device."
+    total_updates:int = 100
+    updates_per_epoch:int|None = None   # validation interval (None: only at the end)
+    log_every:int = 10                  # updates between rows
+    grad_accum_steps:int = 1            # micro-batches per update
+    max_grad_norm:float|None = None     # clip gradients to this norm (None: no clipping)
+    amp:bool = False                    # mixed precision (autocast)
+    precision:str = 'bfloat16'          # 'float16' adds a gradient scaler
+    compile:bool = False                # `torch.compile` the model (the memory budget is process-wide: `set_mem_budget`)
+    device:str = 'cpu'
+
+    @classmethod
+    def from_config(cls, cfg, device)->'TrainSettings':
+        "The settings of a validated `Config`, on `device`."
+        return cls(cfg.total_updates, cfg.updates_per_epoch, cfg.log_every, cfg.grad_accum_steps, cfg.max_grad_norm,
+                   cfg.amp, cfg.precision, cfg.compile, device)
+
+# %% ../nbs/09_trainer.ipynb #d9551408
+@dataclass
+class TrainerParts:
+    "The parts a `Trainer` is composed of, each deciding one thing; None: a default that writes nothing."
+    guard:NonFiniteGuard|None = None        # the NaN/Inf policy and its counters
+    stopper:StopController|None = None      # signals, time limit, timed saves, agreement across ranks
+    recorder:RunRecorder|None = None        # rows, metrics.jsonl, log line, progress, trackers
+    policy:CheckpointPolicy|None = None     # which checkpoint files are due at which update
+    checkpointer:Checkpointer|None = None   # writes them (None: no checkpoints)
+
+    @classmethod
+    def in_run_dir(cls, run_dir, dist:DistInfo=DistInfo(), keep_last:int=0, **kw)->'TrainerParts':
+        "Parts that write metrics.jsonl and checkpoints into `run_dir` (the other parts from `kw`, or defaults)."
+        return cls(recorder=RunRecorder(run_dir, dist), checkpointer=Checkpointer(run_dir, keep_last), **kw)
+
+# %% ../nbs/09_trainer.ipynb #9cb7d8b3
+def wrap_model(model:torch.nn.Module, device:torch.device, dist:DistInfo=DistInfo(), compile:bool=False):
+    "`model` as trained: in DDP when there are several processes, then compiled if asked."
+    if dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    return torch.compile(model) if compile else model
+
 # %% ../nbs/09_trainer.ipynb #6ccd8270
 class Trainer:
     "Train `model` for `total_updates` gradient updates, validating and checkpointing every `updates_per_epoch`."
     def __init__(self,
                  model:torch.nn.Module,
-                 criterion,                       # loss(pred, target) -> scalar
+                 criterion,                          # loss(pred, target) -> scalar
                  optimizer:torch.optim.Optimizer,
-                 scheduler,                       # steps once per update (None: a constant learning rate)
-                 train_data,                      # endless (input, target) batches with state_dict (a `BatchStream`)
-                 val_data=None,                   # an iterable of (input, target) batches, or None
-                 evaluator=None,                  # an `Evaluator`, or None
-                 total_updates:int=100,
-                 updates_per_epoch:int|None=None, # validation interval (default: only at the end)
-                 grad_accum_steps:int=1,
-                 max_grad_norm:float|None=None,
-                 amp:bool=False, precision:str='bfloat16',
-                 compile:bool=False, mem_budget:float=1.0,
-                 device='cpu',
-                 log_every:int=10,
-                 run_dir:Path|None=None,          # where checkpoints and metrics go (None: nowhere)
+                 scheduler,                          # steps once per update (None: a constant learning rate)
+                 train_data,                         # endless (input, target) batches with state_dict (a `BatchStream`)
+                 val_data=None,                      # an iterable of (input, target) batches, or None
+                 evaluator=None,                     # an `Evaluator`, or None
+                 settings:TrainSettings|None=None,   # the loop's numbers (None: `TrainSettings()`)
+                 parts:TrainerParts|None=None,       # guard, stopper, recorder, checkpoint policy, checkpointer
                  dist:DistInfo=DistInfo(),
-                 config:dict|None=None,           # the resolved config, saved in checkpoints
-                 time_limit:float|None=None,      # seconds this process may run (from `start_time`)
-                 save_every_epochs:int=0,         # keep epoch_N.pt every this many validations
-                 keep_last:int=0,                 # keep only the newest this many epoch_N.pt (0: all)
-                 every_updates:int=0,             # also checkpoint every this many updates (0: off)
-                 every_minutes:float=0.0,         # also checkpoint every this many minutes (0: off)
-                 background_save:bool=True,       # fsync and rename checkpoints in a background thread
-                 start_time:float|None=None,      # `time.monotonic()` at process start
-                 requeue_signals=('SIGUSR1', 'SIGUSR2'),  # stop, save and requeue
-                 exit_signals=('SIGTERM',),       # stop, save and exit
-                 normalizer=None,                 # the data's `Normalization`, saved in checkpoints (None: none)
-                 nonfinite_policy:str='skip',     # a NaN/Inf loss or gradient: 'skip' the update, 'stop' at once, or 'off'
-                 nonfinite_max_consecutive:int=10,# 'skip': stop, with a checkpoint, after this many skipped in a row
-                ):
-        self.device, self.dist = torch.device(device), dist
+                 config:dict|None=None,              # the resolved config, saved in checkpoints
+                 normalizer=None):                   # the data's `Normalization`, saved in checkpoints
+        s = settings if settings is not None else TrainSettings()
+        p = parts if parts is not None else TrainerParts()
+        self.device = torch.device(s.device)
+        self.dist = dist
         self.raw_model = model.to(self.device)
-        self.model = self.raw_model
-        if dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            self.model = DDP(self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
-        if compile:
-            torch._functorch.config.activation_memory_budget = mem_budget  # < 1: recompute activations to save memory
-            self.model = torch.compile(self.model)
-        self.criterion, self.optimizer, self.scheduler = criterion, optimizer, scheduler
-        self.train_data, self.val_data, self.evaluator = train_data, val_data, evaluator
-        self.total_updates, self.grad_accum_steps, self.max_grad_norm = total_updates, grad_accum_steps, max_grad_norm
-        self.updates_per_epoch = updates_per_epoch or total_updates
-        self.amp, self.amp_dtype = amp, {'bfloat16': torch.bfloat16, 'float16': torch.float16}[precision]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp and precision == 'float16')
-        self.log_every, self.config, self.save_every_epochs = log_every, config, save_every_epochs
-        self.every_updates, self.every_minutes, self.background_save = every_updates, every_minutes, background_save
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.checkpointer = Checkpointer(self.run_dir, keep_last) if self.run_dir else None
-        self._ctrl = None
-        if dist.distributed:  # control messages (stop? save?) go over a CPU group: no GPU sync per update
-            import torch.distributed as tdist
-            self._ctrl = tdist.new_group(backend='gloo')
-        self.metrics_log = MetricsLog(self.run_dir / 'metrics.jsonl') if self.run_dir and dist.is_main else None
-        self.timekeeper = TimeKeeper(time_limit, start_time)
-        self.requeue_signals, self.exit_signals = tuple(requeue_signals), tuple(exit_signals)
-        self.updates, self.samples, self.best_val_loss = 0, 0, math.inf
-        self.history, self.stop_reason, self.stop_action, self.trackers = [], None, None, []
-        self.progress, self.wandb_id, self._unsent = None, None, []   # rows wait in `_unsent` for their checkpoint
-        self._covered = []   # rows whose checkpoint is being made durable in the background
-        self._loss_sum, self._loss_n, self._tick = torch.zeros((), device=self.device), 0, None
-        self._losses = []   # detached per-update losses, summed into `_loss_sum` in batches (see `train_step`)
-        self._last_save = time.monotonic()
+        self.model = wrap_model(self.raw_model, self.device, dist, s.compile)
+        self.criterion = criterion
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.amp and s.precision == 'float16')
+        self.train_data = train_data
+        self.val_data = val_data
+        self.evaluator = evaluator
+        self.total_updates = s.total_updates
+        self.updates_per_epoch = s.updates_per_epoch or s.total_updates
+        self.log_every = s.log_every
+        self.grad_accum_steps = s.grad_accum_steps
+        self.max_grad_norm = s.max_grad_norm
+        self.amp = s.amp
+        self.amp_dtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}[s.precision]
+        self.config = config
         self.normalizer = normalizer
-        if nonfinite_policy not in ('skip', 'stop', 'off'):
-            raise ValueError(f"nonfinite_policy must be 'skip', 'stop' or 'off', got {nonfinite_policy!r}.")
-        self.nonfinite_policy = nonfinite_policy
-        self.nonfinite_max_consecutive = 1 if nonfinite_policy == 'stop' else nonfinite_max_consecutive
-        self.skipped_nonfinite, self._nonfinite_run, self._window_skipped = 0, 0, 0   # in all; in a row now; since the last row
-        self._skipped_at_start = 0   # `skipped_nonfinite` when `fit` began: a resumed streak stops only at a new skip
-        self._checked = False   # the first update of `fit` runs through `first_batch_loss`
-        self.lr = optimizer.param_groups[0]['lr']   # the LR of the last update that wrote a row
+        self.guard = p.guard if p.guard is not None else NonFiniteGuard()
+        self.stopper = p.stopper if p.stopper is not None else StopController()
+        self.recorder = (p.recorder if p.recorder is not None else RunRecorder(None, dist)).to(self.device)
+        self.policy = p.policy if p.policy is not None else CheckpointPolicy(self.updates_per_epoch)
+        self.checkpointer = p.checkpointer
+        self.updates = 0
+        self.samples = 0
+        self.best_val_loss = math.inf
+        self.improved = False                       # the last validation set a new best
+        self._checked = False                       # the first update of `fit` runs through `first_batch_loss`
         self._next_event = self._event_after(0)     # the next update after which `fit` logs, validates or saves
+        self.recorder.lr = optimizer.param_groups[0]['lr']
 
     def autocast(self):
         "The mixed-precision context of the forward pass (a no-op without `amp`)."
         if not self.amp: return _NO_CONTEXT   # cheaper than a disabled autocast: this runs every update
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def state_dict(self)->dict:
+        "Collective: `gather_state` (every rank calls it), under the name of torch's `Stateful` protocol."
+        return self.gather_state()
+
+    def _event_after(self, u:int)->int:
+        return next_event(u, self.total_updates, self.updates_per_epoch, self.log_every, self.policy.every_updates)
+
+    # what the parts keep, under the names the trainer had before it was composed of them
+    history = property(lambda self: self.recorder.history, doc="The rows written so far, as dicts.")
+    lr = property(lambda self: self.recorder.lr, doc="The learning rate of the last update before a row.")
+    skipped_nonfinite = property(lambda self: self.guard.skipped, doc="Updates skipped for a NaN/Inf, in all.")
+    stop_action = property(lambda self: self.stopper.action, doc="Why `fit` stopped early (a `StopAction`), or None.")
+    stop_reason = property(lambda self: self.stopper.reason, doc="The stop's words, for the log.")
+    requeued = property(lambda self: self.stopper.requeued, doc="Did the launcher requeue the job after the stop?")
+    timekeeper = property(lambda self: self.stopper.timekeeper, doc="The stop controller's `TimeKeeper`.")
+    wandb_id = property(lambda self: self.recorder.wandb_id, doc="The tracker's run id, kept in checkpoints.")
+    finished = property(lambda self: self.updates >= self.total_updates, doc="Are `total_updates` done?")
 
 _NO_CONTEXT = nullcontext()   # reusable: it holds no state
 
@@ -195,221 +218,217 @@ _NO_CONTEXT = nullcontext()   # reusable: it holds no state
 @patch
 def train_step(self:Trainer, batches:list)->None:
     "One gradient update from the micro-batches `batches`; skipped, and counted, if its loss or gradient is not finite."
-    if not self.model.training: self.model.train()   # validation leaves it in eval mode
+    rec, guard = self.recorder, self.guard
+    if not self.model.training: self.model.train()            # validation leaves it in eval mode
     n, fp16 = len(batches), self.scaler.is_enabled()           # fp16: the gradient scaler takes part
     for i, (x, y) in enumerate(batches):
         if x.device != self.device: x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        defer = i < n - 1 and hasattr(self.model, 'no_sync')      # DDP all-reduces on the last micro-batch only
+        defer = i < n - 1 and hasattr(self.model, 'no_sync')  # DDP all-reduces on the last micro-batch only
         with (self.model.no_sync() if defer else _NO_CONTEXT), self.autocast():
             loss = (self.criterion(self.model(x), y) if self._checked
                     else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
             if n > 1: loss = loss / n
         (self.scaler.scale(loss) if fp16 else loss).backward()
-        self._losses.append(loss.detach())
+        rec.losses.append(loss.detach())
         self.samples += x.shape[0] * self.dist.world_size
     self._checked = True
-    if fp16: self.scaler.unscale_(self.optimizer)                # true gradients for clipping and the logged norm
-    check, norm = self.nonfinite_policy != 'off', None
-    row_due = self.updates + 1 >= self._next_event                # a row may follow: it reports this norm and LR
-    if self.max_grad_norm or row_due or (check and self.dist.distributed and not fp16):
+    if fp16: self.scaler.unscale_(self.optimizer)              # true gradients for clipping and the logged norm
+    norm = None
+    row_due = self.updates + 1 >= self._next_event             # a row may follow: it reports this norm and LR
+    if self.max_grad_norm or row_due or (guard.checking and self.dist.distributed and not fp16):
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
         if self.max_grad_norm: norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         else: norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        self.grad_norm = norm
-    if row_due: self.lr = self.optimizer.param_groups[0]['lr']    # the LR this update used
-    if check and not self._is_finite(n, None if fp16 else norm): return self._skip_update(n, fp16, norm)
+        rec.grad_norm = norm
+    if row_due: rec.lr = self.optimizer.param_groups[0]['lr']  # the LR this update used
+    if guard.checking and not is_finite(rec.losses, n, None if fp16 else norm, self.dist.distributed):
+        return self._skip_update(n, fp16, norm)
     if fp16: self.scaler.step(self.optimizer); self.scaler.update()   # skips the step if a gradient overflowed
     else: self.optimizer.step()
     self.optimizer.zero_grad(set_to_none=True)
     if self.scheduler is not None: self.scheduler.step()
     self.updates += 1
-    self._loss_n += 1
-    self._nonfinite_run = 0
-    if len(self._losses) >= 64: self._sum_losses()
+    rec.loss_n += 1
+    guard.in_a_row = 0
+    if len(rec.losses) >= 64: rec.sum_losses()
 
+# %% ../nbs/09_trainer.ipynb #849067ec
 @patch
-def _sum_losses(self:Trainer):
-    "Add the collected per-update losses to `_loss_sum` (one stack and sum instead of one addition per update)."
-    if self._losses: self._loss_sum += torch.stack(self._losses).sum(); self._losses.clear()
-
-# %% ../nbs/09_trainer.ipynb #6eec3284
-@patch
-def _is_val_update(self:Trainer, u:int)->bool: return u % self.updates_per_epoch == 0 or u == self.total_updates
-
-@patch
-def _event_after(self:Trainer, u:int)->int:
-    "The first update after `u` that is followed by a log row, a validation or an `every_updates` checkpoint."
-    every = [self.log_every, self.updates_per_epoch] + ([self.every_updates] if self.every_updates else [])
-    return min([(u // k + 1) * k for k in every] + [self.total_updates if u < self.total_updates else u + 1])
-
-@patch
-def fit(self:Trainer)->'Trainer':
-    "Train until `total_updates`, a stop request (Ctrl-C) or the time limit; checkpoint at each validation and at a stop."
-    self.stop_reason = self.stop_action = None
-    self._tick, self._skipped_at_start = time.monotonic(), self.skipped_nonfinite
-    self._next_event = self._event_after(self.updates)
-    # without other ranks, a time limit or timed saves, only a signal or a run of NaN updates can stop the loop early
-    watch = self._ctrl is not None or self.timekeeper.limit is not None or bool(self.every_minutes)
-    with stop_on_signals(self.requeue_signals, self.exit_signals):
-        while self.updates < self.total_updates:
-            if (watch or hpc.stop_requested() or self._nonfinite_run) and self._should_stop(): break
-            t0 = time.monotonic()
-            self.train_step([next(self.train_data) for _ in range(self.grad_accum_steps)])
-            self.timekeeper.record('update', time.monotonic() - t0)
-            if self.progress: self.progress.update(self.updates)
-            if self.updates < self._next_event: continue       # most updates end here
-            if self._is_val_update(self.updates): self.log(self.validate()); self.save(validated=True)
-            else:
-                if self.updates % self.log_every == 0: self.log()
-                if self.every_updates and self.updates % self.every_updates == 0: self.save()
-            self._next_event = self._event_after(self.updates)
-    if self.stop_action is None and self._nonfinite_due(): self._stop_for_nonfinite()   # the last update was the K-th
-    if self.updates < self.total_updates:
-        logger.info(f"stopping at update {self.updates}/{self.total_updates} ({self.stop_reason}); saving a checkpoint")
-        self.save(validated=False)
-    else: logger.info(f"finished {self.total_updates} updates; best val_loss {self.best_val_loss:.6g}")
-    hpc.clear_stop_requests()
-    self.wait_for_save()                              # the last checkpoint is durable before `fit` returns
-    if self.progress: self.progress.close()
-    self._send(); self.trackers, closing = [], self.trackers
-    for t in closing: t.close()
-    return self
-
-# %% ../nbs/09_trainer.ipynb #d7665c16
-@patch
-def _agree(self:Trainer, *flags)->list:
-    "`flags`, each true if it is true on any rank."
-    if self._ctrl is None: return [bool(f) for f in flags]
-    import torch.distributed as tdist
-    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
-    tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=self._ctrl)
-    return [bool(x) for x in t]
-
-@patch
-def _should_stop(self:Trainer)->bool:
-    "Agree with the other ranks whether to stop now (signal, time limit), and save first if a timed save is due."
-    req = hpc.stop_request()
-    act = req[1] if req else None
-    late = self.timekeeper.limit is not None and self.timekeeper.should_stop(self._is_val_update(self.updates + 1))
-    nonfinite = self._nonfinite_run >= self.nonfinite_max_consecutive and self._nonfinite_due()   # cheap test first
-    flags = (act == 'requeue', act == 'exit', act == 'interrupt', late, self._minutes_due(), nonfinite)
-    if self._ctrl is None and not any(flags): return False   # one process and nothing to do
-    requeue, exit_, interrupt, late, save_now, nonfinite = self._agree(*flags)
-    if nonfinite: self._stop_for_nonfinite(); return True
-    if requeue or exit_ or interrupt or late:
-        self.stop_action = 'requeue' if requeue or late else 'exit' if exit_ else 'interrupt'
-        self.stop_reason = req[0] if req else 'time limit' if late else 'a signal on another rank'
-        return True
-    if save_now: self.save()
-    return False
-
-@patch
-def _minutes_due(self:Trainer)->bool:
-    return bool(self.every_minutes) and time.monotonic() - self._last_save >= 60 * self.every_minutes
-
-@patch(as_prop=True)
-def finished(self:Trainer)->bool: return self.updates >= self.total_updates
+def _skip_update(self:Trainer, n:int, fp16:bool, grad_norm=None):
+    "Drop this update: clear its gradients, do not step; the counters, the schedule and the data move on."
+    losses = self.recorder.losses
+    loss = torch.stack(losses[-n:]).sum().item()
+    # the logged train_loss averages the applied updates
+    del losses[-n:]
+    self.optimizer.zero_grad(set_to_none=True)
+    # unscale_ ran: close the scaler's step
+    if fp16: self.scaler.update()
+    if self.scheduler is not None:
+        # torch warns if the very first scheduler step comes before any optimizer step
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', UserWarning)
+            self.scheduler.step()
+    self.updates += 1
+    self.guard.record_skip(self.updates, loss, grad_norm, self.dist.is_main)
 
 # %% ../nbs/09_trainer.ipynb #45ec1ab1
 @patch
 def validate(self:Trainer)->dict:
-    "Metrics on the validation data; updates `best_val_loss`."
+    "Metrics on the validation data; updates `best_val_loss` (and `improved`: did this validation set a new best?)."
+    self.improved = False
     if self.evaluator is None or self.val_data is None: return {}
     t0 = time.monotonic()
     res = self.evaluator.evaluate(self.model, self.val_data)
-    self.timekeeper.record('validate', time.monotonic() - t0)
-    self._improved = math.isfinite(res['val_loss']) and res['val_loss'] < self.best_val_loss   # NaN is never best
-    if self._improved: self.best_val_loss = res['val_loss']
+    self.stopper.timekeeper.record('validate', time.monotonic() - t0)
+    # NaN is never best
+    self.improved = math.isfinite(res['val_loss']) and res['val_loss'] < self.best_val_loss
+    if self.improved: self.best_val_loss = res['val_loss']
     return res
 
+# %% ../nbs/09_trainer.ipynb #d55d6349
 @patch
-def log(self:Trainer, val:dict|None=None):
-    "Write one row (train loss, LR, throughput, validation metrics) to the log, metrics.jsonl and trackers."
-    self._sum_losses()
-    loss = all_reduce_sum(torch.stack([self._loss_sum.detach().double(), torch.tensor(float(self._loss_n), device=self._loss_sum.device, dtype=torch.float64)]))
-    now, n = time.monotonic(), self._loss_n   # n: applied updates since the last row (skipped ones are not in the mean)
-    row = {'update': self.updates, 'train_loss': (loss[0] / loss[1]).item() if n else None, 'lr': self.lr,
-           'grad_norm': float(self.grad_norm) if getattr(self, 'grad_norm', None) is not None else None,
-           'epoch': self.train_data.state_dict().get('epoch') if hasattr(self.train_data, 'state_dict') else None,
-           'samples': self.samples, 'updates_per_s': (n + self._window_skipped) / max(now - self._tick, 1e-9),
-           'skipped_nonfinite': self.skipped_nonfinite, **(val or {})}
-    row['samples_per_s'] = row['updates_per_s'] * self.samples / max(self.updates, 1)
-    row['eta_s'] = (self.total_updates - self.updates) / max(row['updates_per_s'], 1e-9)
-    if self.device.type == 'cuda':
-        row['gpu_mem_gb'] = torch.cuda.max_memory_allocated(self.device) / 1e9; torch.cuda.reset_peak_memory_stats(self.device)
-    self._loss_sum.zero_(); self._loss_n, self._window_skipped, self._tick = 0, 0, now
-    self.history.append(row)
-    if not self.dist.is_main: return
-    if self.metrics_log: self.metrics_log.write(row)
-    if self.trackers: self._unsent.append(row)
-    if self.progress: self.progress.update(self.updates, row)
-    val_txt = ''.join(f" {k} {v:.5g}" for k, v in (val or {}).items())
-    from ml_suite.tracking import _fmt_time
-    tl = f"{row['train_loss']:.5g}" if row['train_loss'] is not None else 'n/a'
-    skipped = f" skipped_nonfinite {self.skipped_nonfinite}" if self.skipped_nonfinite else ''
-    logger.info(f"update {self.updates}/{self.total_updates} train_loss {tl} lr {self.lr:.3g} "
-                f"{row['samples_per_s']:.1f} samples/s ETA {_fmt_time(row['eta_s'])}{val_txt}{skipped}")
+def log(self:Trainer, val:dict|None=None)->dict:
+    "Collective (every rank calls it: the loss is all-reduced): write one row to the log, metrics.jsonl and trackers."
+    epoch = self.train_data.state_dict().get('epoch') if hasattr(self.train_data, 'state_dict') else None
+    row = self.recorder.reduce_row(self.updates, self.total_updates, self.samples, self.guard.skipped, epoch, val)
+    self.recorder.write(row, self.total_updates, val)
+    return row
 
-@patch
-def _send(self:Trainer):
-    "Hand the rows that a written checkpoint now covers to the trackers (WandB)."
-    for row in self._unsent:
-        for t in self.trackers: t.log(row)
-    self._unsent = []
-
+# %% ../nbs/09_trainer.ipynb #a173a14b
 @patch
 def save(self:Trainer, validated:bool=False):
-    "Write latest.pt (and best.pt, epoch_N.pt where due), from the main process only; the fsync and rename finish in the background."
+    "Collective, on every rank (RNG states are gathered): rank 0 writes latest.pt and the files the policy names."
     if self.checkpointer is None: return
-    if self.nonfinite_policy != 'off' and not self._weights_finite():   # the same on every rank: weights are identical
-        if self.dist.is_main: self.wait_for_save()   # the last good checkpoint is durable before the error
-        raise NonFiniteError(f"the model's weights hold NaN or Inf at update {self.updates}, so they are not saved: latest.pt "
-                             f"keeps the last checkpoint with finite weights. An update with a finite loss made them so (a "
-                             f"NaN gradient behind a finite loss, or a step too large for float32). Set max_grad_norm (the "
-                             f"gradient is then checked at every update), lower optimizer.learning_rate, and rerun the same "
-                             f"command to continue from latest.pt.")
-    state = self.state_dict()                        # every rank: RNG states are gathered
-    self._last_save = time.monotonic()
+    # the same on every rank: the weights are identical
+    try: self.guard.check_weights(self.raw_model, self.updates)
+    except NonFiniteError:
+        # the last good checkpoint is durable before the error
+        if self.dist.is_main: self.wait_for_save()
+        raise
+    state = self.gather_state()
+    self.stopper.saved()
     if not self.dist.is_main: return
-    self.wait_for_save()                             # the previous checkpoint is durable before the next starts
-    epoch = self.updates // self.updates_per_epoch
-    numbered = (validated and self.save_every_epochs and self.updates % self.updates_per_epoch == 0
-                and epoch % self.save_every_epochs == 0)
-    self.checkpointer.save(state, best=validated and getattr(self, '_improved', False), epoch=epoch if numbered else None,
-                           background=self.background_save)
-    self._covered, self._unsent = self._covered + self._unsent, []
-    if not self.background_save: self.wait_for_save()
+    # the previous checkpoint is durable before the next starts; the fsync and rename finish in the background
+    self.wait_for_save()
+    files = self.policy.files(self.updates, validated, self.improved)
+    self.checkpointer.save(state, best=files['best'], epoch=files['epoch'], background=self.policy.background)
+    self.recorder.checkpoint_started()
+    if not self.policy.background: self.wait_for_save()
 
+# %% ../nbs/09_trainer.ipynb #ab65ec21
 @patch
 def wait_for_save(self:Trainer):
     "Wait until the last checkpoint is durable; record what it cost, and hand the rows it covers to the trackers."
     if self.checkpointer is None: return
     secs = self.checkpointer.wait()
-    if secs is not None: self.timekeeper.record('save', secs)   # plan with the cost until durable, not the stall
-    for row in self._covered:
-        for t in self.trackers: t.log(row)
-    self._covered = []
+    # plan with the cost until durable, not the stall
+    if secs is not None: self.stopper.timekeeper.record('save', secs)
+    self.recorder.checkpoint_durable()
+
+# %% ../nbs/09_trainer.ipynb #6eec3284
+@patch
+def fit(self:Trainer)->'Trainer':
+    "Train until `total_updates`, a stop request (Ctrl-C) or the time limit; checkpoint at each validation and at a stop."
+    stopper, guard, rec = self.stopper, self.guard, self.recorder
+    tk = stopper.timekeeper
+    stopper.begin()
+    guard.begin()
+    rec.begin(self.updates)
+    self._next_event = self._event_after(self.updates)
+    watch = stopper.watching
+    with stopper.signals():
+        while self.updates < self.total_updates:
+            if (watch or hpc.stop_requested() or guard.in_a_row) and self._at_boundary(): break
+            t0 = time.monotonic()
+            self.train_step([next(self.train_data) for _ in range(self.grad_accum_steps)])
+            tk.record('update', time.monotonic() - t0)
+            if rec.progress: rec.progress.update(self.updates)
+            if self.updates < self._next_event: continue       # most updates end here
+            if is_validation(self.updates, self.updates_per_epoch, self.total_updates):
+                self.log(self.validate())
+                self.save(validated=True)
+            else:
+                if self.updates % self.log_every == 0: self.log()
+                if self.policy.save_due(self.updates): self.save()
+            self._next_event = self._event_after(self.updates)
+    self._end_fit()
+    return self
+
+# %% ../nbs/09_trainer.ipynb #2dc9f301
+@patch
+def _end_fit(self:Trainer):
+    "Record a NaN stop that the last update made due, save if stopped early, and wait until the save is durable."
+    # the last update was the K-th skipped one in a row
+    if self.stopper.action is None and self.guard.stop_due(): self._stop_for_nonfinite()
+    if self.updates < self.total_updates:
+        logger.info(f"stopping at update {self.updates}/{self.total_updates} ({self.stop_reason}); saving a checkpoint")
+        self.save(validated=False)
+    else: logger.info(f"finished {self.total_updates} updates; best val_loss {self.best_val_loss:.6g}")
+    hpc.clear_stop_requests()
+    # the last checkpoint is durable before `fit` returns
+    self.wait_for_save()
+    self.recorder.flush()
+
+# %% ../nbs/09_trainer.ipynb #d7665c16
+@patch
+def _at_boundary(self:Trainer)->bool:
+    "Collective: agree with every rank whether to stop before the next update; save first if a timed save is due."
+    due = is_validation(self.updates + 1, self.updates_per_epoch, self.total_updates)
+    action, save_now = self.stopper.agree_to_stop(due, self.guard.stop_due())
+    if action is StopAction.NONFINITE: self._stop_for_nonfinite()
+    elif action is None and save_now: self.save()
+    return action is not None
+
+# %% ../nbs/09_trainer.ipynb #28b0469f
+@patch
+def _stop_for_nonfinite(self:Trainer):
+    "Record a stop for too many skipped updates in a row, and say what to do."
+    reason, msg = self.guard.stop_message(self.updates)
+    self.stopper.stop(StopAction.NONFINITE, reason)
+    if self.dist.is_main: logger.error(msg)
 
 # %% ../nbs/09_trainer.ipynb #e0f31e32
 @patch
-def state_dict(self:Trainer)->dict:
-    "The complete training state, as plain tensors and data (see the checkpoint notebook for the keys)."
-    rng = [get_rng_state()]
-    if self.dist.distributed:
-        import torch.distributed as tdist
-        rng = [None] * self.dist.world_size
-        tdist.all_gather_object(rng, get_rng_state())
+def gather_state(self:Trainer)->dict:
+    "Collective (gathers every rank's RNG state over the control group): the complete training state."
     import ml_suite
+    sched = self.scheduler.state_dict() if self.scheduler is not None else None
+    data = self.train_data.state_dict() if hasattr(self.train_data, 'state_dict') else {}
+    norm = self.normalizer.state_dict() if self.normalizer is not None else None
     return {'format': 1, 'model': unwrap_model(self.model).state_dict(), 'optimizer': self.optimizer.state_dict(),
-            'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None, 'scaler': self.scaler.state_dict(),
+            'scheduler': sched, 'scaler': self.scaler.state_dict(),
             'updates': self.updates, 'samples': self.samples, 'best_val_loss': self.best_val_loss,
-            'nonfinite': {'skipped': self.skipped_nonfinite, 'in_a_row': self._nonfinite_run},
-            'data': self.train_data.state_dict() if hasattr(self.train_data, 'state_dict') else {},
-            'rng': rng, 'world_size': self.dist.world_size, 'config': self.config, 'timekeeper': self.timekeeper.state_dict(),
-            'wandb_id': self.wandb_id, 'normalization': self.normalizer.state_dict() if self.normalizer is not None else None,
-            'versions': {'ml_suite': ml_suite.__version__, 'torch': str(torch.__version__)},
-            'code_paths': ml_suite.core.code_paths(self.config)}   # where the config's own modules were imported from
+            'nonfinite': self.guard.state_dict(), 'data': data,
+            'rng': all_gather_object(get_rng_state(), self.stopper.group), 'world_size': self.dist.world_size,
+            'config': self.config, 'timekeeper': self.stopper.state_dict(), **self.recorder.state_dict(),
+            'normalization': norm, 'versions': {'ml_suite': ml_suite.__version__, 'torch': str(torch.__version__)},
+            # where the config's own modules were imported from
+            'code_paths': ml_suite.core.code_paths(self.config)}
 
+# %% ../nbs/09_trainer.ipynb #1c53a284
+@patch
+def _resumed_position(self:Trainer, sd:dict)->tuple[dict, dict]:
+    "The data position and this rank's RNG state to resume `sd` with, in this run's batches and processes."
+    data, old_world = dict(sd['data']), sd.get('world_size', 1)
+    bs = getattr(self.train_data, 'batch_size', None)
+    old_bs = ((sd.get('config') or {}).get('batch_size') or bs) if bs else None
+    # samples per batch of all processes
+    n_old, n_new = old_world * (old_bs or 1), self.dist.world_size * (bs or 1)
+    # the same samples done, in the new batches
+    if 'batches_done' in data and n_old != n_new:
+        data['batches_done'] = data['batches_done'] * n_old // n_new
+        if old_bs != bs and self.dist.is_main:
+            logger.info(f"batch_size changed from {old_bs} to {bs}: the data position is kept in samples (batch "
+                        f"{data['batches_done']} of epoch {data.get('epoch')} in batches of {bs})")
+    rngs = sd['rng']
+    if old_world != self.dist.world_size:
+        if self.dist.is_main:
+            logger.warning(f"resuming a {old_world}-process checkpoint with {self.dist.world_size} processes: weights, "
+                           f"optimizer and schedule are exact, the order of the remaining data differs")
+        rngs = rngs[:1]
+    return data, rngs[min(self.dist.rank, len(rngs) - 1)]
+
+# %% ../nbs/09_trainer.ipynb #b8b00f11
 @patch
 def load_state_dict(self:Trainer, sd:dict,
                     schedule:bool=True,   # False: keep this trainer's schedule (the caller rebuilds it)
@@ -422,89 +441,33 @@ def load_state_dict(self:Trainer, sd:dict,
     if settings:
         for g, m in zip(self.optimizer.param_groups, mine): g.update(m)
     if self.scheduler is not None and schedule: self.scheduler.load_state_dict(sd['scheduler'])
-    if sd['scaler']: self.scaler.load_state_dict(sd['scaler'])   # empty: saved without fp16 (amp may change on resume)
-    self.updates, self.samples, self.best_val_loss = sd['updates'], sd['samples'], sd['best_val_loss']
-    nf = sd.get('nonfinite') or {}                   # absent in checkpoints from before the count
-    self.skipped_nonfinite, self._nonfinite_run = nf.get('skipped', 0), nf.get('in_a_row', 0)
-    data, old_world = dict(sd['data']), sd.get('world_size', 1)
-    bs = getattr(self.train_data, 'batch_size', None)
-    old_bs = ((sd.get('config') or {}).get('batch_size') or bs) if bs else None
-    n_old, n_new = old_world * (old_bs or 1), self.dist.world_size * (bs or 1)   # samples per batch of all processes
-    if 'batches_done' in data and n_old != n_new:   # the same samples done, in the new batches
-        data['batches_done'] = data['batches_done'] * n_old // n_new
-        if old_bs != bs and self.dist.is_main:
-            logger.info(f"batch_size changed from {old_bs} to {bs}: the data position is kept in samples (batch "
-                        f"{data['batches_done']} of epoch {data.get('epoch')} in batches of {bs})")
-    if old_world != self.dist.world_size:
-        if self.dist.is_main:
-            logger.warning(f"resuming a {old_world}-process checkpoint with {self.dist.world_size} processes: weights, "
-                           f"optimizer and schedule are exact, the order of the remaining data differs")
-        rngs = sd['rng'][:1]
-    else: rngs = sd['rng']
+    # empty: saved without fp16 (amp may change on resume)
+    if sd['scaler']: self.scaler.load_state_dict(sd['scaler'])
+    self.updates = sd['updates']
+    self.samples = sd['samples']
+    self.best_val_loss = sd['best_val_loss']
+    # absent in checkpoints from before the count
+    self.guard.load_state_dict(sd.get('nonfinite'))
+    data, rng = self._resumed_position(sd)
     if hasattr(self.train_data, 'load_state_dict'): self.train_data.load_state_dict(data)
-    set_rng_state(rngs[min(self.dist.rank, len(rngs) - 1)])
-    self.wandb_id = sd.get('wandb_id')
-    if self.normalizer is not None: self.normalizer.load_state_dict(sd.get('normalization'))  # none saved: the identity
-    if 'timekeeper' in sd: self.timekeeper.load_state_dict(sd['timekeeper'])  # measured costs carry over; the budget does not
-    self.lr = self.optimizer.param_groups[0]['lr']
+    set_rng_state(rng)
+    self.recorder.load_state_dict(sd)
+    # none saved: the identity
+    if self.normalizer is not None: self.normalizer.load_state_dict(sd.get('normalization'))
+    # measured costs carry over; the budget does not
+    if 'timekeeper' in sd: self.stopper.load_state_dict(sd['timekeeper'])
+    self.recorder.lr = self.optimizer.param_groups[0]['lr']
     self._next_event = self._event_after(self.updates)
-    if self.metrics_log: self.metrics_log.resume_at(self.updates)
+    self.recorder.resume_at(self.updates)
 
-# %% ../nbs/09_trainer.ipynb #7070c6e8
-class NonFiniteError(RunError):
-    "The model's weights hold NaN or Inf: they are not saved. Exit code 5, like a stop for non-finite updates."
-    exit_code = 5
-
+# %% ../nbs/09_trainer.ipynb #f3c1e346
 @patch
-def _is_finite(self:Trainer, n:int, grad_norm=None)->bool:
-    "Are this update's loss (the sum of its `n` micro-batches) and `grad_norm` (if given) finite? One read-back."
-    if n == 1 and grad_norm is None: return math.isfinite(self._losses[-1].item())   # the usual case; a CPU-GPU sync
-    if self.dist.distributed and grad_norm is not None: v = grad_norm   # the same on every rank after the all-reduce
-    else:
-        v = self._losses[-1] if n == 1 else torch.stack(self._losses[-n:]).sum()
-        if grad_norm is not None: v = v + grad_norm
-    return math.isfinite(v.item())   # CPU-GPU sync
-
-@patch
-def _skip_update(self:Trainer, n:int, fp16:bool, grad_norm=None):
-    "Drop this update: clear its gradients, do not step; the counters, the schedule and the data move on."
-    loss = torch.stack(self._losses[-n:]).sum().item()
-    del self._losses[-n:]                                          # the logged train_loss averages the applied updates
-    self.optimizer.zero_grad(set_to_none=True)
-    if fp16: self.scaler.update()                                  # unscale_ ran: close the scaler's step
-    if self.scheduler is not None:
-        with warnings.catch_warnings():   # torch warns if the very first scheduler step comes before any optimizer step
-            warnings.simplefilter('ignore', UserWarning); self.scheduler.step()
-    self.updates += 1
-    self.skipped_nonfinite += 1; self._nonfinite_run += 1; self._window_skipped += 1
-    if self.dist.is_main:
-        gn = f", gradient norm {float(grad_norm):.4g}" if grad_norm is not None else ''
-        logger.warning(f"update {self.updates}: non-finite loss or gradient (loss {loss:.4g}{gn}): update skipped, weights "
-                       f"unchanged ({self._nonfinite_run} in a row, {self.skipped_nonfinite} in all; the run stops after "
-                       f"{self.nonfinite_max_consecutive} in a row)")
-
-@patch
-def _nonfinite_due(self:Trainer)->bool:
-    "Has the streak of skipped updates reached the limit, with a skip in this `fit`? (A resumed streak goes on.)"
-    return self._nonfinite_run >= self.nonfinite_max_consecutive and self.skipped_nonfinite > self._skipped_at_start
-
-@patch
-def _stop_for_nonfinite(self:Trainer):
-    "Record a stop for `nonfinite_max_consecutive` skipped updates in a row, and say what to do."
-    k = self._nonfinite_run
-    self.stop_action, self.stop_reason = 'nonfinite', f"{k} update(s) in a row with a non-finite loss or gradient"
-    if self.dist.is_main:
-        logger.error(f"stopping at update {self.updates}: the last {k} update(s) had a non-finite loss or gradient "
-                     f"(updates {self.updates - k + 1}-{self.updates}; {self.skipped_nonfinite} skipped in all). They changed "
-                     f"nothing, so the checkpoint written now holds the weights of update {self.updates - k}, the last good "
-                     f"one. Lower optimizer.learning_rate, set max_grad_norm, or look for NaN/Inf in the data (or a division "
-                     f"by zero in the model or criterion), then rerun the same command to continue from it.")
-
-@patch
-def _weights_finite(self:Trainer)->bool:
-    "True if every parameter is finite (checked at each save, while the loop waits)."
-    ends = []   # each parameter's min and max: NaN shows in both, an Inf in one; one read, no temporary of the weights' size
-    for p in self.raw_model.parameters():
-        if p.numel() and p.is_floating_point(): ends += torch.aminmax(p.detach())
-        elif p.is_complex() and not torch.isfinite(p.detach()).all(): return False
-    return not ends or bool(torch.isfinite(torch.stack(ends)).all())
+def use_schedule(self:Trainer, scheduler)->float:
+    "Train on with `scheduler` (one the config changed), stepped to `updates`; the LR the next update uses."
+    self.scheduler = scheduler
+    # "scheduler.step() before optimizer.step()": only the LR is wanted here
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        for _ in range(self.updates): scheduler.step()
+    self.recorder.lr = self.optimizer.param_groups[0]['lr']
+    return self.recorder.lr
