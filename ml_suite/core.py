@@ -1,5 +1,5 @@
-"""The few pieces every other module leans on: one error type for bad input, name resolution for
-built-ins and import paths, and the one predicate that decides who writes files.
+"""The few pieces every other module leans on: one error type for bad input, and name resolution for
+built-ins and import paths.
 
 Docs: https://ml-suite.github.io/ml_suite/core.html.md"""
 
