@@ -90,10 +90,12 @@ def load_checkpoint(path:Path, map_location='cpu', required=('model',))->dict:
     except Exception as e:
         lines = [l.strip() for l in str(e).splitlines() if l.strip()]
         why = next((l for l in lines if 'GLOBAL' in l or 'global' in l), lines[0][:200] if lines else '')
-        raise CheckpointDamaged(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {why}). It may be truncated, "
-                         f"or hold objects other than tensors and plain data, which ml_suite refuses to unpickle.") from None
+        raise CheckpointDamaged(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {why}). It may be "
+                                f"truncated, or hold objects other than tensors and plain data, which ml_suite refuses "
+                                f"to unpickle.") from None
     if not isinstance(state, dict) or any(k not in state for k in required):
-        raise CheckpointDamaged(f"{path} is not an ml_suite checkpoint: it lacks {', '.join(k for k in required if not isinstance(state, dict) or k not in state)}.")
+        lacks = ', '.join(k for k in required if not isinstance(state, dict) or k not in state)
+        raise CheckpointDamaged(f"{path} is not an ml_suite checkpoint: it lacks {lacks}.")
     return state
 
 # %% ../nbs/07_checkpoint.ipynb #28da6392
@@ -172,7 +174,8 @@ def save_error(
     try: free = shutil.disk_usage(path.parent).free
     except OSError: free = None
     code = getattr(e, 'errno', None)
-    torch_write = isinstance(e, RuntimeError) and any(w in str(e) for w in ('inline_container', 'PytorchStreamWriter', 'file write failed'))
+    words = ('inline_container', 'PytorchStreamWriter', 'file write failed')
+    torch_write = isinstance(e, RuntimeError) and any(w in str(e) for w in words)
     full = code in (errno.ENOSPC, errno.EDQUOT) or (torch_write and free is not None and free < need * 1.01 + 2**16)
     if not (full or isinstance(e, OSError) or torch_write): return None
     kept = (f"The previous checkpoints are intact: latest.pt is still {last}." if last else
@@ -180,9 +183,10 @@ def save_error(
     if full:
         why = 'disk quota exceeded' if code == errno.EDQUOT else 'no space left on device'
         return RunError(f"cannot write checkpoint {path}: {why} ({path.parent} has "
-                        f"{_fmt_bytes(free) if free is not None else 'an unknown amount'} free; this checkpoint needs about "
-                        f"{_fmt_bytes(need)}). {kept} Free space on that disk, or move the run directory to a disk with "
-                        f"room and point run_dir (or RESULTS_DIR) at it; then rerun the same command: it resumes from latest.pt.")
+                        f"{_fmt_bytes(free) if free is not None else 'an unknown amount'} free; this checkpoint needs "
+                        f"about {_fmt_bytes(need)}). {kept} Free space on that disk, or move the run directory to a "
+                        f"disk with room and point run_dir (or RESULTS_DIR) at it; then rerun the same command: it "
+                        f"resumes from latest.pt.")
     why = getattr(e, 'strerror', None) or str(e).strip().splitlines()[0][:200]
     return RunError(f"cannot write checkpoint {path} ({why}). {kept} Check that {path.parent} is writable and its disk "
                     f"is healthy (or point run_dir elsewhere); then rerun the same command: it resumes from latest.pt.")
@@ -217,7 +221,7 @@ class Checkpointer:
                 if err is None: raise
                 raise err from None
             return latest
-        # a daemon: a second Ctrl-C ends the process at once; the rename is atomic, so latest.pt is old or new, never half
+        # a daemon: a second Ctrl-C ends the process at once; the rename is atomic: latest.pt is old or new, never half
         self._thread = threading.Thread(target=self._commit_or_keep_error, args=(tmp, best, epoch, t0, desc),
                                         name='ml_suite-checkpoint', daemon=True)
         self._thread.start()
@@ -245,7 +249,7 @@ class Checkpointer:
             self._error = save_error(e, checkpoint_path(self.run_dir, 'latest'), size, self.last) or e
 
     def wait(self)->float|None:
-        "Wait until the last save is durable and named; its seconds from start to durable (None: no save since the last wait)."
+        "Wait until the last save is durable and named; its seconds from start to durable (None: no save since)."
         if self._thread is not None: self._thread.join(); self._thread = None
         err, secs, self._error, self._seconds = self._error, self._seconds, None, None
         if err is not None: raise err
@@ -259,7 +263,8 @@ class Checkpointer:
 
     def numbered(self)->list[Path]:
         "The `epoch_N.pt` files, newest first."
-        eps = [(int(m.group(1)), p) for p in self.run_dir.glob('epoch_*.pt') if (m := re.fullmatch(r'epoch_(\d+)\.pt', p.name))]
+        eps = [(int(m.group(1)), p) for p in self.run_dir.glob('epoch_*.pt')
+               if (m := re.fullmatch(r'epoch_(\d+)\.pt', p.name))]
         return [p for _, p in sorted(eps, reverse=True)]
 
     def candidates(self, name='latest')->list[Path]:
@@ -280,8 +285,9 @@ class Checkpointer:
             if p.name == 'latest.pt': self.last = f"update {state['updates']}"
             return p, state
         if damaged:
-            raise RunError(f"every checkpoint in {self.run_dir} is damaged ({', '.join(damaged)}), so the run cannot resume. "
-                           f"Move them away to start over, or restore one from a backup; ml_suite does not start over silently.")
+            raise RunError(f"every checkpoint in {self.run_dir} is damaged ({', '.join(damaged)}), so the run cannot "
+                           f"resume. Move them away to start over, or restore one from a backup; ml_suite does not "
+                           f"start over silently.")
         return None, None
 
 # %% ../nbs/07_checkpoint.ipynb #cdb72ab5
@@ -314,9 +320,10 @@ class RunLock:
             try: who = json.loads(os.pread(fd, 4096, 0) or b'{}')
             except ValueError: who = {}
             os.close(fd)
-            raise RunDirLocked(f"run directory {self.path.parent} is in use by another run (pid {who.get('pid', '?')} on "
-                               f"{who.get('host', '?')}, started {who.get('started', '?')}: {who.get('command', '?')}). "
-                               f"Wait for it to end or stop it, or give this run another run_dir.") from None
+            raise RunDirLocked(f"run directory {self.path.parent} is in use by another run (pid "
+                               f"{who.get('pid', '?')} on {who.get('host', '?')}, started {who.get('started', '?')}: "
+                               f"{who.get('command', '?')}). Wait for it to end or stop it, or give this run another "
+                               f"run_dir.") from None
         except OSError: pass  # a filesystem without locks: go on unlocked rather than refuse to train
         from ml_suite.tracking import mask_secrets
         info = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%d %H:%M:%S'),

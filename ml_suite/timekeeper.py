@@ -36,7 +36,8 @@ class RunningStats:
         if self.n == 0: return default
         return self.max if self.n < 5 else max(self.mean + 3 * self.std, self.mean)
     def state_dict(self)->dict: return {'n': self.n, 'mean': self.mean, 'm2': self._m2, 'max': self.max}
-    def load_state_dict(self, sd:dict): self.n, self.mean, self._m2, self.max = sd['n'], sd['mean'], sd['m2'], sd['max']
+    def load_state_dict(self, sd:dict):
+        self.n, self.mean, self._m2, self.max = sd['n'], sd['mean'], sd['m2'], sd['max']
 
 # %% ../nbs/11_timekeeper.ipynb #d18eee64
 def slurm_end_time(job_id:str|None=None, environ=None)->float|None:
@@ -44,7 +45,8 @@ def slurm_end_time(job_id:str|None=None, environ=None)->float|None:
     environ = os.environ if environ is None else environ
     job_id = job_id or environ.get('SLURM_JOB_ID')
     if not job_id: return None
-    try: out = subprocess.run(['scontrol', 'show', 'job', '-o', job_id], capture_output=True, text=True, timeout=30).stdout
+    cmd = ['scontrol', 'show', 'job', '-o', job_id]
+    try: out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError): return None
     m = re.search(r'\bEndTime=(\S+)', out)
     if not m or m.group(1) in ('Unknown', 'None'): return None
@@ -68,16 +70,23 @@ class TimeKeeper:
         self._first = True   # the next update is this process's first
 
     @classmethod
-    def for_job(cls, time_limit:float|None, start:float, environ=None)->'TimeKeeper':
+    def for_job(cls,
+                time_limit:float|None,       # the config's, in seconds (None: the job's end, if any)
+                start:float,                 # `time.monotonic()` at process start
+                environ=None,                # where to look for the SLURM job (default: `os.environ`)
+                end_time:float|str|None='slurm',  # the job's end (epoch s), read once on rank 0; 'slurm': read it now
+               )->'TimeKeeper':
         "The config's `time_limit`, else the SLURM job's end time, as a limit from `start`."
         if time_limit is None:
-            end = slurm_end_time(environ=environ)
+            end = slurm_end_time(environ=environ) if end_time == 'slurm' else end_time
             if end is not None: time_limit = end - time.time() + (time.monotonic() - start)
         return cls(time_limit, start)
 
     def record(self, what:str, seconds:float):
-        "Add a measured duration; a process's first update (lazy imports, allocator warm-up, compilation) is kept apart."
-        if what == 'update' and self._first: what, self._first = 'first_update', False
+        "Add a measured duration; a process's first update (imports, allocator warm-up, compilation) is kept apart."
+        if what == 'update' and self._first:
+            what = 'first_update'
+            self._first = False
         self.stats[what].add(seconds)
     def elapsed(self)->float: return self.clock() - self.start
     def remaining(self)->float: return math.inf if self.limit is None else self.limit - self.elapsed()
@@ -85,7 +94,8 @@ class TimeKeeper:
     def needed(self, validation_due:bool)->float:
         "Seconds that one more update, a due validation and the final save may take, plus the margin."
         s = self.stats
-        update = s['update'].estimate(default=s['first_update'].max)   # the first update only until there are others
+        # the first update only until there are others
+        update = s['update'].estimate(default=s['first_update'].max)
         return (update + (s['validate'].estimate(update) if validation_due else 0)
                 + s['save'].estimate(default=1.0) + self.margin)
 

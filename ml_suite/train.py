@@ -7,17 +7,21 @@ Docs: https://ml-suite.github.io/ml_suite/train.html.md"""
 # %% ../nbs/10_train.ipynb #4ee7a12e
 from __future__ import annotations
 import argparse, json, os, sys, time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 import yaml
-from .core import ConfigError, RunError, DistInfo, resolve_object
+from .core import ConfigError, RunError, DistInfo, resolve_object, in_ipython
 from .config import Config, Source, load_config, config_to_dict, stages, parse_time_limit
+from .stopping import StopAction
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_NONFINITE', 'EXIT_INTERRUPTED',
            'TEMPLATES_MARKER', 'OWNER_FILE', 'REFUSED_ON_RESUME', 'SCHEDULE_KEYS', 'ABSENT', 'resolve_run_dir',
            'check_run_dir', 'config_owner', 'check_owner', 'plan_start', 'flatten_config', 'config_changes', 'is_under',
-           'check_resume_config', 'resume_schedule', 'build_trainer', 'oom_advice', 'train', 'dry_run', 'run_status',
-           'format_status', 'status_main', 'main', 'quick_exit', 'cli']
+           'check_resume_config', 'resume_schedule', 'set_mem_budget', 'build_parts', 'build_trainer', 'oom_advice',
+           'StartPlan', 'read_start', 'claim_run_dir', 'open_run', 'restore', 'open_records', 'fit_run', 'finish',
+           'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main', 'quick_exit', 'cli']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -48,8 +52,8 @@ def check_run_dir(run_dir:Path)->Path:
     import tempfile
     run_dir = Path(run_dir)
     base = next((p for p in [run_dir, *run_dir.parents] if p.exists()), None)
-    fix = ("Make it writable, or set run_dir (in the config, on the command line as run_dir=PATH, or through RESULTS_DIR "
-           "where the config uses ${RESULTS_DIR}) to a folder you can write to.")
+    fix = ("Make it writable, or set run_dir (in the config, on the command line as run_dir=PATH, or through "
+           "RESULTS_DIR where the config uses ${RESULTS_DIR}) to a folder you can write to.")
     if base is not None and not base.is_dir():
         raise RunError(f"the run directory {run_dir} cannot be created: {base} is a file, not a folder. {fix}")
     try:
@@ -57,7 +61,8 @@ def check_run_dir(run_dir:Path)->Path:
         os.close(fd); os.unlink(probe)
     except OSError as e:
         where = 'it' if base == run_dir else f"its parent {base}, where it would be created,"
-        raise RunError(f"the run directory {run_dir} is not writable: {where} refuses new files ({e.strerror or e}). {fix}") from None
+        raise RunError(f"the run directory {run_dir} is not writable: {where} refuses new files "
+                       f"({e.strerror or e}). {fix}") from None
     return run_dir
 
 # %% ../nbs/10_train.ipynb #dee29b07
@@ -102,8 +107,8 @@ def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|N
         p = Path(os.path.expanduser(ck.path))
         source = checkpoint_path(p, ck.checkpoint_name) if p.is_dir() else p
         if not source.is_file():
-            raise ConfigError(f"checkpoint.path{src.where(('checkpoint', 'path'))} is '{ck.path}', but {source} does not exist. "
-                              f"Point it at a checkpoint file or a run directory that holds {source.name}.")
+            raise ConfigError(f"checkpoint.path{src.where(('checkpoint', 'path'))} is '{ck.path}', but {source} does "
+                              f"not exist. Point it at a checkpoint file or a run directory that holds {source.name}.")
         return mode, source
     if str(ck.checkpoint_name) == 'latest':
         return (mode, None) if own.candidates('latest') else ('fresh', None)
@@ -183,108 +188,269 @@ def check_resume_config(changes:list, src:Source, run_dir:Path, ckpt:Path)->list
 # %% ../nbs/10_train.ipynb #3f739aa1
 def resume_schedule(trainer, cfg:Config)->float:
     "Rebuild `trainer`'s LR schedule from `cfg` and step it to `trainer.updates`; the LR the next update uses."
-    import warnings
     from ml_suite.optim import build_lr_scheduler
     opt = trainer.optimizer
-    for g in opt.param_groups: g['lr'] = g['initial_lr'] = cfg.optimizer.learning_rate   # as a fresh optimizer has it
-    trainer.scheduler = build_lr_scheduler(opt, stages(cfg), cfg.total_updates)
-    with warnings.catch_warnings():   # "scheduler.step() before optimizer.step()": only the LR is wanted here
-        warnings.simplefilter('ignore', UserWarning)
-        for _ in range(trainer.updates): trainer.scheduler.step()
-    trainer.lr = opt.param_groups[0]['lr']
-    return trainer.lr
+    # as a fresh optimizer has it
+    for g in opt.param_groups: g['lr'] = g['initial_lr'] = cfg.optimizer.learning_rate
+    return trainer.use_schedule(build_lr_scheduler(opt, stages(cfg), cfg.total_updates))
 
 # %% ../nbs/10_train.ipynb #914a40e7
 def _instantiate(obj, **kw):
     return obj(**kw) if isinstance(obj, type) else obj
 
+# %% ../nbs/10_train.ipynb #a3ad095d
+def set_mem_budget(budget:float):
+    "Process-wide: the share of activation memory `torch.compile` keeps for backward (below 1: recompute the rest)."
+    import torch._functorch.config
+    torch._functorch.config.activation_memory_budget = budget
+
+# %% ../nbs/10_train.ipynb #0786f658
+def build_parts(cfg:Config, run_dir:Path|None=None, dist:DistInfo=DistInfo(), start_time=None):
+    "The trainer's parts, each from its section of the config (collective under torchrun: makes the control group)."
+    from ml_suite.dist import new_control_group
+    from ml_suite.trainer import TrainerParts
+    from ml_suite.nonfinite import NonFiniteGuard
+    from ml_suite.stopping import StopController
+    from ml_suite.recorder import RunRecorder
+    from ml_suite.cadence import CheckpointPolicy
+    from ml_suite.checkpoint import Checkpointer
+    from ml_suite.timekeeper import TimeKeeper
+    keeper = TimeKeeper(parse_time_limit(cfg.time_limit), start_time)
+    return TrainerParts(
+        guard=NonFiniteGuard.from_config(cfg.nonfinite),
+        stopper=StopController.from_config(cfg.preemption, cfg.checkpoint, keeper, new_control_group()),
+        recorder=RunRecorder(run_dir, dist),
+        policy=CheckpointPolicy.from_config(cfg.checkpoint, cfg.updates_per_epoch or cfg.total_updates),
+        checkpointer=Checkpointer(run_dir, cfg.checkpoint.keep_last) if run_dir is not None else None)
+
+# %% ../nbs/10_train.ipynb #2142552d
 def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:DistInfo=DistInfo(), start_time=None,
                   compute_stats:bool=True):
-    "Build data, model, optimizer, schedule and `Trainer` from a validated config."
+    "Build data, model, optimizer, schedule, the trainer's parts and the `Trainer` from a validated config."
     import torch
     from ml_suite.data import BatchStream, eval_loader, CheckedDataset, dataset_normalization, dataset_splits
     from ml_suite.models import get_model
     from ml_suite.losses import LOSSES, METRICS
     from ml_suite.optim import build_optimizer, build_lr_scheduler
     from ml_suite.evaluator import Evaluator
-    from ml_suite.trainer import Trainer, get_device
+    from ml_suite.dist import get_device
+    from ml_suite.trainer import Trainer, TrainSettings
+    from ml_suite.tracking import mask_secrets
     where = lambda *p: src.where(p)
     device = get_device(cfg.device, dist)
-    if cfg.nonfinite.max_consecutive < 1:
-        raise ConfigError(f"nonfinite.max_consecutive{where('nonfinite', 'max_consecutive')} must be >= 1, got "
-                          f"{cfg.nonfinite.max_consecutive}; use policy: off to turn the check off.")
     # every sample is read through a check that names the dataset, split and index of a sample that cannot be used
     # (a fractional train_split: one dataset, built once and split by a seeded permutation)
-    parts = dataset_splits(cfg, ('train', 'val'), search_path=src.folder, src=src)
+    splits = dataset_splits(cfg, ('train', 'val'), search_path=src.folder, src=src)
     frac = isinstance(cfg.dataset.train_split, float)
-    train_ds = CheckedDataset(parts['train'], 'train' if frac else cfg.dataset.train_split)
-    val_ds = CheckedDataset(parts['val'], 'val' if frac else cfg.dataset.val_split)
+    train_ds = CheckedDataset(splits['train'], 'train' if frac else cfg.dataset.train_split)
+    val_ds = CheckedDataset(splits['val'], 'val' if frac else cfg.dataset.val_split)
     # Statistics are computed on a fresh start only: a resume (or a start from weights) loads the ones the weights were
     # trained with, and a dry run does not need them; until then `norm` is the identity, with the samples' shapes.
-    norm = dataset_normalization(train_ds, cfg.dataset.normalize if compute_stats else False, num_workers=cfg.num_workers, dist=dist)
+    stats = cfg.dataset.normalize if compute_stats else False
+    norm = dataset_normalization(train_ds, stats, num_workers=cfg.num_workers, dist=dist)
     train_ds.norm = val_ds.norm = norm
     torch.manual_seed(cfg.seed)
-    model = get_model(cfg, search_path=src.folder, src=src)   # as ml_suite.models.get_model builds it in a shell
-    criterion = _instantiate(resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', where('model', 'criterion'), src.folder))
-    metrics = {m.rsplit(':', 1)[-1].lower(): resolve_object(m, METRICS, 'metrics', where('metrics'), src.folder) for m in cfg.metrics}
+    # as ml_suite.models.get_model builds it in a shell
+    model = get_model(cfg, search_path=src.folder, src=src)
+    crit = resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', where('model', 'criterion'), src.folder)
+    criterion = _instantiate(crit)
+    metrics = {m.rsplit(':', 1)[-1].lower(): resolve_object(m, METRICS, 'metrics', where('metrics'), src.folder)
+               for m in cfg.metrics}
     model.to(device)
-    opt = build_optimizer(model.parameters(), cfg.optimizer.name, cfg.optimizer.learning_rate, cfg.optimizer.weight_decay,
-                          **cfg.optimizer.kwargs)
+    o = cfg.optimizer
+    opt = build_optimizer(model.parameters(), o.name, o.learning_rate, o.weight_decay, **o.kwargs)
     sched = build_lr_scheduler(opt, stages(cfg), cfg.total_updates)
     pin = device.type == 'cuda'
     stream = BatchStream(train_ds, cfg.batch_size, cfg.seed, dist, cfg.num_workers, pin)
     val = eval_loader(val_ds, cfg.val_batch_size or cfg.batch_size, dist, cfg.num_workers, pin)
-    t = Trainer(model, criterion, opt, sched, stream, val, None, total_updates=cfg.total_updates,
-                updates_per_epoch=cfg.updates_per_epoch, grad_accum_steps=cfg.grad_accum_steps,
-                max_grad_norm=cfg.max_grad_norm, amp=cfg.amp, precision=cfg.precision, compile=cfg.compile,
-                mem_budget=cfg.mem_budget, device=device, log_every=cfg.log_every, run_dir=run_dir, dist=dist,
-                config=config_to_dict(cfg), time_limit=parse_time_limit(cfg.time_limit),
-                save_every_epochs=cfg.checkpoint.save_every_epochs, keep_last=cfg.checkpoint.keep_last,
-                every_updates=cfg.checkpoint.every_updates, every_minutes=cfg.checkpoint.every_minutes, start_time=start_time,
-                requeue_signals=cfg.preemption.requeue_signals, exit_signals=cfg.preemption.exit_signals, normalizer=norm,
-                nonfinite_policy=cfg.nonfinite.policy, nonfinite_max_consecutive=cfg.nonfinite.max_consecutive)
+    if cfg.compile: set_mem_budget(cfg.mem_budget)
+    # the config saved in checkpoints: secrets as their ${NAME}
+    saved = mask_secrets(config_to_dict(cfg), as_source=True)
+    t = Trainer(model, criterion, opt, sched, stream, val, None, TrainSettings.from_config(cfg, device),
+                build_parts(cfg, run_dir, dist, start_time), dist, saved, norm)
     t.evaluator = Evaluator(criterion, metrics, device, autocast=t.autocast)
     return t
-
-# %% ../nbs/10_train.ipynb #008c1ee8
-def _init_distributed(dist:DistInfo, device, backend:str='auto', timeout_minutes:float=10.0):
-    "Join the process group (NCCL with CUDA, gloo on CPU, unless `backend` says otherwise)."
-    import datetime, torch, torch.distributed as tdist
-    if not dist.distributed or tdist.is_initialized(): return
-    if dist.launcher == 'slurm':  # srun without torchrun: rendezvous at the job's first node
-        os.environ.setdefault('MASTER_ADDR', _first_slurm_node())
-        os.environ.setdefault('MASTER_PORT', str(20000 + int(os.environ.get('SLURM_JOB_ID', '0')) % 20000))
-    if backend == 'auto': backend = 'nccl' if device.type == 'cuda' else 'gloo'
-    if device.type == 'cuda': torch.cuda.set_device(device)
-    tdist.init_process_group(backend, rank=dist.rank, world_size=dist.world_size,
-                             timeout=datetime.timedelta(minutes=timeout_minutes))
-
-def _first_slurm_node()->str:
-    nodes = os.environ.get('SLURM_JOB_NODELIST') or os.environ.get('SLURM_NODELIST')
-    if not nodes: return '127.0.0.1'
-    import subprocess
-    try: return subprocess.run(['scontrol', 'show', 'hostnames', nodes], capture_output=True, text=True, timeout=30).stdout.split()[0]
-    except (OSError, IndexError, subprocess.SubprocessError): return nodes.split(',')[0].split('[')[0]
-
-# %% ../nbs/10_train.ipynb #8bf45b50
-def _broadcast(obj, trainer):
-    "`obj` from rank 0, on every rank."
-    if trainer._ctrl is None: return obj
-    import torch.distributed as tdist
-    box = [obj]
-    tdist.broadcast_object_list(box, src=0, group=trainer._ctrl)
-    return box[0]
 
 # %% ../nbs/10_train.ipynb #17309c0f
 def oom_advice(cfg:Config)->str:
     "What to lower when the device runs out of memory, with this run's values."
-    tips = [f"batch_size (now {cfg.batch_size} per process; keep the effective batch with grad_accum_steps, now {cfg.grad_accum_steps})"]
+    tips = [f"batch_size (now {cfg.batch_size} per process; keep the effective batch with grad_accum_steps, now "
+            f"{cfg.grad_accum_steps})"]
     if not cfg.amp: tips.append("turn on amp (now false): bf16 activations take half the memory")
-    if cfg.compile: tips.append(f"mem_budget (now {cfg.mem_budget}): below 1 recomputes activations instead of storing them")
-    else: tips.append(f"compile: true with mem_budget below 1 (now compile false, mem_budget {cfg.mem_budget}) to recompute activations")
+    if cfg.compile:
+        tips.append(f"mem_budget (now {cfg.mem_budget}): below 1 recomputes activations instead of storing them")
+    else:
+        tips.append(f"compile: true with mem_budget below 1 (now compile false, mem_budget {cfg.mem_budget}) to "
+                    f"recompute activations")
     if cfg.val_batch_size: tips.append(f"val_batch_size (now {cfg.val_batch_size}) if it failed in validation")
     return ("the device ran out of memory. Lower one of: " + "; ".join(tips) +
             ". Then rerun the same command: the run resumes from its last checkpoint.")
+
+# %% ../nbs/10_train.ipynb #fb715ea3
+@dataclass
+class StartPlan:
+    "How a run starts, read before anything is written: fresh, a resume or the weights alone, from which checkpoint."
+    run_dir:Path
+    mode:str = 'fresh'                  # 'fresh', 'resume' (the full state) or 'weights' (checkpoint.restart: false)
+    ckpt:Path|None = None               # the checkpoint to start from
+    state:dict|None = None              # what it holds
+    ownership:str = 'new'               # 'new', 'adopt' or 'same' (`check_owner`)
+    owner:str|None = None               # this start's config file as the run directory records it
+    changes:list = field(default_factory=list)   # `(key, then, now)` for each config change since the checkpoint
+    notes:list = field(default_factory=list)     # their log lines
+    warned:list = field(default_factory=list)    # damaged checkpoints skipped: logged once the log is open
+    damaged:RunError|None = None        # every checkpoint damaged: raised once training.log says which and why
+    last:str = ''                       # what latest.pt holds (for messages), e.g. 'update 40'
+
+# %% ../nbs/10_train.ipynb #41e2ac5b
+def read_start(cfg:Config, src:Source=Source(), dist:DistInfo=DistInfo())->StartPlan:
+    "How this run starts (`plan_start`), with its checkpoint read and the config's changes checked; writes nothing."
+    from ml_suite.checkpoint import load_checkpoint, REQUIRED_KEYS, CheckpointDamaged, Checkpointer
+    from ml_suite.tracking import mask_secrets
+    run_dir = resolve_run_dir(cfg, src)
+    # under torchrun: rank 0 checks when it creates it, and all ranks learn of it
+    if not dist.distributed: check_run_dir(run_dir)
+    mode, ckpt = plan_start(cfg, run_dir, src)
+    # every rank reads the same file: nothing is written yet
+    ownership, owner = check_owner(src, run_dir)
+    plan = StartPlan(run_dir, mode, ckpt, ownership=ownership, owner=owner)
+    own = Checkpointer(run_dir)
+    if mode != 'fresh' and ckpt is None:
+        try: plan.ckpt, plan.state = own.load_newest_good(warn=plan.warned.append)
+        except RunError as e: plan.damaged = e
+    elif mode != 'fresh':
+        try: plan.state = load_checkpoint(ckpt, required=REQUIRED_KEYS if mode == 'resume' else ('model',))
+        except CheckpointDamaged as e:
+            key = 'checkpoint.path' if cfg.checkpoint.path else 'checkpoint.checkpoint_name'
+            raise RunError(f"{e} It was named by {key}; point that at a checkpoint written by ml_suite.") from None
+    plan.last = own.last
+    # changes: refused, or logged
+    if plan.state is not None and mode == 'resume' and plan.state.get('config') is not None:
+        plan.changes = config_changes(plan.state['config'], mask_secrets(config_to_dict(cfg), as_source=True))
+        plan.notes = check_resume_config(plan.changes, src, run_dir, plan.ckpt)
+    return plan
+
+# %% ../nbs/10_train.ipynb #cc6466c6
+def claim_run_dir(plan:StartPlan, cfg:Config):
+    "Create and lock the run directory, clear a killed save's leftovers, record the config; the `RunLock`. Rank 0."
+    from ml_suite.checkpoint import RunLock, Checkpointer
+    from ml_suite.tracking import mask_secrets
+    run_dir = plan.run_dir
+    try:
+        check_run_dir(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir).acquire()
+        try:
+            Checkpointer(run_dir).remove_stale()
+            resolved = yaml.safe_dump(mask_secrets(config_to_dict(cfg), as_source=True), sort_keys=False)
+            (run_dir / 'resolved_config.yml').write_text(resolved)
+            if plan.ownership != 'same': (run_dir / OWNER_FILE).write_text(json.dumps({'config': plan.owner}) + '\n')
+        except BaseException:
+            lock.release()
+            raise
+    except OSError as e:
+        raise RunError(f"cannot start the run in {run_dir}: {e.strerror or e} ({e.filename or run_dir}). Free "
+                       f"space on its disk or make it writable, or set run_dir to another folder.") from None
+    return lock
+
+# %% ../nbs/10_train.ipynb #9d6e19a6
+@contextmanager
+def open_run(trainer, cfg:Config, plan:StartPlan):
+    "Rank 0 claims the run directory, every rank learns whether it could (collective); then the log. Closed on exit."
+    from ml_suite.dist import agree
+    from ml_suite.tracking import setup_logging, close_logging, logger
+    dist = trainer.dist
+    lock = None
+    refused = None
+    try:
+        if dist.is_main:
+            try: lock = claim_run_dir(plan, cfg)
+            except RunError as e: refused = e
+        if agree([refused is not None], trainer.stopper.group)[0]:
+            raise refused or RunError(f"rank 0 could not start the run in {plan.run_dir}; its message says why.")
+        setup_logging(plan.run_dir, dist.rank, dist.world_size)
+        n_params = sum(p.numel() for p in trainer.raw_model.parameters())
+        logger.info(f"run directory {plan.run_dir}; {type(trainer.raw_model).__name__} with {n_params:,} parameters "
+                    f"on {trainer.device}; {dist.world_size} process(es); effective batch {cfg.batch_size} x "
+                    f"{dist.world_size} x {cfg.grad_accum_steps} = "
+                    f"{cfg.batch_size * dist.world_size * cfg.grad_accum_steps}")
+        yield
+    finally:
+        if lock is not None: lock.release()
+        close_logging()
+
+# %% ../nbs/10_train.ipynb #529aa0f2
+def _resume(trainer, plan:StartPlan, cfg:Config, src:Source):
+    "Continue from the full state in `plan`; a schedule the config changed is rebuilt and stepped to the update."
+    from ml_suite.tracking import logger
+    for line in plan.notes: logger.info(line)
+    new_schedule = any(is_under(k, SCHEDULE_KEYS) for k, *_ in plan.changes)
+    settings = any(is_under(k, ('optimizer',)) and not is_under(k, SCHEDULE_KEYS) for k, *_ in plan.changes)
+    trainer.load_state_dict(plan.state, schedule=not new_schedule, settings=settings)
+    logger.info(f"resumed from {plan.ckpt} at update {trainer.updates}/{cfg.total_updates}")
+    if trainer.finished:
+        logger.warning(f"total_updates {cfg.total_updates}{_where(src, 'total_updates')} is not above the "
+                       f"{trainer.updates} updates done: nothing to train; raise it to train on")
+    elif new_schedule:
+        old = plan.state['optimizer']['param_groups'][0]['lr']
+        lr = resume_schedule(trainer, cfg)
+        logger.info(f"the learning-rate schedule changed: rebuilt from this config and stepped to update "
+                    f"{trainer.updates}; update {trainer.updates + 1} uses lr {lr:.4g} (the checkpoint's "
+                    f"schedule: {old:.4g})")
+
+# %% ../nbs/10_train.ipynb #d11ac87b
+def restore(trainer, plan:StartPlan, cfg:Config, src:Source=Source(), start:float|None=None):
+    "Start `trainer` as `plan` says (fresh, resume, or the weights alone), with the job's time limit (`for_job`)."
+    from ml_suite.checkpoint import load_weights
+    from ml_suite.dist import broadcast_object
+    from ml_suite.timekeeper import TimeKeeper, slurm_end_time
+    from ml_suite.tracking import logger
+    start = time.monotonic() if start is None else start
+    limit = parse_time_limit(cfg.time_limit)
+    end = None
+    # the SLURM job's own end, read once on rank 0
+    if limit is None and os.environ.get('SLURM_JOB_ID'):
+        end = broadcast_object(slurm_end_time() if trainer.dist.is_main else None, trainer.stopper.group)
+    trainer.stopper.keep_time(TimeKeeper.for_job(limit, start, end_time=end))
+    if trainer.timekeeper.limit is not None:
+        logger.info(f"time limit: {trainer.timekeeper.limit / 60:.1f} min for this job; stopping with a checkpoint "
+                    f"before it")
+    if trainer.checkpointer is not None: trainer.checkpointer.last = plan.last
+    for w in plan.warned: logger.warning(w)
+    if plan.damaged is not None: raise plan.damaged
+    if plan.ownership == 'adopt':
+        logger.info(f"run directory {plan.run_dir} has no record of the config that started it (it is older than "
+                    f"the record): {_owner_name(plan.owner, plan.run_dir)} adopts it ({plan.run_dir / OWNER_FILE})")
+    if plan.state is not None and plan.mode == 'resume': return _resume(trainer, plan, cfg, src)
+    if plan.state is not None:
+        load_weights(trainer.model, plan.state['model'], source=str(plan.ckpt))
+        # the weights expect the statistics they were trained with
+        if plan.state.get('normalization'): trainer.normalizer.load_state_dict(plan.state['normalization'])
+        logger.info(f"loaded weights from {plan.ckpt}; optimizer, schedule and counters start fresh (restart: false)")
+    trainer.recorder.resume_at(0)
+
+# %% ../nbs/10_train.ipynb #4fede55b
+@contextmanager
+def open_records(trainer, cfg:Config, src:Source, run_dir:Path, start:float):
+    "Open what records the fit: a starts.jsonl line, the WandB run, the progress display (closed after the fit)."
+    from ml_suite.tracking import WandbTracker, run_record, make_progress, logger
+    dist = trainer.dist
+    tracker = None
+    if dist.is_main:
+        # launch to training
+        record = {**run_record(src.folder), 'startup_s': round(time.monotonic() - start, 3)}
+        try:
+            with open(run_dir / 'starts.jsonl', 'a') as f: f.write(json.dumps(record) + '\n')
+        except OSError as e: logger.warning(f"cannot append to {run_dir / 'starts.jsonl'} ({e.strerror or e})")
+        if cfg.wandb.enabled:
+            tracker = WandbTracker(cfg.wandb, run_dir, {**config_to_dict(cfg), 'run': record}, run_id=trainer.wandb_id)
+    progress = make_progress(cfg.total_updates, dist.rank, cfg.progress)
+    trainer.recorder.attach(tracker, progress)
+    yield
+    # an error skips this: the process ends, and the WandB run is marked as crashed rather than finished
+    trainer.recorder.detach()
+    if progress is not None: progress.close()
+    if tracker is not None: tracker.close()
 
 # %% ../nbs/10_train.ipynb #12349a2f
 def _wait_quietly(trainer):
@@ -293,6 +459,56 @@ def _wait_quietly(trainer):
     try: trainer.checkpointer.wait()
     except Exception: pass   # its own error, if any, is not the one being reported
 
+# %% ../nbs/10_train.ipynb #cc56cb7b
+def fit_run(trainer, cfg:Config, start:float)->dict:
+    "`trainer.fit()`, its failure said once in the log; what this job did (for `requeue_job`)."
+    from ml_suite.tracking import logger
+    rank = trainer.dist.rank
+    u0 = trainer.updates
+    fit_start = time.monotonic()
+    try: trainer.fit()
+    # a full disk, say: one paragraph; the command line prints it, the log file keeps it
+    except RunError as e:
+        _wait_quietly(trainer)
+        logger.error(f"training stopped on rank {rank} at update {trainer.updates}: {e}", extra={'console': False})
+        raise
+    except KeyboardInterrupt:
+        logger.warning(f"interrupted again at update {trainer.updates}: stopped at once, without a new checkpoint; "
+                       f"latest.pt is the last complete one", extra={'console': False})
+        raise
+    except Exception as e:
+        _wait_quietly(trainer)
+        logger.error(f"training failed on rank {rank} at update {trainer.updates}: {type(e).__name__}: {e}",
+                     exc_info=True)
+        import torch
+        if isinstance(e, torch.OutOfMemoryError): logger.error(oom_advice(cfg))
+        raise
+    return dict(updates=trainer.updates - u0, startup_s=fit_start - start, trained_s=time.monotonic() - fit_start)
+
+# %% ../nbs/10_train.ipynb #c39c8c6c
+def finish(trainer, cfg:Config, run_dir:Path, job:dict):
+    "Say how the run ended; after a requeue stop, rank 0 requeues the SLURM job and every rank learns of it."
+    from ml_suite.dist import agree
+    from ml_suite.tracking import logger
+    if trainer.stop_action in (StopAction.INTERRUPT, StopAction.EXIT) and not trainer.finished:
+        logger.info(f"stopped with a checkpoint of update {trainer.updates} in {run_dir / 'latest.pt'}; "
+                    f"rerun the same command to continue")
+    if trainer.stop_action != StopAction.REQUEUE: return
+    done = False
+    refused = None
+    if trainer.dist.is_main:
+        from ml_suite.hpc import requeue_job
+        off = (False, "preemption.requeue is false: not requeuing; rerun the same command to continue")
+        try: done, msg = requeue_job(**job, reason=trainer.stop_reason) if cfg.preemption.requeue else off
+        except RunError as e:
+            refused = e
+            logger.error(str(e), extra={'console': False})
+        else: (logger.info if done else logger.warning)(msg)
+    # the other ranks wait for the requeue
+    done, stop = agree([done, refused is not None], trainer.stopper.group)
+    trainer.stopper.requeued = done
+    if stop: raise refused or RunError("rank 0 did not requeue the job; its message says why")
+
 # %% ../nbs/10_train.ipynb #5c1d5cf2
 def train(
     config,            # path to a YAML config, or a dict (which must name its run_dir)
@@ -300,136 +516,25 @@ def train(
     start_time=None,   # `time.monotonic()` that a time limit counts from (default: now; the CLI: the process's launch)
 ):
     "Train from `config` exactly as `ml-suite-train` does; returns the finished (or stopped) `Trainer`."
+    from ml_suite.dist import get_device, init_process_group, destroy_process_group
+    from ml_suite.tracking import collect_secrets
     start = time.monotonic() if start_time is None else start_time
-    from ml_suite.trainer import get_device
-    from ml_suite.tracking import setup_logging, close_logging, logger, WandbTracker, run_record, make_progress, collect_secrets, mask_secrets
-    from ml_suite.checkpoint import (load_checkpoint, load_weights, RunLock, REQUIRED_KEYS, CheckpointDamaged,
-                                     Checkpointer)
     if isinstance(overrides, str): overrides = [overrides]
     dist = DistInfo.from_env()
     cfg, src = load_config(config, overrides)
-    collect_secrets()                      # after .env is read: these values are masked in everything the run writes
-    run_dir = resolve_run_dir(cfg, src)
-    if not dist.distributed: check_run_dir(run_dir)   # under torchrun: rank 0 checks below, and all ranks learn of it
-    plan, ckpt = plan_start(cfg, run_dir, src)
-    ownership, owner = check_owner(src, run_dir)   # every rank reads the same file: nothing is written yet
-    warned, own = [], Checkpointer(run_dir)       # damaged checkpoints are logged once the log is open
-    state, changes, notes, damaged = None, [], [], None
-    if plan != 'fresh' and ckpt is None:
-        try: ckpt, state = own.load_newest_good(warn=warned.append)
-        except RunError as e: damaged = e   # every checkpoint damaged: raised once training.log says which and why
-    elif plan != 'fresh':
-        try: state = load_checkpoint(ckpt, required=REQUIRED_KEYS if plan == 'resume' else ('model',))
-        except CheckpointDamaged as e:
-            key = 'checkpoint.path' if cfg.checkpoint.path else 'checkpoint.checkpoint_name'
-            raise RunError(f"{e} It was named by {key}; point that at a checkpoint written by ml_suite.") from None
-    if state is not None and plan == 'resume' and state.get('config') is not None:   # changes: refused, or logged
-        changes = config_changes(state['config'], mask_secrets(config_to_dict(cfg), as_source=True))
-        notes = check_resume_config(changes, src, run_dir, ckpt)
-    _init_distributed(dist, get_device(cfg.device, dist), cfg.dist_backend, cfg.dist_timeout_minutes)
-    lock = refused = None
-    try:
-        trainer = build_trainer(cfg, src, run_dir, dist, start, compute_stats=plan == 'fresh')
-        trainer.config = mask_secrets(trainer.config, as_source=True)   # the config saved in checkpoints
-        if trainer.checkpointer is not None: trainer.checkpointer.last = own.last
+    # after .env is read: these values are masked in everything the run writes
+    collect_secrets()
+    plan = read_start(cfg, src, dist)
+    joined = init_process_group(dist, get_device(cfg.device, dist), cfg.dist_backend, cfg.dist_timeout_minutes)
+    with ExitStack() as run:
+        if joined: run.callback(destroy_process_group)
+        trainer = build_trainer(cfg, src, plan.run_dir, dist, start, compute_stats=plan.mode == 'fresh')
         # -- nothing was written before this point --
-        if dist.is_main:
-            try:
-                check_run_dir(run_dir)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                lock = RunLock(run_dir).acquire()
-                trainer.checkpointer.remove_stale()
-                (run_dir / 'resolved_config.yml').write_text(yaml.safe_dump(mask_secrets(config_to_dict(cfg), as_source=True), sort_keys=False))
-                if ownership != 'same': (run_dir / OWNER_FILE).write_text(json.dumps({'config': owner}) + '\n')
-            except RunError as e: refused = e
-            except OSError as e:
-                refused = RunError(f"cannot start the run in {run_dir}: {e.strerror or e} ({e.filename or run_dir}). Free "
-                                   f"space on its disk or make it writable, or set run_dir to another folder.")
-        if trainer._agree(refused is not None)[0]:   # every rank learns whether rank 0 could start the run
-            raise refused or RunError(f"rank 0 could not start the run in {run_dir}; its message says why.")
-        setup_logging(run_dir, dist.rank, dist.world_size)
-        if trainer.timekeeper.limit is None and os.environ.get('SLURM_JOB_ID'):  # the job's own end, read once on rank 0
-            from ml_suite.timekeeper import slurm_end_time
-            end = _broadcast(slurm_end_time() if dist.is_main else None, trainer)
-            if end is not None: trainer.timekeeper.limit = end - time.time() + (time.monotonic() - start)
-        if trainer.timekeeper.limit is not None:
-            logger.info(f"time limit: {trainer.timekeeper.limit / 60:.1f} min for this job; stopping with a checkpoint before it")
-        n_params = sum(p.numel() for p in trainer.raw_model.parameters())
-        logger.info(f"run directory {run_dir}; {type(trainer.raw_model).__name__} with {n_params:,} parameters on {trainer.device}; "
-                    f"{dist.world_size} process(es); effective batch {cfg.batch_size} x {dist.world_size} x "
-                    f"{cfg.grad_accum_steps} = {cfg.batch_size * dist.world_size * cfg.grad_accum_steps}")
-        for w in warned: logger.warning(w)
-        if damaged is not None: raise damaged
-        if ownership == 'adopt':
-            logger.info(f"run directory {run_dir} has no record of the config that started it (it is older than the "
-                        f"record): {_owner_name(owner, run_dir)} adopts it ({run_dir / OWNER_FILE})")
-        if state is not None and plan == 'resume':
-            for line in notes: logger.info(line)
-            new_schedule = any(is_under(k, SCHEDULE_KEYS) for k, *_ in changes)
-            settings = any(is_under(k, ('optimizer',)) and not is_under(k, SCHEDULE_KEYS) for k, *_ in changes)
-            trainer.load_state_dict(state, schedule=not new_schedule, settings=settings)
-            logger.info(f"resumed from {ckpt} at update {trainer.updates}/{cfg.total_updates}")
-            if trainer.finished:
-                logger.warning(f"total_updates {cfg.total_updates}{_where(src, 'total_updates')} is not above the "
-                               f"{trainer.updates} updates done: nothing to train; raise it to train on")
-            elif new_schedule:
-                old = state['optimizer']['param_groups'][0]['lr']
-                lr = resume_schedule(trainer, cfg)
-                logger.info(f"the learning-rate schedule changed: rebuilt from this config and stepped to update "
-                            f"{trainer.updates}; update {trainer.updates + 1} uses lr {lr:.4g} (the checkpoint's "
-                            f"schedule: {old:.4g})")
-        elif state is not None:
-            load_weights(trainer.model, state['model'], source=str(ckpt))
-            if state.get('normalization'): trainer.normalizer.load_state_dict(state['normalization'])  # the weights expect it
-            logger.info(f"loaded weights from {ckpt}; optimizer, schedule and counters start fresh (restart: false)")
-        if state is None or plan == 'weights':
-            if trainer.metrics_log: trainer.metrics_log.resume_at(0)
-        if dist.is_main:
-            record = {**run_record(src.folder), 'startup_s': round(time.monotonic() - start, 3)}   # launch to training
-            try:
-                with open(run_dir / 'starts.jsonl', 'a') as f: f.write(json.dumps(record) + '\n')
-            except OSError as e: logger.warning(f"cannot append to {run_dir / 'starts.jsonl'} ({e.strerror or e})")
-            if cfg.wandb.enabled:
-                tracker = WandbTracker(cfg.wandb, run_dir, {**config_to_dict(cfg), 'run': record}, run_id=trainer.wandb_id)
-                trainer.trackers.append(tracker); trainer.wandb_id = tracker.id
-        trainer.progress = make_progress(cfg.total_updates, dist.rank, cfg.progress)
-        u0, fit_start = trainer.updates, time.monotonic()   # what this job trains: is a requeue worth it? (requeue_job)
-        try: trainer.fit()
-        except RunError as e:    # a full disk, say: one paragraph; the command line prints it, the log file keeps it
-            _wait_quietly(trainer)
-            logger.error(f"training stopped on rank {dist.rank} at update {trainer.updates}: {e}", extra={'console': False})
-            raise
-        except KeyboardInterrupt:
-            logger.warning(f"interrupted again at update {trainer.updates}: stopped at once, without a new checkpoint; "
-                           f"latest.pt is the last complete one", extra={'console': False})
-            raise
-        except Exception as e:
-            _wait_quietly(trainer)
-            logger.error(f"training failed on rank {dist.rank} at update {trainer.updates}: {type(e).__name__}: {e}", exc_info=True)
-            import torch
-            if isinstance(e, torch.OutOfMemoryError): logger.error(oom_advice(cfg))
-            raise
-        if trainer.stop_action in ('interrupt', 'exit') and not trainer.finished:
-            logger.info(f"stopped with a checkpoint of update {trainer.updates} in {run_dir / 'latest.pt'}; "
-                        f"rerun the same command to continue")
-        if trainer.stop_action == 'requeue':
-            done, refused = False, None
-            if dist.is_main:
-                from ml_suite.hpc import requeue_job
-                job = dict(updates=trainer.updates - u0, startup_s=fit_start - start,
-                           trained_s=time.monotonic() - fit_start, reason=trainer.stop_reason)
-                off = (False, "preemption.requeue is false: not requeuing; rerun the same command to continue")
-                try: done, msg = requeue_job(**job) if cfg.preemption.requeue else off
-                except RunError as e: refused = e; logger.error(str(e), extra={'console': False})
-                else: (logger.info if done else logger.warning)(msg)
-            trainer.requeued, stop = trainer._agree(done, refused is not None)   # the other ranks wait for the requeue
-            if stop: raise refused or RunError("rank 0 did not requeue the job; its message says why")
-        return trainer
-    finally:
-        if lock: lock.release()
-        close_logging()
-        import torch.distributed as tdist
-        if tdist.is_available() and tdist.is_initialized(): tdist.destroy_process_group()
+        run.enter_context(open_run(trainer, cfg, plan))
+        restore(trainer, plan, cfg, src, start)
+        with open_records(trainer, cfg, src, plan.run_dir, start): job = fit_run(trainer, cfg, start)
+        finish(trainer, cfg, plan.run_dir, job)
+    return trainer
 
 # %% ../nbs/10_train.ipynb #bd3e0964
 def dry_run(config, overrides=(), out=print)->dict:
@@ -450,18 +555,23 @@ def dry_run(config, overrides=(), out=print)->dict:
             if vb is not None: val = t.evaluator.evaluate(t.raw_model, [vb])
         params = list(t.raw_model.parameters())
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.learning_rate)
-        sched, lrs = build_lr_scheduler(opt, stages(cfg), cfg.total_updates), []
-        with warnings.catch_warnings():   # "scheduler.step() before optimizer.step()": the schedule does not depend on it
+        sched = build_lr_scheduler(opt, stages(cfg), cfg.total_updates)
+        lrs = []
+        # "scheduler.step() before optimizer.step()": the schedule does not depend on it
+        with warnings.catch_warnings():
             warnings.simplefilter('ignore', UserWarning)
             for _ in range(cfg.total_updates): lrs.append(opt.param_groups[0]['lr']); sched.step()
-    marks = sorted({0, cfg.total_updates // 4, cfg.total_updates // 2, 3 * cfg.total_updates // 4, cfg.total_updates - 1})
+    n = cfg.total_updates
+    marks = sorted({0, n // 4, n // 2, 3 * n // 4, n - 1})
     info = {'run_dir': str(run_dir), 'model': type(t.raw_model).__name__, 'parameters': sum(p.numel() for p in params),
             'size_mb': sum(p.numel() * p.element_size() for p in params) / 1e6, 'device': str(t.device),
-            'input_shape': tuple(x.shape), 'loss': loss.item(), 'effective_batch': cfg.batch_size * cfg.grad_accum_steps,
+            'input_shape': tuple(x.shape), 'loss': loss.item(),
+            'effective_batch': cfg.batch_size * cfg.grad_accum_steps,
             'total_updates': cfg.total_updates, 'lr_at': {u: lrs[u] for u in marks}, 'validation': val}
     out(f"dry run of {src.file or 'a dict config'}: nothing trained, nothing written\n"
         f"  run directory   {info['run_dir']}\n  model           {info['model']}: {info['parameters']:,} parameters, "
-        f"{info['size_mb']:.2f} MB on {info['device']}\n  one batch       input {info['input_shape']}, loss {info['loss']:.5g} "
+        f"{info['size_mb']:.2f} MB on {info['device']}\n  one batch       input {info['input_shape']}, "
+        f"loss {info['loss']:.5g} "
         f"(forward and backward ran)\n  validation      "
         + ("one batch: " + ', '.join(f"{k} {v:.5g}" for k, v in val.items()) if val else 'no validation split')
         + f"\n  effective batch {cfg.batch_size} x {cfg.grad_accum_steps} accumulation = "
@@ -477,18 +587,22 @@ def run_status(run_dir)->dict:
     from ml_suite.checkpoint import RunLock
     run_dir = Path(run_dir)
     if not (run_dir / 'resolved_config.yml').is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (it has no resolved_config.yml): has a run started there?")
+        raise FileNotFoundError(f"{run_dir} is not a run directory (it has no resolved_config.yml): has a run "
+                                f"started there?")
     cfg = yaml.safe_load((run_dir / 'resolved_config.yml').read_text())
     rows = read_metrics(run_dir / 'metrics.jsonl')
     vals = [r for r in rows if r.get('val_loss') is not None]
     best = min(vals, key=lambda r: r['val_loss']) if vals else None
-    ckpts = sorted(run_dir.glob('*.pt'), key=lambda p: (p.stat().st_mtime, p.name == 'latest.pt'))  # best.pt may be the same file
+    # best.pt may be the same file as latest.pt
+    ckpts = sorted(run_dir.glob('*.pt'), key=lambda p: (p.stat().st_mtime, p.name == 'latest.pt'))
     holder = RunLock.holder(run_dir)
     resume = _resume_point(run_dir)
-    return {'run_dir': str(run_dir), 'updates': rows[-1]['update'] if rows else 0, 'total_updates': cfg.get('total_updates'),
+    when = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ckpts[-1].stat().st_mtime)) if ckpts else None
+    return {'run_dir': str(run_dir), 'updates': rows[-1]['update'] if rows else 0,
+            'total_updates': cfg.get('total_updates'),
             'best_val_loss': best['val_loss'] if best else None, 'best_update': best['update'] if best else None,
             'last_checkpoint': ckpts[-1].name if ckpts else None,
-            'last_checkpoint_time': time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ckpts[-1].stat().st_mtime)) if ckpts else None,
+            'last_checkpoint_time': when,
             'running': holder is not None, 'holder': holder, 'resumes_from': resume[0], 'resume_update': resume[1]}
 
 def _resume_point(run_dir:Path)->tuple[str|None, int|None]:
@@ -531,10 +645,13 @@ def _parser():
                "  torchrun --standalone --nproc_per_node=4 -m ml_suite.train train.yml\n\n"
                "exit codes: 0 finished, 1 error, 2 bad config or usage, 3 stopped early (rerun to continue), "
                "4 run directory in use, 5 stopped on NaN/Inf losses, 130 Ctrl-C")
-    p.add_argument('args', nargs='*', metavar='CONFIG [key=value ...]', help='the config file, then dotted-key overrides')
-    p.add_argument('--config_path', '--config-path', dest='config_path', help='the config file (alternative to the positional CONFIG)')
+    p.add_argument('args', nargs='*', metavar='CONFIG [key=value ...]',
+                   help='the config file, then dotted-key overrides')
+    p.add_argument('--config_path', '--config-path', dest='config_path',
+                   help='the config file (alternative to the positional CONFIG)')
     p.add_argument('--dry-run', '--dry_run', dest='dry_run', action='store_true',
-                   help='check the config, build everything and run one batch forward and backward; train and write nothing')
+                   help='check the config, build everything and run one batch forward and backward; train and '
+                        'write nothing')
     return p
 
 def _masked_excepthook(kind, value, tb):
@@ -559,7 +676,8 @@ def _main(argv=None)->int:
     config = a.config_path or (args.pop(0) if args and '=' not in args[0] else None)
     if config is None: p.error("give a config file: ml-suite-train CONFIG [key=value ...]")
     try:
-        load_config(config, args, names=False)   # before torch is imported: most config errors return in a fraction of a second
+        # before torch is imported: most config errors return in a fraction of a second
+        load_config(config, args, names=False)
         if a.dry_run: dry_run(config, args); return EXIT_OK
         from ml_suite.timekeeper import process_start
         t = train(config, args, start_time=process_start())   # the budget counts the interpreter's start-up too
@@ -574,12 +692,12 @@ def _main(argv=None)->int:
               "last complete one. Rerun the same command to continue from it.", file=sys.stderr)
         return EXIT_INTERRUPTED
     if t.stop_action == 'nonfinite': return EXIT_NONFINITE
-    if t.finished or getattr(t, 'requeued', False): return EXIT_OK   # requeued: the job goes on (torchrun: no failure)
+    if t.finished or t.requeued: return EXIT_OK   # requeued: the job goes on (torchrun: no failure)
     return EXIT_INTERRUPTED if t.stop_action == 'interrupt' else EXIT_STOPPED
 
 # %% ../nbs/10_train.ipynb #8166c798
 def quick_exit(code:int=0):
-    "End the process with `code` after the `atexit` handlers and a flush of stdout and stderr, skipping the interpreter's teardown."
+    "End the process with `code` after the `atexit` handlers and a flush of stdout and stderr, without the teardown."
     import atexit, threading
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)          # a normal exit waits for those threads
@@ -594,7 +712,4 @@ def cli():
     quick_exit(main())
 
 # %% ../nbs/10_train.ipynb #b2d35399
-def _in_ipython()->bool:
-    return 'IPython' in sys.modules and sys.modules['IPython'].get_ipython() is not None
-
-if __name__ == '__main__' and not _in_ipython(): quick_exit(main())
+if __name__ == '__main__' and not in_ipython(): quick_exit(main())

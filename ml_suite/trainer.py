@@ -28,7 +28,7 @@ __all__ = ['track_modules', 'failing_layer', 'forward_error', 'first_batch_loss'
 # %% ../nbs/09_trainer.ipynb #94e2c59a
 @contextmanager
 def track_modules(model:torch.nn.Module):
-    "While inside, the yielded list holds `(name, module, input shapes)` of every module whose forward is running, innermost last."
+    "While inside, the yielded list holds `(name, module, input shapes)` of each running module, innermost last."
     stack, handles = [], []
     def enter(name):
         def hook(mod, args): stack.append((name, mod, [tuple(a.shape) for a in args if torch.is_tensor(a)]))
@@ -40,9 +40,9 @@ def track_modules(model:torch.nn.Module):
     finally:
         for h in handles: h.remove()
 
-# %% ../nbs/09_trainer.ipynb #8b4374f1
+# %% ../nbs/09_trainer.ipynb #685578b7
 def failing_layer(model:torch.nn.Module, x)->tuple|None:
-    "Run `model(x)` once more without gradients; `(name, module, input shapes)` of the innermost module that raised, or None."
+    "Run `model(x)` once more without gradients; `(name, module, input shapes)` of the innermost module that raised."
     with track_modules(model) as stack, torch.no_grad():
         try: model(x)
         except Exception: return stack[-1] if stack else None
@@ -50,7 +50,7 @@ def failing_layer(model:torch.nn.Module, x)->tuple|None:
 
 # %% ../nbs/09_trainer.ipynb #9d3356d7
 def forward_error(model:torch.nn.Module, x, e:Exception)->ModelError:
-    "A `ModelError` for `model(x)` having raised `e`: the model, the input's shape and dtype, the failing layer, a hint."
+    "A `ModelError` for `model(x)` having raised `e`: the model, the input's shape and dtype, the failing layer."
     name, where = type(model).__name__, failing_layer(model, x)
     pdt = next((p.dtype for p in model.parameters()), None)
     layer = (f" in layer '{where[0]}' ({type(where[1]).__name__}, given input of shape "
@@ -62,24 +62,26 @@ def forward_error(model:torch.nn.Module, x, e:Exception)->ModelError:
         hint = (f"Check that the model's settings (the model section of the config: channels, sizes) fit the data: one "
                 f"input sample has shape {tuple(x.shape[1:]) if torch.is_tensor(x) else '?'}.")
     msg = ' '.join(str(e).split())[:400]
-    return ModelError(f"{name} failed on a batch of inputs of shape {_shape(x)}{layer}: {type(e).__name__}: {msg}. {hint}")
+    return ModelError(f"{name} failed on a batch of inputs of shape {_shape(x)}{layer}: {type(e).__name__}: {msg}. "
+                      f"{hint}")
 
-# %% ../nbs/09_trainer.ipynb #79c7123d
+# %% ../nbs/09_trainer.ipynb #03295aa9
 def _elementwise_losses()->tuple:
     from ml_suite.losses import LOSSES
     return tuple(c for k, c in LOSSES.items() if k != 'cross_entropy')
 
 # %% ../nbs/09_trainer.ipynb #3762d7e6
 def first_batch_loss(model:torch.nn.Module, criterion, x, y, raw_model:torch.nn.Module|None=None):
-    "`criterion(model(x), y)`, checked: a failing forward, or predictions that do not match the targets, raise `ModelError`."
+    "`criterion(model(x), y)`, checked: a failing forward, or predictions that do not fit the targets: `ModelError`."
     raw = raw_model if raw_model is not None else model   # the bare model (no DDP, no compile) to locate a failure in
     try: pred = model(x)
     except torch.OutOfMemoryError: raise
     except Exception as e: raise forward_error(raw, x, e) from e
     cname = getattr(criterion, '__name__', type(criterion).__name__)
-    mismatch = (f"{type(raw).__name__} returns predictions of shape {_shape(pred)} but the targets have shape {_shape(y)}: "
-                f"{cname} compares them element by element and would broadcast them into a wrong loss. Make the model's "
-                f"output match the targets (its output channels or size), or the dataset's targets match the model.")
+    mismatch = (f"{type(raw).__name__} returns predictions of shape {_shape(pred)} but the targets have shape "
+                f"{_shape(y)}: {cname} compares them element by element and would broadcast them into a wrong loss. "
+                f"Make the model's output match the targets (its output channels or size), or the dataset's targets "
+                f"match the model.")
     if (torch.is_tensor(pred) and torch.is_tensor(y) and y.is_floating_point() and pred.shape != y.shape
             and isinstance(criterion, _elementwise_losses())): raise ModelError(mismatch)
     with warnings.catch_warnings():
@@ -88,14 +90,14 @@ def first_batch_loss(model:torch.nn.Module, criterion, x, y, raw_model:torch.nn.
         except UserWarning: raise ModelError(mismatch) from None
         except torch.OutOfMemoryError: raise
         except Exception as e:
-            raise ModelError(f"the criterion {cname} failed on predictions of shape {_shape(pred)} and targets of shape "
-                             f"{_shape(y)}: {type(e).__name__}: {' '.join(str(e).split())[:400]}.") from e
+            raise ModelError(f"the criterion {cname} failed on predictions of shape {_shape(pred)} and targets of "
+                             f"shape {_shape(y)}: {type(e).__name__}: {' '.join(str(e).split())[:400]}.") from e
     if not torch.is_tensor(loss) or loss.ndim != 0:
-        raise ModelError(f"the criterion {cname} returned {_shape(loss)}, not one number; it must reduce the batch to a "
-                         f"scalar (e.g. reduction='mean').")
+        raise ModelError(f"the criterion {cname} returned {_shape(loss)}, not one number; it must reduce the batch to "
+                         f"a scalar (e.g. reduction='mean').")
     return loss
 
-# %% ../nbs/09_trainer.ipynb #e18683f9
+# %% ../nbs/09_trainer.ipynb #2d046c1a
 @dataclass
 class TrainSettings:
     "The loop's numbers: its length, the validation and row intervals, accumulation, clipping, precision, device."
@@ -106,7 +108,7 @@ class TrainSettings:
     max_grad_norm:float|None = None     # clip gradients to this norm (None: no clipping)
     amp:bool = False                    # mixed precision (autocast)
     precision:str = 'bfloat16'          # 'float16' adds a gradient scaler
-    compile:bool = False                # `torch.compile` the model (the memory budget is process-wide: `set_mem_budget`)
+    compile:bool = False                # `torch.compile` the model (its memory budget: `set_mem_budget`, process-wide)
     device:str = 'cpu'
 
     @classmethod
@@ -115,7 +117,7 @@ class TrainSettings:
         return cls(cfg.total_updates, cfg.updates_per_epoch, cfg.log_every, cfg.grad_accum_steps, cfg.max_grad_norm,
                    cfg.amp, cfg.precision, cfg.compile, device)
 
-# %% ../nbs/09_trainer.ipynb #d9551408
+# %% ../nbs/09_trainer.ipynb #73d34d90
 @dataclass
 class TrainerParts:
     "The parts a `Trainer` is composed of, each deciding one thing; None: a default that writes nothing."
@@ -130,7 +132,7 @@ class TrainerParts:
         "Parts that write metrics.jsonl and checkpoints into `run_dir` (the other parts from `kw`, or defaults)."
         return cls(recorder=RunRecorder(run_dir, dist), checkpointer=Checkpointer(run_dir, keep_last), **kw)
 
-# %% ../nbs/09_trainer.ipynb #9cb7d8b3
+# %% ../nbs/09_trainer.ipynb #102f2169
 def wrap_model(model:torch.nn.Module, device:torch.device, dist:DistInfo=DistInfo(), compile:bool=False):
     "`model` as trained: in DDP when there are several processes, then compiled if asked."
     if dist.distributed:
@@ -252,7 +254,7 @@ def train_step(self:Trainer, batches:list)->None:
     guard.in_a_row = 0
     if len(rec.losses) >= 64: rec.sum_losses()
 
-# %% ../nbs/09_trainer.ipynb #849067ec
+# %% ../nbs/09_trainer.ipynb #1c733c01
 @patch
 def _skip_update(self:Trainer, n:int, fp16:bool, grad_norm=None):
     "Drop this update: clear its gradients, do not step; the counters, the schedule and the data move on."
@@ -285,7 +287,7 @@ def validate(self:Trainer)->dict:
     if self.improved: self.best_val_loss = res['val_loss']
     return res
 
-# %% ../nbs/09_trainer.ipynb #d55d6349
+# %% ../nbs/09_trainer.ipynb #efb7d1b8
 @patch
 def log(self:Trainer, val:dict|None=None)->dict:
     "Collective (every rank calls it: the loss is all-reduced): write one row to the log, metrics.jsonl and trackers."
@@ -294,7 +296,7 @@ def log(self:Trainer, val:dict|None=None)->dict:
     self.recorder.write(row, self.total_updates, val)
     return row
 
-# %% ../nbs/09_trainer.ipynb #a173a14b
+# %% ../nbs/09_trainer.ipynb #0f769c23
 @patch
 def save(self:Trainer, validated:bool=False):
     "Collective, on every rank (RNG states are gathered): rank 0 writes latest.pt and the files the policy names."
@@ -315,7 +317,7 @@ def save(self:Trainer, validated:bool=False):
     self.recorder.checkpoint_started()
     if not self.policy.background: self.wait_for_save()
 
-# %% ../nbs/09_trainer.ipynb #ab65ec21
+# %% ../nbs/09_trainer.ipynb #df1b9d42
 @patch
 def wait_for_save(self:Trainer):
     "Wait until the last checkpoint is durable; record what it cost, and hand the rows it covers to the trackers."
@@ -328,7 +330,7 @@ def wait_for_save(self:Trainer):
 # %% ../nbs/09_trainer.ipynb #6eec3284
 @patch
 def fit(self:Trainer)->'Trainer':
-    "Train until `total_updates`, a stop request (Ctrl-C) or the time limit; checkpoint at each validation and at a stop."
+    "Train until `total_updates`, a stop request (Ctrl-C) or the time limit; checkpoint at each validation and a stop."
     stopper, guard, rec = self.stopper, self.guard, self.recorder
     tk = stopper.timekeeper
     stopper.begin()
@@ -354,7 +356,7 @@ def fit(self:Trainer)->'Trainer':
     self._end_fit()
     return self
 
-# %% ../nbs/09_trainer.ipynb #2dc9f301
+# %% ../nbs/09_trainer.ipynb #a04514cc
 @patch
 def _end_fit(self:Trainer):
     "Record a NaN stop that the last update made due, save if stopped early, and wait until the save is durable."
@@ -379,7 +381,7 @@ def _at_boundary(self:Trainer)->bool:
     elif action is None and save_now: self.save()
     return action is not None
 
-# %% ../nbs/09_trainer.ipynb #28b0469f
+# %% ../nbs/09_trainer.ipynb #6492cb24
 @patch
 def _stop_for_nonfinite(self:Trainer):
     "Record a stop for too many skipped updates in a row, and say what to do."
@@ -405,7 +407,7 @@ def gather_state(self:Trainer)->dict:
             # where the config's own modules were imported from
             'code_paths': ml_suite.core.code_paths(self.config)}
 
-# %% ../nbs/09_trainer.ipynb #1c53a284
+# %% ../nbs/09_trainer.ipynb #e1c736db
 @patch
 def _resumed_position(self:Trainer, sd:dict)->tuple[dict, dict]:
     "The data position and this rank's RNG state to resume `sd` with, in this run's batches and processes."
@@ -428,7 +430,7 @@ def _resumed_position(self:Trainer, sd:dict)->tuple[dict, dict]:
         rngs = rngs[:1]
     return data, rngs[min(self.dist.rank, len(rngs) - 1)]
 
-# %% ../nbs/09_trainer.ipynb #b8b00f11
+# %% ../nbs/09_trainer.ipynb #59794e51
 @patch
 def load_state_dict(self:Trainer, sd:dict,
                     schedule:bool=True,   # False: keep this trainer's schedule (the caller rebuilds it)
@@ -460,7 +462,7 @@ def load_state_dict(self:Trainer, sd:dict,
     self._next_event = self._event_after(self.updates)
     self.recorder.resume_at(self.updates)
 
-# %% ../nbs/09_trainer.ipynb #f3c1e346
+# %% ../nbs/09_trainer.ipynb #d93c8857
 @patch
 def use_schedule(self:Trainer, scheduler)->float:
     "Train on with `scheduler` (one the config changed), stepped to `updates`; the LR the next update uses."

@@ -8,6 +8,7 @@ from conftest import tiny_config, write_config, run_cli, read_rows
 from ml_suite.train import train, dry_run, EXIT_NONFINITE
 from ml_suite.data import DataError
 from ml_suite.trainer import ModelError, NonFiniteError
+from ml_suite.nonfinite import weights_finite
 
 FAULTS = '''
 import math, os, torch
@@ -153,7 +154,7 @@ def test_nan_gradient_behind_a_finite_loss(tmp_path, faults, monkeypatch):
     ck = torch.load(tmp_path / 'run' / 'latest.pt', weights_only=True)
     assert ck['updates'] == 10 and finite(ck['model'])
     t = train(cfg(tmp_path / 'clipped', model=dict(criterion='ml_faults:NaNGradLoss'), total_updates=20, max_grad_norm=100.0))
-    assert t.updates == 20 and t.skipped_nonfinite == 1 and t._weights_finite()
+    assert t.updates == 20 and t.skipped_nonfinite == 1 and weights_finite(t.raw_model)
 
 def test_a_nan_validation_never_becomes_best(tmp_path, faults, monkeypatch):
     "With the check off, a NaN update is applied and the weights turn NaN; best.pt stays at the last finite validation."
