@@ -22,7 +22,7 @@ from pathlib import Path
 def make_trainer(mb:float, run_dir:Path):
     "A `Trainer` whose `state_dict()` is about `mb` MB: square linear layers (1024 wide) with Adam's two moments."
     import torch
-    from ml_suite.trainer import Trainer
+    from ml_suite.trainer import Trainer, TrainSettings, TrainerParts
     side = 1024 if mb >= 13 else max(16, int((mb * 1e6 / 12) ** 0.5))   # smaller layers for a tiny state
     layers = max(1, round(mb * 1e6 / (3 * 4 * (side * side + side))))
     torch.manual_seed(0)
@@ -30,7 +30,8 @@ def make_trainer(mb:float, run_dir:Path):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(8, side)
     batches = iter(lambda: (x, x), None)
-    t = Trainer(model, torch.nn.MSELoss(), opt, None, batches, total_updates=10 ** 9, run_dir=run_dir, log_every=10 ** 9)
+    t = Trainer(model, torch.nn.MSELoss(), opt, None, batches, settings=TrainSettings(10 ** 9, log_every=10 ** 9),
+                parts=TrainerParts.in_run_dir(run_dir))
     t.train_step([next(batches)])   # Adam's moments exist from the first step
     return t
 

@@ -28,14 +28,16 @@ def make(a, device, batch:int, amp:bool, compile:bool, mem_budget:float=1.0):
     "A `Trainer` on the UNet with random fields already on the device (data loading is not what is measured)."
     import torch
     from ml_suite.models import UNet
-    from ml_suite.trainer import Trainer
+    from ml_suite.trainer import Trainer, TrainSettings
+    from ml_suite.train import set_mem_budget
     torch.manual_seed(0)
     x = torch.randn(batch, 1, a.size, a.size, device=device)
     y = torch.randn(batch, 1, a.size, a.size, device=device)
     model = UNet(width=a.width, depth=a.depth, padding_mode='circular')
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == 'cuda')
-    t = Trainer(model, torch.nn.MSELoss(), opt, None, iter(lambda: (x, y), None), amp=amp, precision='bfloat16',
-                compile=compile, mem_budget=mem_budget, device=device, log_every=10 ** 9)
+    if compile: set_mem_budget(mem_budget)
+    settings = TrainSettings(amp=amp, precision='bfloat16', compile=compile, device=device, log_every=10 ** 9)
+    t = Trainer(model, torch.nn.MSELoss(), opt, None, iter(lambda: (x, y), None), settings=settings)
     return t, (x, y)
 
 

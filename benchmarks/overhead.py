@@ -81,14 +81,18 @@ class _Stamps:
 
 
 def run_ml_suite(model, opt, crit, data, val, mode, every, ckpt_dir, stamps):
-    from ml_suite.trainer import Trainer
+    from ml_suite.trainer import Trainer, TrainSettings, TrainerParts
+    from ml_suite.cadence import CheckpointPolicy
     from ml_suite.evaluator import Evaluator
     n = len(data)
-    t = Trainer(model, crit, opt, None, iter(data), val_data=val if mode == 'val' else None,
-                evaluator=Evaluator(crit) if mode == 'val' else None, total_updates=n,
-                updates_per_epoch=every if mode == 'val' else n, log_every=n + 1,  # tracking off
-                run_dir=ckpt_dir if mode == 'ckpt' else None, every_updates=every if mode == 'ckpt' else 0)
-    t.progress = _Stamps(stamps)
+    per_epoch = every if mode == 'val' else n
+    # log_every beyond the end: tracking off
+    settings = TrainSettings(total_updates=n, updates_per_epoch=per_epoch, log_every=n + 1)
+    policy = CheckpointPolicy(per_epoch, every_updates=every if mode == 'ckpt' else 0)
+    parts = TrainerParts.in_run_dir(ckpt_dir, policy=policy) if mode == 'ckpt' else TrainerParts(policy=policy)
+    t = Trainer(model, crit, opt, None, iter(data), val if mode == 'val' else None,
+                Evaluator(crit) if mode == 'val' else None, settings, parts)
+    t.recorder.attach(progress=_Stamps(stamps))
     t.fit()
 
 
