@@ -19,8 +19,8 @@ from .stopping import StopAction
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_NONFINITE', 'EXIT_INTERRUPTED',
            'TEMPLATES_MARKER', 'OWNER_FILE', 'REFUSED_ON_RESUME', 'SCHEDULE_KEYS', 'ABSENT', 'resolve_run_dir',
            'check_run_dir', 'config_owner', 'check_owner', 'plan_start', 'flatten_config', 'config_changes', 'is_under',
-           'check_resume_config', 'resume_schedule', 'set_mem_budget', 'build_parts', 'build_trainer', 'oom_advice',
-           'StartPlan', 'read_start', 'claim_run_dir', 'open_run', 'restore', 'open_records', 'fit_run', 'finish',
+           'check_resume_config', 'set_mem_budget', 'build_parts', 'build_trainer', 'oom_advice', 'StartPlan',
+           'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore', 'open_records', 'fit_run', 'finish',
            'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main', 'quick_exit', 'cli']
 
 # %% ../nbs/10_train.ipynb #d95842b3
@@ -184,15 +184,6 @@ def check_resume_config(changes:list, src:Source, run_dir:Path, ckpt:Path)->list
             f"with another run_dir; or fine-tune from this run's weights in a new run_dir with "
             f"checkpoint.path={weights} and checkpoint.restart=false.")
     return lines
-
-# %% ../nbs/10_train.ipynb #3f739aa1
-def resume_schedule(trainer, cfg:Config)->float:
-    "Rebuild `trainer`'s LR schedule from `cfg` and step it to `trainer.updates`; the LR the next update uses."
-    from ml_suite.optim import build_lr_scheduler
-    opt = trainer.optimizer
-    # as a fresh optimizer has it
-    for g in opt.param_groups: g['lr'] = g['initial_lr'] = cfg.optimizer.learning_rate
-    return trainer.use_schedule(build_lr_scheduler(opt, stages(cfg), cfg.total_updates))
 
 # %% ../nbs/10_train.ipynb #914a40e7
 def _instantiate(obj, **kw):
@@ -379,6 +370,15 @@ def open_run(trainer, cfg:Config, plan:StartPlan):
         if lock is not None: lock.release()
         close_logging()
 
+# %% ../nbs/10_train.ipynb #3f739aa1
+def resume_schedule(trainer, cfg:Config)->float:
+    "Rebuild `trainer`'s LR schedule from `cfg` and step it to `trainer.updates`; the LR the next update uses."
+    from ml_suite.optim import build_lr_scheduler
+    opt = trainer.optimizer
+    # as a fresh optimizer has it
+    for g in opt.param_groups: g['lr'] = g['initial_lr'] = cfg.optimizer.learning_rate
+    return trainer.use_schedule(build_lr_scheduler(opt, stages(cfg), cfg.total_updates))
+
 # %% ../nbs/10_train.ipynb #529aa0f2
 def _resume(trainer, plan:StartPlan, cfg:Config, src:Source):
     "Continue from the full state in `plan`; a schedule the config changed is rebuilt and stepped to the update."
@@ -400,7 +400,7 @@ def _resume(trainer, plan:StartPlan, cfg:Config, src:Source):
 
 # %% ../nbs/10_train.ipynb #d11ac87b
 def restore(trainer, plan:StartPlan, cfg:Config, src:Source=Source(), start:float|None=None):
-    "Start `trainer` as `plan` says (fresh, resume, or the weights alone), with the job's time limit (`for_job`)."
+    "Start `trainer` as `plan` says: fresh, resume or weights alone, with the job's limit (collective under SLURM)."
     from ml_suite.checkpoint import load_weights
     from ml_suite.dist import broadcast_object
     from ml_suite.timekeeper import TimeKeeper, slurm_end_time
@@ -487,7 +487,7 @@ def fit_run(trainer, cfg:Config, start:float)->dict:
 
 # %% ../nbs/10_train.ipynb #c39c8c6c
 def finish(trainer, cfg:Config, run_dir:Path, job:dict):
-    "Say how the run ended; after a requeue stop, rank 0 requeues the SLURM job and every rank learns of it."
+    "Say how the run ended; after a requeue stop, rank 0 requeues the SLURM job (collective: every rank learns it)."
     from ml_suite.dist import agree
     from ml_suite.tracking import logger
     if trainer.stop_action in (StopAction.INTERRUPT, StopAction.EXIT) and not trainer.finished:

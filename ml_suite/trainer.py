@@ -212,6 +212,9 @@ class Trainer:
     requeued = property(lambda self: self.stopper.requeued, doc="Did the launcher requeue the job after the stop?")
     timekeeper = property(lambda self: self.stopper.timekeeper, doc="The stop controller's `TimeKeeper`.")
     wandb_id = property(lambda self: self.recorder.wandb_id, doc="The tracker's run id, kept in checkpoints.")
+    metrics_log = property(lambda self: self.recorder.metrics_log, doc="metrics.jsonl's writer (None: not written).")
+    trackers = property(lambda self: self.recorder.trackers, doc="The trackers the rows go to (`RunRecorder.attach`).")
+    progress = property(lambda self: self.recorder.progress, doc="The progress display (`RunRecorder.attach`).")
     finished = property(lambda self: self.updates >= self.total_updates, doc="Are `total_updates` done?")
 
 _NO_CONTEXT = nullcontext()   # reusable: it holds no state
