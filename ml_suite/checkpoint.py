@@ -25,11 +25,13 @@ def _fsync_dir(folder:Path):
         finally: os.close(fd)
     except OSError: pass  # not every filesystem lets a folder be fsynced
 
+# %% ../nbs/07_checkpoint.ipynb #53236536
 def _fsync_file(path:Path):
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
 
+# %% ../nbs/07_checkpoint.ipynb #c7bab476
 def write_temporary(
     state:dict,   # e.g. `Trainer.state_dict()`
     path:Path,    # the destination the temporary file will be renamed to
@@ -42,6 +44,7 @@ def write_temporary(
         tmp.unlink(missing_ok=True); raise
     return tmp
 
+# %% ../nbs/07_checkpoint.ipynb #a7a602de
 def commit_temporary(tmp:Path, path:Path)->Path:
     "Make the temporary file `tmp` durable (fsync), then atomically rename it to `path`."
     try:
@@ -51,6 +54,7 @@ def commit_temporary(tmp:Path, path:Path)->Path:
     _fsync_dir(Path(path).parent)
     return Path(path)
 
+# %% ../nbs/07_checkpoint.ipynb #29680e8b
 def save_checkpoint(
     state:dict,   # e.g. `Trainer.state_dict()`
     path:Path,    # destination; written to a temporary file first, then renamed
@@ -80,6 +84,7 @@ def link_checkpoint(src:Path, dst:Path)->Path:
 class CheckpointDamaged(ValueError):
     "A checkpoint file that cannot be read, or that does not hold a checkpoint."
 
+# %% ../nbs/07_checkpoint.ipynb #d2802d75
 REQUIRED_KEYS = ('model', 'optimizer', 'scheduler', 'updates', 'data')  # what a full resume needs
 
 def load_checkpoint(path:Path, map_location='cpu', required=('model',))->dict:
@@ -106,10 +111,12 @@ def unwrap_model(model:torch.nn.Module)->torch.nn.Module:
         elif isinstance(model, torch.nn.parallel.DistributedDataParallel): model = model.module
         else: return model
 
+# %% ../nbs/07_checkpoint.ipynb #681e9188
 def clean_state_dict(sd:dict)->dict:
     "`sd` with `module.` and `_orig_mod.` prefixes removed from every key."
     return {re.sub(r'^((module|_orig_mod)\.)+', '', k).replace('._orig_mod.', '.'): v for k, v in sd.items()}
 
+# %% ../nbs/07_checkpoint.ipynb #dd79c040
 def load_weights(model:torch.nn.Module, sd:dict, source='checkpoint'):
     "Load `sd` into the unwrapped `model`; on a mismatch, list the missing and unexpected keys."
     model, sd = unwrap_model(model), clean_state_dict(sd)
@@ -134,6 +141,7 @@ def get_rng_state()->dict:
     if torch.cuda.is_available() and torch.cuda.is_initialized(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
+# %% ../nbs/07_checkpoint.ipynb #54cda02c
 def set_rng_state(st:dict):
     "Restore the generator states saved by `get_rng_state`."
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in st['python']))
@@ -154,6 +162,7 @@ def _fmt_bytes(n:float)->str:
         if abs(n) < 1000 or unit == 'TB': return f"{n:.0f} {unit}" if unit == 'B' else f"{n:.1f} {unit}"
         n /= 1000
 
+# %% ../nbs/07_checkpoint.ipynb #bc0346c2
 def state_bytes(state)->int:
     "The bytes of the tensors in `state` (nested dicts, lists): about the size of its checkpoint file."
     if isinstance(state, torch.Tensor): return state.untyped_storage().nbytes() if state.numel() else 0
@@ -161,6 +170,7 @@ def state_bytes(state)->int:
     if isinstance(state, (list, tuple)): return sum(state_bytes(v) for v in state)
     return 0
 
+# %% ../nbs/07_checkpoint.ipynb #992c6dad
 def save_error(
     e:BaseException,   # what the write, fsync or rename raised
     path:Path,         # the checkpoint being written
@@ -195,8 +205,11 @@ def save_error(
 class Checkpointer:
     "Saves `latest`, `previous`, `best` and numbered checkpoints in `run_dir`; finds the newest good one to resume."
     def __init__(self, run_dir:Path, keep_last:int=0):  # keep only the newest `keep_last` epoch_N.pt (0: all)
-        self.run_dir, self.keep_last = Path(run_dir), keep_last
-        self._thread, self._error, self._seconds = None, None, None
+        self.run_dir = Path(run_dir)
+        self.keep_last = keep_last
+        self._thread = None    # the background commit, while one runs
+        self._error = None     # what it raised, for the next `save` or `wait`
+        self._seconds = None   # what the last save took, start to durable
         self.last = ''    # what latest.pt holds, e.g. 'update 40' (for messages), once known
 
     def save(self, state:dict, best:bool=False, epoch:int|None=None,
@@ -294,7 +307,9 @@ class Checkpointer:
 class RunLock:
     "An exclusive lock on a run directory, held while training; released when the process ends, however it ends."
     held:set = set()   # lock files this process holds (a record lock does not conflict with its own process)
-    def __init__(self, run_dir:Path): self.path, self.fd = Path(run_dir) / '.lock', None
+    def __init__(self, run_dir:Path):
+        self.path = Path(run_dir) / '.lock'
+        self.fd = None   # the open lock file, while held
 
     @classmethod
     def holder(cls, run_dir:Path)->dict|None:

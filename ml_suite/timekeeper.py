@@ -63,7 +63,8 @@ class TimeKeeper:
                  start:float|None=None,      # `time.monotonic()` at process start
                  margin:float|None=None,     # safety margin in seconds (default: 1% of the limit, 3 s to 60 s)
                  clock=time.monotonic):
-        self.clock, self.start = clock, clock() if start is None else start
+        self.clock = clock
+        self.start = clock() if start is None else start
         self.limit = limit
         self.margin = margin if margin is not None else (min(60.0, max(3.0, 0.01 * limit)) if limit else 0.0)
         self.stats = {k: RunningStats() for k in ('update', 'validate', 'save', 'first_update')}

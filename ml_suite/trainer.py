@@ -140,6 +140,9 @@ def wrap_model(model:torch.nn.Module, device:torch.device, dist:DistInfo=DistInf
         model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
     return torch.compile(model) if compile else model
 
+# %% ../nbs/09_trainer.ipynb #cd434d2e
+_NO_CONTEXT = nullcontext()
+
 # %% ../nbs/09_trainer.ipynb #6ccd8270
 class Trainer:
     "Train `model` for `total_updates` gradient updates, validating and checkpointing every `updates_per_epoch`."
@@ -217,15 +220,15 @@ class Trainer:
     progress = property(lambda self: self.recorder.progress, doc="The progress display (`RunRecorder.attach`).")
     finished = property(lambda self: self.updates >= self.total_updates, doc="Are `total_updates` done?")
 
-_NO_CONTEXT = nullcontext()   # reusable: it holds no state
-
 # %% ../nbs/09_trainer.ipynb #e55fd2b5
 @patch
 def train_step(self:Trainer, batches:list)->None:
     "One gradient update from the micro-batches `batches`; skipped, and counted, if its loss or gradient is not finite."
-    rec, guard = self.recorder, self.guard
+    rec = self.recorder
+    guard = self.guard
     if not self.model.training: self.model.train()            # validation leaves it in eval mode
-    n, fp16 = len(batches), self.scaler.is_enabled()           # fp16: the gradient scaler takes part
+    n = len(batches)
+    fp16 = self.scaler.is_enabled()                            # fp16: the gradient scaler takes part
     for i, (x, y) in enumerate(batches):
         if x.device != self.device: x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         defer = i < n - 1 and hasattr(self.model, 'no_sync')  # DDP all-reduces on the last micro-batch only
@@ -414,7 +417,8 @@ def gather_state(self:Trainer)->dict:
 @patch
 def _resumed_position(self:Trainer, sd:dict)->tuple[dict, dict]:
     "The data position and this rank's RNG state to resume `sd` with, in this run's batches and processes."
-    data, old_world = dict(sd['data']), sd.get('world_size', 1)
+    data = dict(sd['data'])
+    old_world = sd.get('world_size', 1)
     bs = getattr(self.train_data, 'batch_size', None)
     old_bs = ((sd.get('config') or {}).get('batch_size') or bs) if bs else None
     # samples per batch of all processes
