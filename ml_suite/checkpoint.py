@@ -25,13 +25,13 @@ def _fsync_dir(folder:Path):
         finally: os.close(fd)
     except OSError: pass  # not every filesystem lets a folder be fsynced
 
-# %% ../nbs/07_checkpoint.ipynb #53236536
+# %% ../nbs/07_checkpoint.ipynb #d0be717f
 def _fsync_file(path:Path):
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
 
-# %% ../nbs/07_checkpoint.ipynb #c7bab476
+# %% ../nbs/07_checkpoint.ipynb #6cc76504
 def write_temporary(
     state:dict,   # e.g. `Trainer.state_dict()`
     path:Path,    # the destination the temporary file will be renamed to
@@ -44,7 +44,7 @@ def write_temporary(
         tmp.unlink(missing_ok=True); raise
     return tmp
 
-# %% ../nbs/07_checkpoint.ipynb #a7a602de
+# %% ../nbs/07_checkpoint.ipynb #da4f52dc
 def commit_temporary(tmp:Path, path:Path)->Path:
     "Make the temporary file `tmp` durable (fsync), then atomically rename it to `path`."
     try:
@@ -54,7 +54,7 @@ def commit_temporary(tmp:Path, path:Path)->Path:
     _fsync_dir(Path(path).parent)
     return Path(path)
 
-# %% ../nbs/07_checkpoint.ipynb #29680e8b
+# %% ../nbs/07_checkpoint.ipynb #cf3f150f
 def save_checkpoint(
     state:dict,   # e.g. `Trainer.state_dict()`
     path:Path,    # destination; written to a temporary file first, then renamed
@@ -84,7 +84,7 @@ def link_checkpoint(src:Path, dst:Path)->Path:
 class CheckpointDamaged(ValueError):
     "A checkpoint file that cannot be read, or that does not hold a checkpoint."
 
-# %% ../nbs/07_checkpoint.ipynb #d2802d75
+# %% ../nbs/07_checkpoint.ipynb #67c2e487
 REQUIRED_KEYS = ('model', 'optimizer', 'scheduler', 'updates', 'data')  # what a full resume needs
 
 def load_checkpoint(path:Path, map_location='cpu', required=('model',))->dict:
@@ -111,12 +111,12 @@ def unwrap_model(model:torch.nn.Module)->torch.nn.Module:
         elif isinstance(model, torch.nn.parallel.DistributedDataParallel): model = model.module
         else: return model
 
-# %% ../nbs/07_checkpoint.ipynb #681e9188
+# %% ../nbs/07_checkpoint.ipynb #3dfb2537
 def clean_state_dict(sd:dict)->dict:
     "`sd` with `module.` and `_orig_mod.` prefixes removed from every key."
     return {re.sub(r'^((module|_orig_mod)\.)+', '', k).replace('._orig_mod.', '.'): v for k, v in sd.items()}
 
-# %% ../nbs/07_checkpoint.ipynb #dd79c040
+# %% ../nbs/07_checkpoint.ipynb #1f2e875b
 def load_weights(model:torch.nn.Module, sd:dict, source='checkpoint'):
     "Load `sd` into the unwrapped `model`; on a mismatch, list the missing and unexpected keys."
     model, sd = unwrap_model(model), clean_state_dict(sd)
@@ -141,7 +141,7 @@ def get_rng_state()->dict:
     if torch.cuda.is_available() and torch.cuda.is_initialized(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
-# %% ../nbs/07_checkpoint.ipynb #54cda02c
+# %% ../nbs/07_checkpoint.ipynb #3b6ed829
 def set_rng_state(st:dict):
     "Restore the generator states saved by `get_rng_state`."
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in st['python']))
@@ -162,7 +162,7 @@ def _fmt_bytes(n:float)->str:
         if abs(n) < 1000 or unit == 'TB': return f"{n:.0f} {unit}" if unit == 'B' else f"{n:.1f} {unit}"
         n /= 1000
 
-# %% ../nbs/07_checkpoint.ipynb #bc0346c2
+# %% ../nbs/07_checkpoint.ipynb #87afb6c9
 def state_bytes(state)->int:
     "The bytes of the tensors in `state` (nested dicts, lists): about the size of its checkpoint file."
     if isinstance(state, torch.Tensor): return state.untyped_storage().nbytes() if state.numel() else 0
@@ -170,7 +170,7 @@ def state_bytes(state)->int:
     if isinstance(state, (list, tuple)): return sum(state_bytes(v) for v in state)
     return 0
 
-# %% ../nbs/07_checkpoint.ipynb #992c6dad
+# %% ../nbs/07_checkpoint.ipynb #4d5ba025
 def save_error(
     e:BaseException,   # what the write, fsync or rename raised
     path:Path,         # the checkpoint being written

@@ -74,12 +74,12 @@ def config_owner(src:Source, run_dir:Path)->str|None:
     f, rd = Path(src.file).resolve(), Path(run_dir).resolve()
     return f.relative_to(rd).as_posix() if f.is_relative_to(rd) else str(f)
 
-# %% ../nbs/10_train.ipynb #136e5851
+# %% ../nbs/10_train.ipynb #25884659
 def _owner_name(owner:str|None, run_dir:Path)->str:
     if owner is None: return 'a dict config (from Python, no file)'
     return owner if Path(owner).is_absolute() else str(Path(run_dir) / owner)
 
-# %% ../nbs/10_train.ipynb #03f41a06
+# %% ../nbs/10_train.ipynb #fa721782
 def check_owner(src:Source, run_dir:Path)->tuple[str, str|None]:
     "`('new'|'adopt'|'same', owner)` for a start in `run_dir`; `ConfigError` if another config started it."
     owner, path = config_owner(src, run_dir), Path(run_dir) / OWNER_FILE
@@ -139,14 +139,14 @@ def flatten_config(d:dict, prefix:str='')->dict:
         else: out[f"{prefix}{k}"] = v
     return out
 
-# %% ../nbs/10_train.ipynb #1f8e8117
+# %% ../nbs/10_train.ipynb #f2c581ed
 def config_changes(then:dict, now:dict)->list[tuple[str, object, object]]:
     "`(dotted key, value in `then`, value in `now`)` for each key that differs; `ABSENT` where one side lacks it."
     a, b = flatten_config(then), flatten_config(now)
     both = [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in dict.fromkeys([*a, *b])]
     return [(k, x, y) for k, x, y in both if x != y]
 
-# %% ../nbs/10_train.ipynb #033ba232
+# %% ../nbs/10_train.ipynb #01221395
 def is_under(key:str, prefixes)->bool:
     "Is the dotted `key` one of `prefixes`, or inside one?"
     return any(key == p or key.startswith(p + '.') for p in prefixes)
@@ -154,7 +154,7 @@ def is_under(key:str, prefixes)->bool:
 # %% ../nbs/10_train.ipynb #7d6f0ca1
 def _show(v)->str: return v if v is ABSENT else json.dumps(v, default=str)
 
-# %% ../nbs/10_train.ipynb #a69f8586
+# %% ../nbs/10_train.ipynb #bc0ae9e4
 def _where(src:Source, key:str)->str:
     "Where `key`'s current value was set: `Source.where`, or that the config file leaves it at its default."
     path = tuple(key.split('.'))
@@ -163,7 +163,7 @@ def _where(src:Source, key:str)->str:
         return f" (the default: {src.file.name} does not set it)"
     return src.where(path)
 
-# %% ../nbs/10_train.ipynb #901601ba
+# %% ../nbs/10_train.ipynb #c0c2da74
 def _schema_key(key:str)->bool:
     "Is `key` a field of the config's dataclasses (which versions add), not a constructor key passed on?"
     import dataclasses, typing
@@ -174,7 +174,7 @@ def _schema_key(key:str)->bool:
         cls = next((t for t in (hints[part], *typing.get_args(hints[part])) if dataclasses.is_dataclass(t)), None)
     return True
 
-# %% ../nbs/10_train.ipynb #07b3966e
+# %% ../nbs/10_train.ipynb #66b27953
 def check_resume_config(changes:list, src:Source, run_dir:Path, ckpt:Path)->list[str]:
     "One log line per change; `ConfigError` listing those a run cannot make (`REFUSED_ON_RESUME`), with the ways on."
     lines = [f"config changed since the checkpoint: {k} {_show(a)} -> {_show(b)}{_where(src, k)}"
@@ -612,7 +612,7 @@ def run_status(run_dir)->dict:
             'last_checkpoint_time': when,
             'running': holder is not None, 'holder': holder, 'resumes_from': resume[0], 'resume_update': resume[1]}
 
-# %% ../nbs/10_train.ipynb #91544aaa
+# %% ../nbs/10_train.ipynb #a29c7286
 def _resume_point(run_dir:Path)->tuple[str|None, int|None]:
     "The checkpoint a rerun resumes from and its update, read cheaply (memory-mapped, tensors not read)."
     import torch
@@ -622,7 +622,7 @@ def _resume_point(run_dir:Path)->tuple[str|None, int|None]:
         except Exception: continue   # damaged: a rerun skips it too
     return None, None
 
-# %% ../nbs/10_train.ipynb #3eda51c3
+# %% ../nbs/10_train.ipynb #5c380851
 def format_status(st:dict)->str:
     "`run_status` as a few lines of text."
     run = (f"running (pid {st['holder'].get('pid')} on {st['holder'].get('host')})" if st['running'] else 'not running')
@@ -634,7 +634,7 @@ def format_status(st:dict)->str:
             f"  best val_loss    {best}\n"
             f"  last checkpoint  {last}\n  status           {run}")
 
-# %% ../nbs/10_train.ipynb #e843ba01
+# %% ../nbs/10_train.ipynb #0ed1d6c5
 def status_main(argv=None)->int:
     "`ml-suite-status RUN_DIR ...`: where each run stands."
     p = argparse.ArgumentParser(prog='ml-suite-status', description='Show where runs stand: updates, best validation '
@@ -664,13 +664,13 @@ def _parser():
                         'write nothing')
     return p
 
-# %% ../nbs/10_train.ipynb #2dbc5c02
+# %% ../nbs/10_train.ipynb #2e1dcf7b
 def _masked_excepthook(kind, value, tb):
     import traceback
     from ml_suite.tracking import mask_secrets
     sys.stderr.write(mask_secrets(''.join(traceback.format_exception(kind, value, tb))))
 
-# %% ../nbs/10_train.ipynb #b2547e3f
+# %% ../nbs/10_train.ipynb #38eddd1a
 def main(argv=None)->int:
     "The `ml-suite-train` command: returns the exit code."
     from ml_suite.hpc import install_stop_handlers
@@ -681,7 +681,7 @@ def main(argv=None)->int:
         return record(_main)(argv)
     return _main(argv)
 
-# %% ../nbs/10_train.ipynb #a650a135
+# %% ../nbs/10_train.ipynb #abe422e3
 def _main(argv=None)->int:
     p = _parser()
     a = p.parse_intermixed_args(argv)   # options anywhere: `CONFIG --dry-run key=value` too
@@ -720,7 +720,7 @@ def quick_exit(code:int=0):
         except (OSError, ValueError): pass   # a closed or broken pipe: nothing more can be written there
     os._exit(code)
 
-# %% ../nbs/10_train.ipynb #e02e10ae
+# %% ../nbs/10_train.ipynb #fd94364d
 def cli():
     "The `ml-suite-train` console script: `main`, then `quick_exit` with its exit code."
     quick_exit(main())
