@@ -3,8 +3,9 @@ import pytest
 from conftest import tiny_trainer, LoopInvariants, fit_checked, tiny_config, read_rows
 
 def test_checker_passes_a_real_fit_with_files(tmp_path):
+    warm = dict(first_stage=dict(name='LinearLR', start_factor=0.1, num_updates=5))
     t = tiny_trainer(tmp_path / 'run', total_updates=12, updates_per_epoch=6, log_every=4, grad_accum_steps=2,
-                     lr_scheduler=dict(first_stage=dict(name='LinearLR', start_factor=0.1, num_updates=5)), progress=False)
+                     lr_scheduler=warm, progress=False)
     with LoopInvariants(t) as check: t.fit()
     assert check.steps == 12 and t.samples == 12 * 8 * 2 and 'train_step' not in vars(t)
     assert [r['update'] for r in read_rows(tmp_path / 'run')] == [4, 6, 8, 12]
