@@ -85,9 +85,12 @@ def stage_schedulers(
     peak:float,            # the peak learning rate (what `end_factor` and `start_factor` are factors of)
 )->list[tuple]:
     "Each stage's scheduler class and the keyword arguments it is built with, ml_suite's two rules applied."
-    lengths, out, end = stage_lengths(stages, total_updates), [], 1.0
+    lengths = stage_lengths(stages, total_updates)
+    # the stages built so far, and where the last of them ends (a factor of the peak)
+    out, end = [], 1.0
     for s, n in zip(stages, lengths):
-        cls, key = scheduler_class(s['name']), f"lr_scheduler.{s.get('_key', 'stage')}"
+        cls = scheduler_class(s['name'])
+        key = f"lr_scheduler.{s.get('_key', 'stage')}"
         kw = {k: v for k, v in s.items() if k not in ('name', 'num_updates', '_key')}
         params = inspect.signature(cls).parameters
         # the stage's length, where the class takes one

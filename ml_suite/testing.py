@@ -58,15 +58,21 @@ class LoopInvariants:
                  trainer,                  # a `Trainer`, e.g. from `tiny_trainer`
                  allow_skips:bool=False,   # an update may be skipped (a NaN/Inf loss): `updates` then stays
                 ):
-        self.t, self.allow_skips, self.steps = trainer, allow_skips, 0
+        self.t = trainer
+        self.allow_skips = allow_skips
+        # the calls of train_step watched
+        self.steps = 0
         cfg = trainer.config or {}
-        self.log_every, self.total = cfg.get('log_every', 0), trainer.total_updates
+        self.log_every = cfg.get('log_every', 0)
+        self.total = trainer.total_updates
         self.per_epoch = cfg.get('updates_per_epoch') or trainer.total_updates
         # samples per update, as the config asks: 0 when the trainer was built without a config (then: the batches')
         self.per_update = cfg.get('batch_size', 0) * cfg.get('grad_accum_steps', 1) * trainer.dist.world_size
         # where the watched part starts, and what the checks have seen of it
-        self.u0, self.rows0, self.lr_used = trainer.updates, len(trainer.history), {}
+        self.u0, self.rows0 = trainer.updates, len(trainer.history)
         self.seen_u, self.seen_rows = trainer.updates, len(trainer.history)
+        # update -> the LR it used
+        self.lr_used = {}
 
     def __enter__(self):
         t = self.t
@@ -128,7 +134,9 @@ def check_rows(self:LoopInvariants):
     "The rows added since the last look: one after an update on the cadence, none otherwise, each of that update."
     t = self.t
     if len(t.history) < self.seen_rows: self.fail(f"history lost rows: {len(t.history)}, {self.seen_rows} before")
-    new, u, moved = t.history[self.seen_rows:], t.updates, t.updates != self.seen_u
+    u = t.updates
+    new = t.history[self.seen_rows:]
+    moved = u != self.seen_u
     self.seen_u, self.seen_rows = u, len(t.history)
     want = 1 if moved and self.row_due(u) else 0
     if len(new) != want:

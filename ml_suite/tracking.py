@@ -255,7 +255,8 @@ class WandbTracker:
         m = lambda v: mask_secrets(v, as_source=True)
         kw = dict(project=m(cfg.project), entity=m(cfg.entity), name=m(cfg.name), tags=m(list(cfg.tags)) or None,
                   config=m(config_dict), dir=str(run_dir), id=run_id, resume='allow')
-        argv, sys.argv = sys.argv, m(list(sys.argv))    # wandb records the command line too
+        # wandb records the command line too
+        argv, sys.argv = sys.argv, m(list(sys.argv))
         try:
             if online and why is None:
                 limit = {} if 'WANDB_INIT_TIMEOUT' in os.environ else {'settings': wandb.Settings(init_timeout=30)}
@@ -366,7 +367,9 @@ def in_notebook()->bool:
 class TerminalBar:
     "A one-line progress bar on a terminal: updates, loss, throughput, ETA (redrawn at most 5 times a second)."
     def __init__(self, total:int, stream=None):
-        self.total, self.stream = total, stream or sys.stdout
+        self.total = total
+        self.stream = stream or sys.stdout
+        # the update shown, and the text after the bar
         self.n, self.info = 0, ''
         # when the bar was last drawn
         self.last = 0.0
@@ -379,9 +382,10 @@ class TerminalBar:
         self.draw()
 
     def draw(self, force=False):
-        now, width = time.monotonic(), 30
+        now = time.monotonic()
         if not force and now - self.last < 0.2: return
         self.last = now
+        width = 30
         done = int(width * self.n / max(self.total, 1))
         self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {self.n}/{self.total}{self.info}\033[K")
         self.stream.flush()
@@ -396,7 +400,8 @@ class NotebookProgress:
     "A progress line and a live loss plot in a Jupyter output, updated in place."
     def __init__(self, total:int):
         from IPython.display import display, HTML
-        self.total, self.rows = total, []
+        self.total = total
+        self.rows = []
         self.text = display(HTML(''), display_id=True)
         self.plot = display(HTML(''), display_id=True)
 
