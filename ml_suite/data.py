@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib, math, re
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from fastcore.basics import patch
 from .core import ConfigError, DistInfo, RunError
 
 # %% auto #0
 __all__ = ['DATASETS', 'mix_seed', 'HeatDataset', 'split_indices', 'SplitDataset', 'dataset_splits', 'get_dataset',
-           'ResumableSampler', 'die_with_parent', 'BatchStream', 'eval_loader', 'Normalization',
-           'compute_normalization', 'dataset_normalization', 'NormalizedDataset', 'DataError', 'CheckedDataset']
+           'ResumableSampler', 'die_with_parent', 'BatchStream', 'eval_loader', 'normalize', 'denormalize',
+           'Normalization', 'compute_normalization', 'dataset_normalization', 'NormalizedDataset', 'DataError',
+           'CheckedDataset']
 
 # %% ../nbs/01_data.ipynb #b4336f9a
 def mix_seed(*parts)->int:
@@ -262,12 +264,23 @@ def _bcast(stat:torch.Tensor, v:torch.Tensor, dim:int)->torch.Tensor:
     "`stat` (one value per channel) shaped to broadcast against `v` whose channels are on axis `dim`."
     return stat.to(v.device, v.dtype).reshape(-1, *([1] * (v.ndim - dim - 1)))
 
+def normalize(v:torch.Tensor, mean:torch.Tensor, std:torch.Tensor, dim:int=0)->torch.Tensor:
+    "`(v - mean) / std` with one `mean` and `std` per channel of `v`, whose channels are on axis `dim`."
+    return (v - _bcast(mean, v, dim)) / _bcast(std, v, dim)
+
+# %% ../nbs/01_data.ipynb #7a32b735
+def denormalize(v:torch.Tensor, mean:torch.Tensor, std:torch.Tensor, dim:int=0)->torch.Tensor:
+    "`v * std + mean` per channel: the inverse of `normalize`."
+    return v * _bcast(std, v, dim) + _bcast(mean, v, dim)
+
+# %% ../nbs/01_data.ipynb #fb1bc09c
 class Normalization:
-    "Per-channel `(v - mean) / std` for inputs and targets, and its inverse for outputs; the identity where a statistic is missing."
+    "Per-channel `normalize` for inputs and targets, `denormalize` for outputs; the identity where a statistic is missing."
     keys = ('x_mean', 'x_std', 'y_mean', 'y_std')
     def __init__(self, x_mean=None, x_std=None, y_mean=None, y_std=None,
                  x_shape=None, y_shape=None):  # one sample's input and target shapes, e.g. (1, 32, 32)
-        self.load_state_dict(dict(x_mean=x_mean, x_std=x_std, y_mean=y_mean, y_std=y_std, x_shape=x_shape, y_shape=y_shape))
+        self.load_state_dict(dict(x_mean=x_mean, x_std=x_std, y_mean=y_mean, y_std=y_std, x_shape=x_shape,
+                                  y_shape=y_shape))
 
     @property
     def normalizes_inputs(self)->bool: return self.x_mean is not None
@@ -280,13 +293,13 @@ class Normalization:
         "`x` normalized; `dim` is the channel axis (0 for a sample, 1 for a batch)."
         if self.x_mean is None: return x
         if not x.is_floating_point(): x = x.float()   # e.g. uint8 images
-        return (x - _bcast(self.x_mean, x, dim)) / _bcast(self.x_std, x, dim)
+        return normalize(x, self.x_mean, self.x_std, dim)
     def target(self, y, dim:int=0):
         "A target normalized as the model learned it."
-        return y if self.y_mean is None else (y - _bcast(self.y_mean, y, dim)) / _bcast(self.y_std, y, dim)
+        return y if self.y_mean is None else normalize(y, self.y_mean, self.y_std, dim)
     def output(self, y, dim:int=0):
         "A model output mapped back to physical units (the inverse of `target`)."
-        return y if self.y_mean is None else y * _bcast(self.y_std, y, dim) + _bcast(self.y_mean, y, dim)
+        return y if self.y_mean is None else denormalize(y, self.y_mean, self.y_std, dim)
 
     def state_dict(self)->dict:
         return {**{k: getattr(self, k) for k in self.keys}, 'x_shape': self.x_shape, 'y_shape': self.y_shape}
@@ -298,7 +311,8 @@ class Normalization:
             setattr(self, k, None if v is None else torch.as_tensor(v, dtype=torch.float32).flatten().clone())
         for a, b in (('x_mean', 'x_std'), ('y_mean', 'y_std')):
             if (getattr(self, a) is None) != (getattr(self, b) is None):
-                raise ValueError(f"normalization statistics need both {a} and {b}, got only {a if getattr(self, a) is not None else b}.")
+                given = a if getattr(self, a) is not None else b
+                raise ValueError(f"normalization statistics need both {a} and {b}, got only {given}.")
         self.x_shape = tuple(sd['x_shape']) if sd.get('x_shape') is not None else None
         self.y_shape = tuple(sd['y_shape']) if sd.get('y_shape') is not None else None
     def __repr__(self):
@@ -390,6 +404,7 @@ class DataError(RunError):
         if m: msg = str(msg).rstrip().rsplit('DataError: ', 1)[-1] + f" (raised {m.group(1)})"
         super().__init__(msg)
 
+# %% ../nbs/01_data.ipynb #3f188737
 def _describe(v)->str:
     "A short description of a sample's part, for messages: shape and dtype of a tensor or array, else its type."
     if hasattr(v, 'shape') and hasattr(v, 'dtype'): return f"shape {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
@@ -403,10 +418,15 @@ class CheckedDataset(NormalizedDataset):
                  split:str='train', # its split, for messages
                  norm:Normalization|None=None):  # applied to each sample (None: the identity; it can change in place)
         super().__init__(dataset, Normalization() if norm is None else norm)
-        self.split, self._batch_indices = split, None
+        self.split = split
+        # the indices of the batch being read, for `collate_fn`'s messages
+        self._batch_indices = None
+        # whether this process (each loader worker has its own copy) has checked one batch sample by sample
+        self._first_checked = False
 
     def __getattr__(self, name):  # the wrapped dataset's own attributes: `normalize`, `normalization_stats`, ...
-        if name.startswith('__') or name in ('dataset', 'norm', 'split', '_batch_indices'): raise AttributeError(name)
+        if name.startswith('__') or name in ('dataset', 'norm', 'split', '_batch_indices', '_first_checked'):
+            raise AttributeError(name)
         return getattr(self.dataset, name)
 
     @property
@@ -424,46 +444,92 @@ class CheckedDataset(NormalizedDataset):
         part = ", a fraction of its 'train' split" if isinstance(self.dataset, SplitDataset) else ''
         return f"{type(self.base).__name__} (split '{self.split}'{part})"
 
-    def __getitem__(self, i):
-        try: s = self.dataset[i]
-        except DataError: raise
-        except Exception as e:
-            msg, cls, j = ' '.join(str(e).split()), type(self.base).__name__, self.index(i)
-            split = 'train' if isinstance(self.dataset, SplitDataset) else self.split
-            raise DataError(f"{self.name} failed to give sample {j}: {cls}.__getitem__({j}) raised "
-                            f"{type(e).__name__}: {msg[:300] or '(no message)'}. The fault is in the dataset's own "
-                            f"code (the original traceback is chained to this error); reproduce it with "
-                            f"{cls}(split='{split}', ...)[{j}].") from e
-        if not isinstance(s, (tuple, list)) or len(s) != 2:
-            what = (f"a dict with keys {list(s)[:6]}" if isinstance(s, dict) else
-                    f"a {type(s).__name__} of {len(s)} items" if isinstance(s, (tuple, list)) else _describe(s))
-            raise DataError(f"{self.name} sample {self.index(i)} is {what}; a sample must be a pair (input, target). "
-                            f"Return a tuple from {type(self.base).__name__}.__getitem__, e.g. `return x, y`"
-                            + (f" (here perhaps `return s[{list(s)[0]!r}], s[{list(s)[-1]!r}]`)." if isinstance(s, dict) and s else '.'))
-        x, y = s
-        return self.norm.input(x), (self.norm.target(y) if _is_field(y) else y)
+# %% ../nbs/01_data.ipynb #fef93b9f
+@patch
+def _read_failed(self:CheckedDataset, i:int, e:Exception)->DataError:
+    "The error for sample `i`, whose `__getitem__` raised `e`."
+    msg, cls, j = ' '.join(str(e).split()), type(self.base).__name__, self.index(i)
+    split = 'train' if isinstance(self.dataset, SplitDataset) else self.split
+    return DataError(f"{self.name} failed to give sample {j}: {cls}.__getitem__({j}) raised "
+                     f"{type(e).__name__}: {msg[:300] or '(no message)'}. The fault is in the dataset's own "
+                     f"code (the original traceback is chained to this error); reproduce it with "
+                     f"{cls}(split='{split}', ...)[{j}].")
 
-    def __getitems__(self, indices:list)->list:
-        "The samples of one batch (torch's loader calls this); remembers their indices for `collate_fn`'s messages."
-        self._batch_indices = indices
-        return [self[i] for i in indices]
+@patch
+def _check_pair(self:CheckedDataset, s, i:int):
+    "Raise a `DataError` if sample `i`, `s`, is not a pair `(input, target)`."
+    if isinstance(s, (tuple, list)) and len(s) == 2: return
+    what = (f"a dict with keys {list(s)[:6]}" if isinstance(s, dict) else
+            f"a {type(s).__name__} of {len(s)} items" if isinstance(s, (tuple, list)) else _describe(s))
+    hint = f" (here perhaps `return s[{list(s)[0]!r}], s[{list(s)[-1]!r}]`)." if isinstance(s, dict) and s else '.'
+    raise DataError(f"{self.name} sample {self.index(i)} is {what}; a sample must be a pair (input, target). "
+                    f"Return a tuple from {type(self.base).__name__}.__getitem__, e.g. `return x, y`" + hint)
 
-    def collate_fn(self, samples:list):
-        "Stack `samples` into a batch; when they cannot be stacked, say which indices differ and how."
-        try: return default_collate(samples)
-        except Exception as e: raise DataError(self._mismatch(samples, e)) from e
+@patch
+def _read(self:CheckedDataset, i:int):
+    "Sample `i` as the dataset gives it, checked: it must be read without an error, and be a pair."
+    try: s = self.dataset[i]
+    except DataError: raise
+    except Exception as e: raise self._read_failed(i, e) from e
+    self._check_pair(s, i)
+    return s
 
-    def _mismatch(self, samples:list, e:Exception)->str:
-        idx = self._batch_indices if self._batch_indices is not None and len(self._batch_indices) == len(samples) else None
-        if idx is not None: idx = [self.index(i) for i in idx]   # indices into the user's dataset
-        at = lambda j: f"sample {idx[j]}" if idx is not None else f"entry {j} of the batch"
-        for part, word in ((0, 'input'), (1, 'target')):
-            ref = _describe(samples[0][part])
-            for j, s in enumerate(samples):
-                if _describe(s[part]) != ref:
-                    return (f"{self.name}: {at(0)} has an {word} of {ref}, but {at(j)} has {_describe(s[part])}; the samples "
-                            f"of a batch must have one shape and dtype to be stacked. Make "
-                            f"{type(self.base).__name__}.__getitem__ return {word}s of one shape (crop, pad or resize "
-                            f"them) and one dtype.")
-        return (f"{self.name}: the samples {list(idx[:8]) if idx is not None else ''} cannot be stacked into a batch: "
-                f"{type(e).__name__}: {' '.join(str(e).split())[:300]}.")
+# %% ../nbs/01_data.ipynb #eb43e5db
+@patch
+def __getitem__(self:CheckedDataset, i):
+    x, y = self._read(i)
+    return self.norm.input(x), (self.norm.target(y) if _is_field(y) else y)
+
+# %% ../nbs/01_data.ipynb #e1905729
+@patch
+def __getitems__(self:CheckedDataset, indices:list)->list:
+    "The samples of one batch as the dataset gives them (torch's loader calls this; `collate_fn` normalizes)."
+    self._batch_indices = indices
+    if not self._first_checked:
+        out = [self._read(i) for i in indices]
+        self._first_checked = True
+        return out
+    ds, out = self.dataset, []
+    try:
+        for i in indices: out.append(ds[i])
+    except DataError: raise
+    except Exception as e: raise self._read_failed(indices[len(out)], e) from e
+    return out
+
+# %% ../nbs/01_data.ipynb #c98c11af
+@patch
+def collate_fn(self:CheckedDataset, samples:list):
+    "Stack `samples` into a normalized batch; when they cannot be stacked, say which sample is wrong, and how."
+    try: b = default_collate(samples)
+    except Exception as e:
+        self._check_samples(samples)
+        raise DataError(self._mismatch(samples, e)) from e
+    if not isinstance(b, (tuple, list)) or len(b) != 2: self._check_samples(samples)
+    if self.norm.is_identity: return b
+    x, y = b
+    # the batch's channels are on axis 1; a target is a field (normalized) when one sample's was a float tensor
+    return type(b)((self.norm.input(x, 1), self.norm.target(y, 1) if _is_field(y) and y.ndim >= 2 else y))
+
+@patch
+def _check_samples(self:CheckedDataset, samples:list):
+    "Raise a `DataError` at the first of `samples` that is not a pair."
+    idx = self._batch_indices if self._batch_indices is not None and len(self._batch_indices) == len(samples) else None
+    for j, s in enumerate(samples): self._check_pair(s, idx[j] if idx is not None else j)
+
+# %% ../nbs/01_data.ipynb #88534dbf
+@patch
+def _mismatch(self:CheckedDataset, samples:list, e:Exception)->str:
+    "The message for pairs that cannot be stacked: the first sample whose input or target differs from the first's."
+    idx = self._batch_indices if self._batch_indices is not None and len(self._batch_indices) == len(samples) else None
+    if idx is not None: idx = [self.index(i) for i in idx]   # indices into the user's dataset
+    at = lambda j: f"sample {idx[j]}" if idx is not None else f"entry {j} of the batch"
+    for part, word in ((0, 'input'), (1, 'target')):
+        ref = _describe(samples[0][part])
+        for j, s in enumerate(samples):
+            if _describe(s[part]) != ref:
+                return (f"{self.name}: {at(0)} has an {word} of {ref}, but {at(j)} has {_describe(s[part])}; the "
+                        f"samples of a batch must have one shape and dtype to be stacked. Make "
+                        f"{type(self.base).__name__}.__getitem__ return {word}s of one shape (crop, pad or resize "
+                        f"them) and one dtype.")
+    return (f"{self.name}: the samples {list(idx[:8]) if idx is not None else ''} cannot be stacked into a batch: "
+            f"{type(e).__name__}: {' '.join(str(e).split())[:300]}.")
