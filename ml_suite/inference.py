@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from pathlib import Path
 import torch
 from .core import ConfigError, RunError, DistInfo, resolve_object, search_folders
-from .data import Normalization
+from .data import Normalization, normalize, denormalize
 
 # %% auto #0
 __all__ = ['FIELD_METRICS', 'TOLERANCES', 'find_checkpoint', 'code_folders', 'load_run_dotenv', 'checkpoint_config',
@@ -65,22 +65,25 @@ def checkpoint_config(state:dict, path:Path, device:str='auto'):
     with search_folders(code_folders(state, path)): return validate_config(from_dict(Config, data, (), src), src)
 
 # %% ../nbs/14_inference.ipynb #c6470f1c
-def _bshape(stat:torch.Tensor, ndim:int)->list:
-    return [1, stat.shape[0]] + [1] * (ndim - 2)
-
 class InferenceModel(torch.nn.Module):
     "A trained network with its normalization folded in: physical inputs in, physical outputs out."
     def __init__(self, net:torch.nn.Module, normalization:Normalization|None=None):
         super().__init__()
-        self.net, self.normalization = net, normalization or Normalization()
+        self.net = net
+        self.normalization = normalization or Normalization()
+        # the statistics as buffers: they move with `.to(device)` and are exported with the model
         for k in Normalization.keys: self.register_buffer(k, getattr(self.normalization, k), persistent=False)
-        self.checkpoint, self.config, self.updates, self.code_folders = None, None, None, []   # set by `load_model`
+        # set by `load_model`
+        self.checkpoint = self.config = self.updates = None
+        self.code_folders = []
 
     def forward(self, x:torch.Tensor)->torch.Tensor:
-        if self.x_mean is not None: x = (x - self.x_mean.view(_bshape(self.x_mean, x.ndim))) / self.x_std.view(_bshape(self.x_std, x.ndim))
+        "The network's output for `x`, a batch with channels on axis 1, in physical units."
+        if self.x_mean is not None:
+            if not x.is_floating_point(): x = x.float()   # e.g. uint8 images, as in training
+            x = normalize(x, self.x_mean, self.x_std, dim=1)
         y = self.net(x)
-        if self.y_mean is not None: y = y * self.y_std.view(_bshape(self.y_std, y.ndim)) + self.y_mean.view(_bshape(self.y_mean, y.ndim))
-        return y
+        return y if self.y_mean is None else denormalize(y, self.y_mean, self.y_std, dim=1)
 
     @property
     def input_shape(self)->tuple|None:
@@ -118,11 +121,11 @@ def split_dataset(cfg, split:str='val', folders=()):
     return get_dataset(cfg, split, search_path=folders)   # a fractional split: the same indices training used
 
 def _metric_objects(cfg, field:bool, folders=())->dict:
-    from ml_suite.losses import LOSSES, METRICS, MeanLoss
+    from ml_suite.losses import LOSSES, METRICS, MeanLoss, resolve_metrics
     crit = resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', '', folders)
     crit = crit() if isinstance(crit, type) else crit
     ms = {'loss': MeanLoss(crit)}
-    for m in cfg.metrics: ms[m.rsplit(':', 1)[-1].lower()] = resolve_object(m, METRICS, 'metrics', '', folders)()
+    ms.update({name: cls() for name, cls in resolve_metrics(cfg.metrics, '', folders).items()})
     for m in FIELD_METRICS if field else ():
         if m not in ms: ms[m] = METRICS[m]()
     return ms

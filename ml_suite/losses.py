@@ -8,10 +8,11 @@ Docs: https://ml-suite.github.io/ml_suite/losses.html.md"""
 from __future__ import annotations
 import torch
 from torch import nn
+from .core import resolve_object
 
 # %% auto #0
 __all__ = ['LOSSES', 'METRICS', 'RMSELoss', 'RelativeL2Loss', 'class_axis', 'CrossEntropy', 'Metric', 'MSE', 'MAE', 'RMSE',
-           'RelL2', 'Accuracy', 'MeanLoss']
+           'RelL2', 'Accuracy', 'MeanLoss', 'resolve_metrics']
 
 # %% ../nbs/03_losses.ipynb #e2f4c96d
 class RMSELoss(nn.Module):
@@ -92,3 +93,12 @@ class MeanLoss(Metric):
 
 # %% ../nbs/03_losses.ipynb #8abbea95
 METRICS = {'mse': MSE, 'mae': MAE, 'rmse': RMSE, 'rel_l2': RelL2, 'accuracy': Accuracy}
+
+# %% ../nbs/03_losses.ipynb #429af285
+def resolve_metrics(
+    names,             # a config's `metrics`: built-in names or import paths 'module:Class'
+    where:str='',      # where `metrics` was set, for messages, e.g. ' (train.yml line 30)'
+    search_path=None,  # folder(s) to import from (the config's)
+)->dict:
+    "The metric classes `names` refer to, by the name their rows use: `rel_l2`, or `my_module:MyMetric` -> `mymetric`."
+    return {m.rsplit(':', 1)[-1].lower(): resolve_object(m, METRICS, 'metrics', where, search_path) for m in names}
