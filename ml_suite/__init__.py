@@ -2,6 +2,6 @@
 
 Modules:
 
-- `ml_suite.core`: The few pieces every other module leans on: one error type for bad input, name resolution for built-ins and import paths, and the one predicate that decides who writes files."""
+- `ml_suite.core`: The few pieces every other module leans on: one error type for bad input, and name resolution for built-ins and import paths."""
 
 __version__ = "0.1.0"

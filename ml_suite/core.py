@@ -1,5 +1,5 @@
-"""The few pieces every other module leans on: one error type for bad input, name resolution for
-built-ins and import paths, and the one predicate that decides who writes files.
+"""The few pieces every other module leans on: one error type for bad input, and name resolution for
+built-ins and import paths.
 
 Docs: https://ml-suite.github.io/ml_suite/core.html.md"""
 
@@ -11,11 +11,12 @@ import difflib, importlib, inspect, os, sys, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
+from .dist import DistInfo, is_main_process   # handed on: they live in dist
 
 # %% auto #0
 __all__ = ['IMPORTED_FROM', 'ConfigError', 'RunError', 'RunDirLocked', 'ModelError', 'describe_tensor', 'did_you_mean',
            'resolve_object', 'import_root', 'code_paths', 'search_folders', 'call_style', 'check_kwargs',
-           'stage_lengths', 'DistInfo', 'is_main_process']
+           'stage_lengths', 'in_ipython']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 class ConfigError(ValueError):
@@ -197,30 +198,7 @@ def stage_lengths(stages:list[dict], total_updates:int, where=lambda k: '')->lis
                           f"Shorten the stages or raise total_updates.")
     return [total_updates - fixed if n == -1 else n for n in ns]
 
-# %% ../nbs/00_core.ipynb #8e836ca5
-@dataclass(frozen=True)
-class DistInfo:
-    "Rank, local rank and world size of this process, from torchrun's or SLURM's environment."
-    rank:int=0
-    local_rank:int=0
-    world_size:int=1
-    launcher:str='none'  # 'torchrun', 'slurm' or 'none'
-
-    @classmethod
-    def from_env(cls, env=None)->'DistInfo':
-        env = os.environ if env is None else env
-        if 'RANK' in env and 'WORLD_SIZE' in env:  # torchrun (also when started by srun)
-            return cls(int(env['RANK']), int(env.get('LOCAL_RANK', 0)), int(env['WORLD_SIZE']), 'torchrun')
-        if int(env.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_PROCID' in env and env.get('SLURM_STEP_ID') is not None:
-            return cls(int(env['SLURM_PROCID']), int(env.get('SLURM_LOCALID', 0)), int(env['SLURM_NTASKS']), 'slurm')
-        return cls()
-
-    @property
-    def is_main(self)->bool: return self.rank == 0
-    @property
-    def distributed(self)->bool: return self.world_size > 1
-
-# %% ../nbs/00_core.ipynb #26764659
-def is_main_process()->bool:
-    "True on the one process that writes files: global rank 0 (or the only process)."
-    return DistInfo.from_env().is_main
+# %% ../nbs/00_core.ipynb #e105a467
+def in_ipython()->bool:
+    "True inside an IPython kernel or shell (a notebook), where `__name__` is `'__main__'` as in a script."
+    return 'IPython' in sys.modules and sys.modules['IPython'].get_ipython() is not None

@@ -9,19 +9,11 @@ from __future__ import annotations
 from contextlib import nullcontext
 import torch
 from .core import ModelError, describe_tensor
+from .dist import all_reduce_sum
 from .losses import MeanLoss, METRICS, Metric
 
 # %% auto #0
-__all__ = ['all_reduce_sum', 'Evaluator']
-
-# %% ../nbs/06_evaluator.ipynb #9239234d
-def all_reduce_sum(t:torch.Tensor, device=None)->torch.Tensor:
-    "Sum `t` over all processes (a no-op in one process)."
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()): return t
-    x = t.to(device or ('cuda' if dist.get_backend() == 'nccl' else 'cpu'))
-    dist.all_reduce(x)
-    return x.to(t.device)
+__all__ = ['Evaluator']
 
 # %% ../nbs/06_evaluator.ipynb #a398dac6
 class Evaluator:
