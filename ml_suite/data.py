@@ -10,7 +10,8 @@ import hashlib, math, re
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from fastcore.basics import patch
-from .core import ConfigError, DistInfo, RunError
+from .core import ConfigError, RunError
+from .dist import DistInfo, all_reduce_sum
 
 # %% auto #0
 __all__ = ['DATASETS', 'mix_seed', 'HeatDataset', 'split_indices', 'SplitDataset', 'dataset_splits', 'get_dataset',
@@ -338,7 +339,6 @@ def compute_normalization(
     min_std:float=1e-8,        # a channel with a smaller spread (a constant) gets std 1
 )->Normalization:
     "Per-channel mean and standard deviation of inputs (and targets) over `dataset`, identical on any number of processes."
-    from ml_suite.evaluator import all_reduce_sum
     x0, y0 = dataset[0]
     do_y = targets and _is_field(y0)
     n = len(dataset)

@@ -99,7 +99,7 @@ def load_model(
     "Rebuild the trained model from the config in its checkpoint, load the weights (safely), in eval mode on `device`."
     from ml_suite.checkpoint import load_checkpoint, load_weights
     from ml_suite.models import get_model
-    from ml_suite.trainer import get_device
+    from ml_suite.dist import get_device
     path = find_checkpoint(source, checkpoint)
     state = load_checkpoint(path)                      # weights_only: loading never runs code from the file
     cfg = checkpoint_config(state, path, 'cpu')
@@ -143,7 +143,7 @@ def evaluate(
 )->dict:
     "Metrics of a checkpoint on a split, as training computes them (and in physical units); the same on any number of processes."
     from ml_suite.data import eval_loader
-    from ml_suite.evaluator import all_reduce_sum
+    from ml_suite.dist import all_reduce_sum
     dist = DistInfo.from_env() if dist is None else dist
     model = source if isinstance(source, InferenceModel) else load_model(source, checkpoint, device)
     if model.config is None:
@@ -445,17 +445,14 @@ def eval_main(argv=None)->int:
     p.add_argument('--no-write', action='store_true', help='do not write the JSON file')
     a = p.parse_args(argv)
     def go():
-        import torch.distributed as tdist
-        from ml_suite.trainer import get_device
+        from ml_suite.dist import get_device, init_process_group, destroy_process_group
         dist = DistInfo.from_env()
-        own = dist.distributed and not tdist.is_initialized()   # join the group here, unless the caller already did
-        if own:
-            from ml_suite.train import _init_distributed
-            _init_distributed(dist, get_device(a.device, dist))
-        try:
-            res = evaluate(a.run_dir, a.split, a.checkpoint, a.batch_size, get_device(a.device, dist), write=not a.no_write, dist=dist)
+        device = get_device(a.device, dist)
+        # join the group here, unless the caller already did
+        own = init_process_group(dist, device)
+        try: res = evaluate(a.run_dir, a.split, a.checkpoint, a.batch_size, device, write=not a.no_write, dist=dist)
         finally:
-            if own: tdist.destroy_process_group()
+            if own: destroy_process_group()
         if dist.is_main:
             print(format_eval(res))
             if 'written' in res: print(f"written to {res['written']}")
