@@ -90,7 +90,8 @@ class PreemptionConfig:
 @dataclass
 class NonfiniteConfig:
     "What an update with a NaN or Inf loss (or gradient) does; see the trainer notebook."
-    policy:Literal['skip', 'stop', 'off'] = 'skip'  # skip: drop the update and count it; stop: stop at once; off: no check
+    # skip: drop the update and count it; stop: stop at once; off: no check
+    policy:Literal['skip', 'stop', 'off'] = 'skip'
     max_consecutive:int = 10      # skip: stop, with a checkpoint of the last good state, after this many in a row
 
 @dataclass
@@ -192,11 +193,12 @@ def read_yaml(path:Path)->tuple[dict, dict]:
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         pos = f" line {mark.line + 1} column {mark.column + 1}" if mark else ''
-        raise ConfigError(f"{path.name}{pos} is not valid YAML: {getattr(e, 'problem', None) or e}. Check the indentation "
-                          f"(spaces, not tabs) and that every entry reads 'key: value'.") from None
+        raise ConfigError(f"{path.name}{pos} is not valid YAML: {getattr(e, 'problem', None) or e}. Check the "
+                          f"indentation (spaces, not tabs) and that every entry reads 'key: value'.") from None
     if data is None: raise ConfigError(f"config file '{path}' is empty; start from configs/quickstart.yml.")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path.name} must hold a mapping of keys to values at the top level, got a {type(data).__name__}.")
+        raise ConfigError(f"{path.name} must hold a mapping of keys to values at the top level, got a "
+                          f"{type(data).__name__}.")
     lines = {}
     _walk_lines(node, (), lines, path.name)
     return data, lines
@@ -252,7 +254,8 @@ def expand_env(value, path=(), src:Source=None, environ=None):
         if default is not None: return default
         seen = src.dotenv if src else []
         looked = ', '.join(f"{p} ({'read, without it' if p.is_file() else 'none there'})" for p in seen)
-        raise ConfigError(f"{'.'.join(map(str, path))}{src.where(path) if src else ''} uses ${{{name}}}, but {name} is not "
+        key = '.'.join(map(str, path))
+        raise ConfigError(f"{key}{src.where(path) if src else ''} uses ${{{name}}}, but {name} is not "
                           f"set. Set it in the environment or in a .env file, or write ${{{name}:-default}}."
                           + (f" The .env files looked for: {looked}." if looked else ''))
     m = _VAR.fullmatch(value)
@@ -286,7 +289,8 @@ def apply_overrides(data:dict, overrides, src:Source)->dict:
     return data
 
 # %% ../nbs/05_config.ipynb #8e22f1ae
-_TYPE_WORDS = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string', list: 'a list', dict: 'a mapping'}
+_TYPE_WORDS = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string', list: 'a list',
+               dict: 'a mapping'}
 
 def _describe(v)->str:
     return f"{v!r} (a {'mapping' if isinstance(v, dict) else 'list' if isinstance(v, list) else type(v).__name__})"
@@ -306,7 +310,8 @@ def _coerce(v, tp, path, src):
     if origin is Literal:
         if v is False and 'off' in args: return 'off'   # YAML 1.1 reads an unquoted `off` as false
         if v in args: return v
-        raise ConfigError(f"{key}{where} must be one of {', '.join(map(repr, args))}, got {v!r}{did_you_mean(v, args) or '.'}")
+        raise ConfigError(f"{key}{where} must be one of {', '.join(map(repr, args))}, got "
+                          f"{v!r}{did_you_mean(v, args) or '.'}")
     if origin in (list, tuple):   # list[int], tuple[float, float]: a YAML list
         if isinstance(v, list): return v
         raise ConfigError(f"{key}{where} must be a list, got {_describe(v)}.")
@@ -367,7 +372,7 @@ def from_dict(cls, data, path=(), src:Source=None):
 
 # %% ../nbs/05_config.ipynb #bdb232e1
 def parse_time_limit(v, key:str='time_limit', where:str='')->Optional[float]:
-    "Seconds in a time limit written as SLURM writes them: 'MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM[:SS]' (or seconds)."
+    "Seconds in a time limit as SLURM writes it: 'MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM[:SS]' (or seconds)."
     if v is None: return None
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         if v > 0: return float(v)  # YAML 1.1 reads an unquoted 01:00:00 as the integer 3600 (base 60): seconds
@@ -413,8 +418,8 @@ def _check_ranges(cfg:Config, src:Source):
     w = lambda *p: src.where(p)
     _positive(cfg, src, 'batch_size', 'total_updates', 'updates_per_epoch', 'grad_accum_steps', 'val_batch_size',
               'log_every')
-    _positive(cfg, src, 'num_workers', 'checkpoint.save_every_epochs', 'checkpoint.keep_last', 'checkpoint.every_updates',
-              'checkpoint.every_minutes', 'optimizer.weight_decay', allow_zero=True)
+    _positive(cfg, src, 'num_workers', 'checkpoint.save_every_epochs', 'checkpoint.keep_last',
+              'checkpoint.every_updates', 'checkpoint.every_minutes', 'optimizer.weight_decay', allow_zero=True)
     _positive(cfg, src, 'optimizer.learning_rate', 'max_grad_norm', 'dist_timeout_minutes')
     if cfg.nonfinite.max_consecutive < 1:
         raise ConfigError(f"nonfinite.max_consecutive{w('nonfinite', 'max_consecutive')} must be >= 1, got "
@@ -531,7 +536,9 @@ def _check_splits(ds:DatasetConfig, src:Source):
 # %% ../nbs/05_config.ipynb #d4d5ddb8
 def _check_types(fn, kwargs:dict, path:tuple, src:Source)->dict:
     "`kwargs`, each value checked against (and converted to) the type annotated on `fn`'s parameter of that name."
-    try: hints, params = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn), inspect.signature(fn).parameters
+    try:
+        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
+        params = inspect.signature(fn).parameters
     except Exception: return kwargs   # annotations that do not resolve (forward references, ...): nothing to check
     out = {}
     for k, v in kwargs.items():
@@ -738,7 +745,8 @@ def _try_schedule(cfg:Config, src:Source, st:list[dict], o_cls):
             raise ConfigError(f"lr_scheduler.{k}{w('lr_scheduler', k)} is rejected by torch.optim.lr_scheduler."
                               f"{cls.__name__}({_args(kw)}): {_reason(e)}. Fix the value it names.") from None
     o = cfg.optimizer
-    try: opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], o.name, o.learning_rate, o.weight_decay, **o.kwargs)
+    dummy = [torch.nn.Parameter(torch.zeros(1))]
+    try: opt = build_optimizer(dummy, o.name, o.learning_rate, o.weight_decay, **o.kwargs)
     except Exception as e:
         args = _args(dict(learning_rate=o.learning_rate, weight_decay=o.weight_decay, **o.kwargs))
         raise ConfigError(f"optimizer{w('optimizer')} is rejected by torch.optim.{o_cls.__name__}({args}): "

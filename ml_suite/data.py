@@ -55,7 +55,8 @@ class HeatDataset(Dataset):
     def __len__(self): return self.n
 
     def __getitem__(self, i:int):
-        if not 0 <= i < self.n: raise IndexError(f"HeatDataset('{self.split}') has {self.n} samples, index {i} is out of range")
+        if not 0 <= i < self.n:
+            raise IndexError(f"HeatDataset('{self.split}') has {self.n} samples, index {i} is out of range")
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.split, int(i)))
         shape = self.amp.shape
         coef = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g)) * self.amp
@@ -184,7 +185,9 @@ class ResumableSampler(Sampler[int]):
                  world_size:int=1,   # processes in the job
                  drop_last:bool=True,# drop the tail that does not divide evenly among ranks
                 ):
-        self.n, self.seed, self.shuffle, self.rank, self.world_size, self.drop_last = n, seed, shuffle, rank, world_size, drop_last
+        self.n, self.seed, self.shuffle, self.drop_last = n, seed, shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
+        # the position to iterate from: set by `set_epoch`
         self.epoch, self.start = 0, 0
 
     def indices(self, epoch:int)->torch.Tensor:
@@ -226,19 +229,25 @@ class BatchStream:
         self.sampler = ResumableSampler(len(dataset), seed, True, dist.rank, dist.world_size, drop_last=True)
         self.batches_per_epoch = len(self.sampler.indices(0)) // batch_size
         if self.batches_per_epoch < 1:
-            raise ConfigError(f"batch_size {batch_size} is larger than the {len(self.sampler.indices(0))} training samples "
-                              f"each of the {dist.world_size} process(es) gets from {type(getattr(dataset, 'dataset', dataset)).__name__}; "
+            cls = type(getattr(dataset, 'dataset', dataset)).__name__
+            raise ConfigError(f"batch_size {batch_size} is larger than the {len(self.sampler.indices(0))} training "
+                              f"samples each of the {dist.world_size} process(es) gets from {cls}; "
                               f"lower batch_size or use more samples.")
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True,
-                                 collate_fn=getattr(dataset, 'collate_fn', None), num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                                 collate_fn=getattr(dataset, 'collate_fn', None), num_workers=num_workers,
+                                 pin_memory=pin_memory, persistent_workers=num_workers > 0,
                                  generator=torch.Generator().manual_seed(mix_seed(seed, 'workers')),
                                  worker_init_fn=die_with_parent if num_workers > 0 else None)
-        self.epoch, self.batches_done, self._it = 0, 0, None
+        # the position in the stream, and the loader's iterator over the current epoch (None: start one)
+        self.epoch, self.batches_done = 0, 0
+        self._it = None
 
     def __iter__(self): return self
 
     def __next__(self):
-        if self.batches_done >= self.batches_per_epoch: self.epoch, self.batches_done, self._it = self.epoch + 1, 0, None
+        if self.batches_done >= self.batches_per_epoch:
+            self.epoch, self.batches_done = self.epoch + 1, 0
+            self._it = None
         if self._it is None:
             self.sampler.set_epoch(self.epoch, start=self.batches_done * self.batch_size)
             self._it = iter(self.loader)
@@ -251,10 +260,12 @@ class BatchStream:
 
     def state_dict(self)->dict: return {'epoch': self.epoch, 'batches_done': self.batches_done}
     def load_state_dict(self, sd:dict):
-        self.epoch, self.batches_done, self._it = sd['epoch'], sd['batches_done'], None
+        self.epoch, self.batches_done = sd['epoch'], sd['batches_done']
+        self._it = None
 
 # %% ../nbs/01_data.ipynb #826e86a9
-def eval_loader(dataset:Dataset, batch_size:int, dist:DistInfo=DistInfo(), num_workers:int=0, pin_memory:bool=False)->DataLoader:
+def eval_loader(dataset:Dataset, batch_size:int, dist:DistInfo=DistInfo(), num_workers:int=0,
+                pin_memory:bool=False)->DataLoader:
     "A loader over this rank's share of `dataset`, in order, every sample exactly once across ranks."
     sampler = ResumableSampler(len(dataset), shuffle=False, rank=dist.rank, world_size=dist.world_size, drop_last=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
@@ -276,7 +287,7 @@ def denormalize(v:torch.Tensor, mean:torch.Tensor, std:torch.Tensor, dim:int=0)-
 
 # %% ../nbs/01_data.ipynb #fb1bc09c
 class Normalization:
-    "Per-channel `normalize` for inputs and targets, `denormalize` for outputs; the identity where a statistic is missing."
+    "Per-channel `normalize` for inputs and targets, `denormalize` for outputs; the identity without statistics."
     keys = ('x_mean', 'x_std', 'y_mean', 'y_std')
     def __init__(self, x_mean=None, x_std=None, y_mean=None, y_std=None,
                  x_shape=None, y_shape=None):  # one sample's input and target shapes, e.g. (1, 32, 32)
@@ -338,7 +349,7 @@ def compute_normalization(
     dist:DistInfo=DistInfo(),  # under torchrun: ranks share the work
     min_std:float=1e-8,        # a channel with a smaller spread (a constant) gets std 1
 )->Normalization:
-    "Per-channel mean and standard deviation of inputs (and targets) over `dataset`, identical on any number of processes."
+    "Per-channel mean and standard deviation of inputs (and targets) over `dataset`, the same on any number of ranks."
     x0, y0 = dataset[0]
     do_y = targets and _is_field(y0)
     n = len(dataset)
@@ -373,7 +384,8 @@ def dataset_normalization(
     "The `Normalization` a dataset asks for: declared by `normalization_stats()`, else computed, else the identity."
     if normalize is None: normalize = bool(getattr(dataset, 'normalize', False))
     x0, y0 = dataset[0]
-    shapes = dict(x_shape=tuple(x0.shape) if torch.is_tensor(x0) else None, y_shape=tuple(y0.shape) if torch.is_tensor(y0) else None)
+    shapes = dict(x_shape=tuple(x0.shape) if torch.is_tensor(x0) else None,
+                  y_shape=tuple(y0.shape) if torch.is_tensor(y0) else None)
     if not normalize: return Normalization(**shapes)
     if hasattr(dataset, 'normalization_stats'):
         declared = dict(dataset.normalization_stats())
@@ -407,12 +419,13 @@ class DataError(RunError):
 # %% ../nbs/01_data.ipynb #3f188737
 def _describe(v)->str:
     "A short description of a sample's part, for messages: shape and dtype of a tensor or array, else its type."
-    if hasattr(v, 'shape') and hasattr(v, 'dtype'): return f"shape {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
+    if hasattr(v, 'shape') and hasattr(v, 'dtype'):
+        return f"shape {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
     return f"a {type(v).__name__}"
 
 # %% ../nbs/01_data.ipynb #76a7ce1d
 class CheckedDataset(NormalizedDataset):
-    "`dataset`'s samples, checked (and normalized by `norm`): a fault raises a `DataError` naming dataset, split and index."
+    "`dataset`'s samples, checked and normalized: a fault raises a `DataError` naming the dataset, split and index."
     def __init__(self,
                  dataset:Dataset,   # the user's dataset, yielding `(input, target)`
                  split:str='train', # its split, for messages

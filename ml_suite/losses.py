@@ -66,7 +66,8 @@ class Metric:
     def update(self, pred, target):
         "Add a batch: floating tensors compared in float32; integer and bool ones (class indices) keep their dtype."
         s, n = self.batch(_as_compared(pred), _as_compared(target))
-        self.state += torch.stack([torch.as_tensor(s, dtype=torch.float64).cpu(), torch.as_tensor(n, dtype=torch.float64).cpu()])
+        as64 = lambda v: torch.as_tensor(v, dtype=torch.float64).cpu()
+        self.state += torch.stack([as64(s), as64(n)])
     def compute(self, state=None)->float:
         s, n = (self.state if state is None else state).tolist()
         return s / n if n else float('nan')
@@ -78,7 +79,8 @@ class MAE(Metric):
 class RMSE(MSE):
     def compute(self, state=None): return super().compute(state) ** 0.5
 class RelL2(Metric):
-    def batch(self, p, t): return ((p - t).flatten(1).norm(dim=1) / t.flatten(1).norm(dim=1).clamp_min(1e-12)).sum(), len(p)
+    def batch(self, p, t):
+        return ((p - t).flatten(1).norm(dim=1) / t.flatten(1).norm(dim=1).clamp_min(1e-12)).sum(), len(p)
 class Accuracy(Metric):
     "The fraction of class-index targets whose logit is the largest; the class axis as in `class_axis`."
     def batch(self, p, t):
@@ -94,7 +96,7 @@ class MeanLoss(Metric):
 # %% ../nbs/03_losses.ipynb #8abbea95
 METRICS = {'mse': MSE, 'mae': MAE, 'rmse': RMSE, 'rel_l2': RelL2, 'accuracy': Accuracy}
 
-# %% ../nbs/03_losses.ipynb #429af285
+# %% ../nbs/03_losses.ipynb #515ffee9
 def resolve_metrics(
     names,             # a config's `metrics`: built-in names or import paths 'module:Class'
     where:str='',      # where `metrics` was set, for messages, e.g. ' (train.yml line 30)'
