@@ -89,6 +89,7 @@ def split_indices(
     if test_split: out['test'] = sorted(perm[n_train:n_train + n_test])
     return out
 
+# %% ../nbs/01_data.ipynb #3b44516f
 class SplitDataset(Dataset):
     "The samples `indices` of `dataset`: one part of a dataset split by fractions."
     def __init__(self, dataset:Dataset, indices:list, split:str):
@@ -111,6 +112,7 @@ def _positional(fn)->int:
     if any(p.kind is p.VAR_POSITIONAL for p in ps): return 99
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in ps)
 
+# %% ../nbs/01_data.ipynb #9008c753
 def _build_dataset(section:dict, split:str, factory, search_path, src):
     "One dataset of `section`, for the split called `split`."
     from ml_suite.config import RESERVED, FACTORY_HINT, call_factory, section_args, takes_param
@@ -129,6 +131,7 @@ def _build_dataset(section:dict, split:str, factory, search_path, src):
     if not _is_dataset(ds): raise ConfigError(f"{what} built {type(ds).__name__}, which is not {_A_DATASET}.")
     return ds
 
+# %% ../nbs/01_data.ipynb #feb5e0e0
 def dataset_splits(
     section,                  # a config's `dataset` section as a dict, or a whole `Config`
     splits=('train', 'val'),  # roles ('train', 'val', 'test': the section's names for them) or other split names
@@ -163,6 +166,7 @@ def dataset_splits(
             out[s] = _build_dataset(section, name, factory, search_path, src)
     return {s: out[s] for s in splits}
 
+# %% ../nbs/01_data.ipynb #9ac50c24
 def get_dataset(
     section,                  # a config's `dataset` section as a dict, or a whole `Config`
     split:str='train',        # 'train', 'val', 'test' (the section's names for them), or another split name
@@ -336,10 +340,15 @@ class Normalization:
 def _channel_sums(v:torch.Tensor)->torch.Tensor:
     "`[count, sum, sum of squares]` per channel of a batch `v` (channels on axis 1), in float64."
     v = v.double().transpose(0, 1).reshape(v.shape[1], -1)
-    return torch.stack([torch.full((v.shape[0],), float(v.shape[1]), dtype=torch.float64), v.sum(1), (v * v).sum(1)], 1)
+    count = torch.full((v.shape[0],), float(v.shape[1]), dtype=torch.float64)
+    return torch.stack([count, v.sum(1), (v * v).sum(1)], 1)
 
-def _is_field(v)->bool: return torch.is_tensor(v) and v.is_floating_point() and v.ndim >= 1
+# %% ../nbs/01_data.ipynb #ea06506a
+def _is_field(v)->bool:
+    "Whether a sample's part is a field to normalize: a floating-point tensor (class labels are not)."
+    return torch.is_tensor(v) and v.is_floating_point() and v.ndim >= 1
 
+# %% ../nbs/01_data.ipynb #a27d57c3
 def compute_normalization(
     dataset:Dataset,           # the training split, yielding `(input, target)` tensors
     targets:bool=True,         # also normalize floating-point targets (not class labels)
