@@ -477,6 +477,7 @@ def _read_failed(self:CheckedDataset, i:int, e:Exception)->DataError:
                      f"code (the original traceback is chained to this error); reproduce it with "
                      f"{cls}(split='{split}', ...)[{j}].")
 
+# %% ../nbs/01_data.ipynb #3e2a8e1e
 @patch
 def _check_pair(self:CheckedDataset, s, i:int):
     "Raise a `DataError` if sample `i`, `s`, is not a pair `(input, target)`."
@@ -487,6 +488,7 @@ def _check_pair(self:CheckedDataset, s, i:int):
     raise DataError(f"{self.name} sample {self.index(i)} is {what}; a sample must be a pair (input, target). "
                     f"Return a tuple from {type(self.base).__name__}.__getitem__, e.g. `return x, y`" + hint)
 
+# %% ../nbs/01_data.ipynb #bf49be50
 @patch
 def _read(self:CheckedDataset, i:int):
     "Sample `i` as the dataset gives it, checked: it must be read without an error, and be a pair."
@@ -532,6 +534,7 @@ def collate_fn(self:CheckedDataset, samples:list):
     # the batch's channels are on axis 1; a target is a field (normalized) when one sample's was a float tensor
     return type(b)((self.norm.input(x, 1), self.norm.target(y, 1) if _is_field(y) and y.ndim >= 2 else y))
 
+# %% ../nbs/01_data.ipynb #3ac3be05
 @patch
 def _check_samples(self:CheckedDataset, samples:list):
     "Raise a `DataError` at the first of `samples` that is not a pair."
