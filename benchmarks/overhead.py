@@ -20,7 +20,9 @@ the same data in a subprocess. Each side runs a short and a long training (`--cl
 the cost per update is the slope between them, so that start-up (imports, building, the final validation and
 checkpoint) cancels. Every round runs the four processes in turns; reported are the median and range over rounds of
 the ratio of the slopes, wall clock and CPU time of the process, and whether the final weights of both equal the
-plain loop's bit for bit.
+plain loop's bit for bit. In a round each side runs each length twice, in the order A B B A (short, long, long,
+short), so that a drift of the machine's speed weighs on both alike; the slope taken from each (side, length)'s
+fastest run over all rounds is reported too.
 
 Lightning comes from the benchmark-only extra: `uv sync --extra bench`. Without it, Lightning's column is skipped.
 """
@@ -223,24 +225,41 @@ def cli_round(a, r:int, d:Path, exe:str, env:dict)->dict:
     plain_args = [f'--batch={a.batch}', f'--samples={a.cli_samples}', f'--in-features={a.cli_width}',
                   f'--hidden={a.cli_width}', f'--seed={a.seed}', f'--log-every={a.log_every}']
     times, equal = {}, []
-    jobs = [(side, n) for n in (short, long) for side in (('plain', CLI) if r % 2 == 0 else (CLI, 'plain'))]
+    # A B B A in each length, and the lengths short long long short: a drift of the machine's speed during the round
+    # weighs on both sides alike; each (side, length) runs twice and counts with its mean
+    one, two = ('plain', CLI) if r % 2 == 0 else (CLI, 'plain')
+    jobs = [(one, short), (two, short), (two, long), (one, long), (one, long), (two, long), (two, short), (one, short)]
     for side, n in jobs:
         run_dir, weights = d / f'run_{r}_{n}', d / f'plain_{r}_{n}.pt'
         if side == CLI:
             cfg = d / f'train_{r}_{n}.yml'
             cfg.write_text(cli_config(run_dir, n, a))
-            times[side, n] = timed([exe, str(cfg)], env, d)
+            shutil.rmtree(run_dir, ignore_errors=True)   # a fresh run each time, not a resume
+            times.setdefault((side, n), []).append(timed([exe, str(cfg)], env, d))
         else:
-            times[side, n] = timed([sys.executable, str(HERE / 'plain_loop.py'), f'--updates={n}', f'--out={weights}',
-                                    *plain_args], env, d)
+            times.setdefault((side, n), []).append(timed([sys.executable, str(HERE / 'plain_loop.py'), f'--updates={n}',
+                                                          f'--out={weights}', *plain_args], env, d))
     for n in (short, long): equal.append(same_weights(d / f'plain_{r}_{n}.pt', d / f'run_{r}_{n}'))
-    res = {'weights_equal_plain': all(equal)}
+    res = {'weights_equal_plain': all(equal), 'times': {f'{side} {n}': v for (side, n), v in times.items()}}
     for clock, pre in ((0, 'wall_'), (1, 'cpu_')):
+        mean = lambda side, n: statistics.fmean(t[clock] for t in times[side, n])
         for side in ('plain', CLI):
-            res[pre + side + '_us'] = (times[side, long][clock] - times[side, short][clock]) / (long - short) * 1e6
-            res[pre + side + '_short_s'] = times[side, short][clock]
+            res[pre + side + '_us'] = (mean(side, long) - mean(side, short)) / (long - short) * 1e6
+            res[pre + side + '_short_s'] = mean(side, short)
         res[pre + 'ratio'] = res[pre + CLI + '_us'] / res[pre + 'plain_us']
     return res
+
+
+def slope_of_minima(rounds:list, a)->dict:
+    "The ratio of the slopes taken from each (side, length)'s fastest run over all rounds: the least disturbed ones."
+    short, long = a.cli_updates
+    out = {}
+    for clock, pre in ((0, 'wall_'), (1, 'cpu_')):
+        best = lambda side, n: min(t[clock] for x in rounds for t in x['times'][f'{side} {n}'])
+        slope = {side: (best(side, long) - best(side, short)) / (long - short) * 1e6 for side in ('plain', CLI)}
+        out[pre + 'min_plain_us'], out[pre + 'min_' + CLI + '_us'] = slope['plain'], slope[CLI]
+        out[pre + 'min_ratio'] = slope[CLI] / slope['plain']
+    return out
 
 
 def run_cli(a)->dict:
@@ -263,7 +282,8 @@ def run_cli(a)->dict:
                     f"by import path, batch {a.batch}, MSE, AdamW, no clipping, no schedule, log every {a.log_every}, "
                     f"1 thread", 'per_round': rounds}
     for k in rounds[0]:
-        if k != 'weights_equal_plain': out[k] = med(x[k] for x in rounds)
+        if k not in ('weights_equal_plain', 'times'): out[k] = med(x[k] for x in rounds)
+    out.update(slope_of_minima(rounds, a))
     for pre in ('wall_', 'cpu_'): out[pre + 'ratio_range'] = [min(x[pre + 'ratio'] for x in rounds), max(x[pre + 'ratio'] for x in rounds)]
     return out
 
@@ -281,7 +301,10 @@ def format_cli_table(res:dict)->str:
         f"| plain loop | {res['wall_plain_us']:.0f} us | {res['cpu_plain_us']:.0f} us | 1 | 1 | "
         f"{res['wall_plain_short_s']:.2f} s | True |",
         f"| {CLI} | {res['wall_' + CLI + '_us']:.0f} us | {res['cpu_' + CLI + '_us']:.0f} us | {rr('wall_')} | "
-        f"{rr('cpu_')} | {res['wall_' + CLI + '_short_s']:.2f} s | {res['weights_equal_plain']} |"])
+        f"{rr('cpu_')} | {res['wall_' + CLI + '_short_s']:.2f} s | {res['weights_equal_plain']} |",
+        f"From each (side, length)'s fastest run over the rounds: plain {res['wall_min_plain_us']:.0f} us, {CLI} "
+        f"{res['wall_min_' + CLI + '_us']:.0f} us per update, ratio {res['wall_min_ratio']:.3f} (wall); "
+        f"{res['cpu_min_ratio']:.3f} (CPU)"])
 
 
 RUN = {'plain': run_plain, 'ml_suite': run_ml_suite, 'lightning': run_lightning}

@@ -220,6 +220,7 @@ def read_dotenv(path:Path)->dict:
         out[key] = val
     return out
 
+# %% ../nbs/05_config.ipynb #33cdf70f
 def dotenv_paths(config_dir:Optional[Path]=None)->list[Path]:
     "The `.env` files to read, in order of precedence: the working directory, the config's folder and those above it."
     cands = [Path.cwd() / '.env']
@@ -229,6 +230,7 @@ def dotenv_paths(config_dir:Optional[Path]=None)->list[Path]:
             if (d / '.git').exists(): break   # the repository's root: no further
     return list(dict.fromkeys(c.resolve() if c.parent.exists() else c for c in cands))
 
+# %% ../nbs/05_config.ipynb #a91e0638
 def load_dotenv(config_dir:Optional[Path]=None, environ=None)->list[Path]:
     "Set variables from the `.env` files of `dotenv_paths`, never overriding the environment; the files read."
     environ = os.environ if environ is None else environ
@@ -500,16 +502,6 @@ def _check_import_paths(cfg:Config, src:Source):
             fn = _callable(resolve_object(value, {}, key, where, src.folder), key, where, value)
             if key in ('dataset.name', 'model.type'): check_section(fn, cfg, src, key.split('.')[0])
 
-# %% ../nbs/05_config.ipynb #b5980819
-def check_values(cfg:Config, src:Source)->Config:
-    "Check ranges, the rules between keys and import paths of `cfg`, without importing torch."
-    _check_ranges(cfg, src)
-    _check_signals(cfg.preemption, src)
-    _check_schedule(cfg, src)
-    _check_splits(cfg.dataset, src)
-    _check_import_paths(cfg, src)
-    return cfg
-
 # %% ../nbs/05_config.ipynb #963ba4be
 def _check_splits(ds:DatasetConfig, src:Source):
     "A fractional `train_split` (and `test_split`) in (0, 1), leaving some samples for validation."
@@ -533,6 +525,16 @@ def _check_splits(ds:DatasetConfig, src:Source):
                           f"({tr}) validation gets the samples that train_split and test_split leave; remove "
                           f"val_split.")
 
+# %% ../nbs/05_config.ipynb #b5980819
+def check_values(cfg:Config, src:Source)->Config:
+    "Check ranges, the rules between keys and import paths of `cfg`, without importing torch."
+    _check_ranges(cfg, src)
+    _check_signals(cfg.preemption, src)
+    _check_schedule(cfg, src)
+    _check_splits(cfg.dataset, src)
+    _check_import_paths(cfg, src)
+    return cfg
+
 # %% ../nbs/05_config.ipynb #d4d5ddb8
 def _check_types(fn, kwargs:dict, path:tuple, src:Source)->dict:
     "`kwargs`, each value checked against (and converted to) the type annotated on `fn`'s parameter of that name."
@@ -546,6 +548,7 @@ def _check_types(fn, kwargs:dict, path:tuple, src:Source)->dict:
         out[k] = v if k not in hints or implicit_none else _coerce(v, hints[k], path + (k,), src)
     return out
 
+# %% ../nbs/05_config.ipynb #ed553de1
 def build_dataclass(cls, data, path:tuple=(), src:Source=None):
     "A user's dataclass `cls` (nanoGPT's `GPTConfig`) from the mapping `data`, each key a field of its type."
     src = src or Source()
@@ -571,6 +574,7 @@ def build_dataclass(cls, data, path:tuple=(), src:Source=None):
         raise ConfigError(f"{sect}{src.where(path)} is refused by {cls.__qualname__}({_args(vals)}): {_reason(e)}. "
                           f"Fix the value it names.") from None
 
+# %% ../nbs/05_config.ipynb #3e062967
 def section_args(
     fn,                # the class or function the section builds
     section:dict,      # the whole section, e.g. {'type': 'gpt', 'criterion': 'cross_entropy', 'n_layer': 2}
@@ -589,12 +593,14 @@ def section_args(
                  reserved=reserved, skip=skip)
     return (), _check_types(fn, kwargs, path, src)
 
+# %% ../nbs/05_config.ipynb #447b6ad1
 def takes_param(fn, name:str)->bool:
     "Whether `fn` accepts a keyword argument `name` (or any, with `**kwargs`)."
     try: ps = inspect.signature(fn).parameters
     except (TypeError, ValueError): return True
     return name in ps or any(p.kind is p.VAR_KEYWORD for p in ps.values())
 
+# %% ../nbs/05_config.ipynb #cfe52e7d
 RESERVED = {'model': ('type', 'criterion'), 'dataset': ('name', 'train_split', 'val_split', 'test_split', 'normalize')}
 
 def check_section(fn, cfg:Config, src:Source, which:str):
@@ -609,6 +615,7 @@ def check_section(fn, cfg:Config, src:Source, which:str):
                           f"dataset.train_split a fraction (e.g. 0.8) to split it in two, or give "
                           f"{getattr(fn, '__qualname__', fn)} a split parameter.")
 
+# %% ../nbs/05_config.ipynb #695c92e4
 def call_factory(
     factory,           # a callable, or an import path 'module:function'
     args:tuple,        # what it is called with
@@ -636,6 +643,7 @@ def call_factory(
                           f"{want} there, or change the name.")
     return out
 
+# %% ../nbs/05_config.ipynb #65502efa
 def _construct(fn, kwargs:dict, section:str, where:str, meta:bool=False):
     "Build `fn(**kwargs)` now (on the meta device if `meta`), turning its refusal into a `ConfigError`."
     import torch

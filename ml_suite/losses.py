@@ -18,13 +18,16 @@ __all__ = ['LOSSES', 'METRICS', 'RMSELoss', 'RelativeL2Loss', 'class_axis', 'Cro
 class RMSELoss(nn.Module):
     "Root mean squared error: `sqrt(mean((pred - target)**2))`."
     def __init__(self, eps:float=1e-12):  # keeps the gradient finite at zero error
-        super().__init__(); self.eps = eps
+        super().__init__()
+        self.eps = eps
     def forward(self, pred, target): return torch.sqrt(nn.functional.mse_loss(pred, target) + self.eps)
 
+# %% ../nbs/03_losses.ipynb #2ba84574
 class RelativeL2Loss(nn.Module):
     "Mean over samples of `‖pred - target‖ / ‖target‖`, the usual error measure for PDE surrogates."
     def __init__(self, eps:float=1e-12):
-        super().__init__(); self.eps = eps
+        super().__init__()
+        self.eps = eps
     def forward(self, pred, target):
         err = (pred - target).flatten(1).norm(dim=1)
         return (err / (target.flatten(1).norm(dim=1) + self.eps)).mean()
@@ -72,6 +75,7 @@ class Metric:
         s, n = (self.state if state is None else state).tolist()
         return s / n if n else float('nan')
 
+# %% ../nbs/03_losses.ipynb #0565f335
 class MSE(Metric):
     def batch(self, p, t): return ((p - t) ** 2).sum(), p.numel()
 class MAE(Metric):
