@@ -10,7 +10,7 @@ import argparse, json, math, os, sys, time
 from contextlib import nullcontext
 from pathlib import Path
 import torch
-from .core import ConfigError, RunError, DistInfo, resolve_object, search_folders
+from .core import ConfigError, RunError, DistInfo, resolve_object, search_folders, in_ipython
 from .data import Normalization, normalize, denormalize
 
 # %% auto #0
@@ -447,6 +447,7 @@ def _run(fn, prog):
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 
+# %% ../nbs/14_inference.ipynb #655cfa7c
 def eval_main(argv=None)->int:
     "`ml-suite-eval RUN_DIR`: metrics of a checkpoint on a split, as a table and as JSON beside the checkpoint."
     p = _common(argparse.ArgumentParser(prog='ml-suite-eval',
@@ -513,7 +514,4 @@ def main(argv=None)->int:
         print("usage: python -m ml_suite.inference {eval,predict,export} RUN_DIR ...", file=sys.stderr); return 2
     return cmds[argv[0]](argv[1:])
 
-def _in_ipython()->bool:
-    return 'IPython' in sys.modules and sys.modules['IPython'].get_ipython() is not None
-
-if __name__ == '__main__' and not _in_ipython(): sys.exit(main())
+if __name__ == '__main__' and not in_ipython(): sys.exit(main())
