@@ -120,7 +120,9 @@ def split_dataset(cfg, split:str='val', folders=()):
     from ml_suite.data import get_dataset
     return get_dataset(cfg, split, search_path=folders)   # a fractional split: the same indices training used
 
+# %% ../nbs/14_inference.ipynb #4b4f763e
 def _metric_objects(cfg, field:bool, folders=())->dict:
+    "The loss and the metrics that evaluation computes for `cfg`, the field metrics added for fields."
     from ml_suite.losses import LOSSES, METRICS, MeanLoss, resolve_metrics
     crit = resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', '', folders)
     crit = crit() if isinstance(crit, type) else crit
