@@ -13,13 +13,26 @@ process. Peak resident memory comes from separate processes that run one contend
     uv run python benchmarks/overhead.py --mode val --every 100  # with validation every 100 updates
     uv run python benchmarks/overhead.py --mode ckpt --every 100 # with a checkpoint every 100 updates
 
+On the path users run (`--contenders ml-suite-train`, in the default set): the `ml-suite-train` command in a
+subprocess, with a user's model and dataset given by import path (`user_mlp.py`: an MLP 256-256-256-1 and a tensor
+dataset; batch 64, AdamW, no clipping, no schedule, one thread), against the hand-written loop of `plain_loop.py` over
+the same data in a subprocess. Each side runs a short and a long training (`--cli-updates`, 200 and 2200 updates);
+the cost per update is the slope between them, so that start-up (imports, building, the final validation and
+checkpoint) cancels. Every round runs the four processes in turns; reported are the median and range over rounds of
+the ratio of the slopes, wall clock and CPU time of the process, and whether the final weights of both equal the
+plain loop's bit for bit. In a round each side runs each length twice, in the order A B B A (short, long, long,
+short), so that a drift of the machine's speed weighs on both alike; the slope taken from each (side, length)'s
+fastest run over all rounds is reported too.
+
 Lightning comes from the benchmark-only extra: `uv sync --extra bench`. Without it, Lightning's column is skipped.
 """
 from __future__ import annotations
-import argparse, hashlib, json, os, resource, statistics, subprocess, sys, tempfile, time
+import argparse, hashlib, json, os, resource, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 CONTENDERS = ('plain', 'ml_suite', 'lightning')
+CLI = 'ml-suite-train'   # the command line, in a subprocess, against plain_loop.py
+HERE = Path(__file__).resolve().parent
 
 
 def make_setup(seed:int, in_features:int, hidden:int, outputs:int, batch:int, n_batches:int, n_val:int):
@@ -184,6 +197,120 @@ def one(a)->dict:
     return res
 
 
+# --- the path users run: ml-suite-train in a subprocess vs plain_loop.py in a subprocess ------------------------------
+
+def cli_config(run_dir:Path, updates:int, a)->str:
+    "The YAML a user would write for user_mlp's model and dataset: batch 64, AdamW, no clipping, no schedule."
+    return (f"dataset: {{name: 'user_mlp:TensorData', num_samples: {a.cli_samples}, in_features: {a.cli_width}}}\n"
+            f"model: {{type: 'user_mlp:MLP', criterion: mse, in_features: {a.cli_width}, hidden: {a.cli_width}}}\n"
+            f"batch_size: {a.batch}\ntotal_updates: {updates}\nlog_every: {a.log_every}\nseed: {a.seed}\n"
+            f"optimizer: {{name: AdamW, learning_rate: 1.0e-3}}\nrun_dir: {run_dir}\n")
+
+
+def timed(cmd:list, env:dict, cwd:Path)->tuple[float, float]:
+    "Run `cmd` to its end; its wall time (launch to exit) and the CPU time (user + system) it used."
+    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode: raise SystemExit(f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return wall, (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+
+
+def same_weights(plain_file:Path, run_dir:Path)->bool:
+    "Whether the plain loop's final state dict equals the model in the run's latest.pt, bit for bit."
+    import torch
+    a, b = torch.load(plain_file, weights_only=True), torch.load(run_dir / 'latest.pt', weights_only=True)['model']
+    return sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def cli_round(a, r:int, d:Path, exe:str, env:dict)->dict:
+    "One round: the short and the long run of each side, in turns; the slopes, their ratios, and the weights check."
+    short, long = a.cli_updates
+    plain_args = [f'--batch={a.batch}', f'--samples={a.cli_samples}', f'--in-features={a.cli_width}',
+                  f'--hidden={a.cli_width}', f'--seed={a.seed}', f'--log-every={a.log_every}']
+    times, equal = {}, []
+    # A B B A in each length, and the lengths short long long short: a drift of the machine's speed during the round
+    # weighs on both sides alike; each (side, length) runs twice and counts with its mean
+    one, two = ('plain', CLI) if r % 2 == 0 else (CLI, 'plain')
+    jobs = [(one, short), (two, short), (two, long), (one, long), (one, long), (two, long), (two, short), (one, short)]
+    for side, n in jobs:
+        run_dir, weights = d / f'run_{r}_{n}', d / f'plain_{r}_{n}.pt'
+        if side == CLI:
+            cfg = d / f'train_{r}_{n}.yml'
+            cfg.write_text(cli_config(run_dir, n, a))
+            shutil.rmtree(run_dir, ignore_errors=True)   # a fresh run each time, not a resume
+            times.setdefault((side, n), []).append(timed([exe, str(cfg)], env, d))
+        else:
+            times.setdefault((side, n), []).append(timed([sys.executable, str(HERE / 'plain_loop.py'), f'--updates={n}',
+                                                          f'--out={weights}', *plain_args], env, d))
+    for n in (short, long): equal.append(same_weights(d / f'plain_{r}_{n}.pt', d / f'run_{r}_{n}'))
+    res = {'weights_equal_plain': all(equal), 'times': {f'{side} {n}': v for (side, n), v in times.items()}}
+    for clock, pre in ((0, 'wall_'), (1, 'cpu_')):
+        mean = lambda side, n: statistics.fmean(t[clock] for t in times[side, n])
+        for side in ('plain', CLI):
+            res[pre + side + '_us'] = (mean(side, long) - mean(side, short)) / (long - short) * 1e6
+            res[pre + side + '_short_s'] = mean(side, short)
+        res[pre + 'ratio'] = res[pre + CLI + '_us'] / res[pre + 'plain_us']
+    return res
+
+
+def slope_of_minima(rounds:list, a)->dict:
+    "The ratio of the slopes taken from each (side, length)'s fastest run over all rounds: the least disturbed ones."
+    short, long = a.cli_updates
+    out = {}
+    for clock, pre in ((0, 'wall_'), (1, 'cpu_')):
+        best = lambda side, n: min(t[clock] for x in rounds for t in x['times'][f'{side} {n}'])
+        slope = {side: (best(side, long) - best(side, short)) / (long - short) * 1e6 for side in ('plain', CLI)}
+        out[pre + 'min_plain_us'], out[pre + 'min_' + CLI + '_us'] = slope['plain'], slope[CLI]
+        out[pre + 'min_ratio'] = slope[CLI] / slope['plain']
+    return out
+
+
+def run_cli(a)->dict:
+    "The CLI comparison over `a.rounds` rounds: medians and ranges of the per-update slopes and their ratio."
+    exe = shutil.which(CLI, path=str(Path(sys.executable).parent)) or shutil.which(CLI)
+    if exe is None: raise SystemExit(f"{CLI} not found beside {sys.executable}; run `uv sync` first.")
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1',
+           'PYTHONPATH': os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep)}
+    rounds = []
+    with tempfile.TemporaryDirectory() as d:
+        for r in range(a.rounds):
+            rounds.append(cli_round(a, r, Path(d), exe, env))
+            x = rounds[-1]
+            print(f"round {r + 1}/{a.rounds} {CLI}: per update {x['wall_' + CLI + '_us']:.0f} us vs plain "
+                  f"{x['wall_plain_us']:.0f} us (wall ratio {x['wall_ratio']:.3f}, CPU ratio {x['cpu_ratio']:.3f}); "
+                  f"weights equal: {x['weights_equal_plain']}", file=sys.stderr)
+    med = statistics.median
+    out = {'updates': list(a.cli_updates), 'rounds': a.rounds, 'weights_equal_plain': all(x['weights_equal_plain'] for x in rounds),
+           'model': f"MLP {a.cli_width}-{a.cli_width}-{a.cli_width}-1 and a tensor dataset of {a.cli_samples} samples "
+                    f"by import path, batch {a.batch}, MSE, AdamW, no clipping, no schedule, log every {a.log_every}, "
+                    f"1 thread", 'per_round': rounds}
+    for k in rounds[0]:
+        if k not in ('weights_equal_plain', 'times'): out[k] = med(x[k] for x in rounds)
+    out.update(slope_of_minima(rounds, a))
+    for pre in ('wall_', 'cpu_'): out[pre + 'ratio_range'] = [min(x[pre + 'ratio'] for x in rounds), max(x[pre + 'ratio'] for x in rounds)]
+    return out
+
+
+def format_cli_table(res:dict)->str:
+    "The CLI comparison as a markdown table."
+    def rr(pre): return f"{res[pre + 'ratio']:.3f} [{res[pre + 'ratio_range'][0]:.3f}, {res[pre + 'ratio_range'][1]:.3f}]"
+    short, long = res['updates']
+    return '\n'.join([
+        f"{CLI} (subprocess) vs plain_loop.py (subprocess): {res['model']}; per update = slope between a {short}- and a "
+        f"{long}-update run; {res['rounds']} rounds, medians [min, max]",
+        '| contender | per update (wall) | per update (CPU) | ratio to plain (wall) | ratio to plain (CPU) '
+        f'| {short}-update run (wall) | weights == plain |',
+        '|---|---|---|---|---|---|---|',
+        f"| plain loop | {res['wall_plain_us']:.0f} us | {res['cpu_plain_us']:.0f} us | 1 | 1 | "
+        f"{res['wall_plain_short_s']:.2f} s | True |",
+        f"| {CLI} | {res['wall_' + CLI + '_us']:.0f} us | {res['cpu_' + CLI + '_us']:.0f} us | {rr('wall_')} | "
+        f"{rr('cpu_')} | {res['wall_' + CLI + '_short_s']:.2f} s | {res['weights_equal_plain']} |",
+        f"From each (side, length)'s fastest run over the rounds: plain {res['wall_min_plain_us']:.0f} us, {CLI} "
+        f"{res['wall_min_' + CLI + '_us']:.0f} us per update, ratio {res['wall_min_ratio']:.3f} (wall); "
+        f"{res['cpu_min_ratio']:.3f} (CPU)"])
+
+
 RUN = {'plain': run_plain, 'ml_suite': run_ml_suite, 'lightning': run_lightning}
 
 
@@ -207,20 +334,38 @@ def main(argv=None):
     p.add_argument('--batch', type=int, default=64)
     p.add_argument('--val-batches', type=int, default=10)
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--contenders', default='plain,ml_suite,lightning',
-                   help='plain: the loop against itself (an A/A check: the resolution of the measurement)')
+    p.add_argument('--contenders', default=f'plain,ml_suite,lightning,{CLI}',
+                   help=f'plain: the loop against itself (an A/A check: the resolution of the measurement); {CLI}: '
+                        f'the command line against plain_loop.py, each in a subprocess')
+    p.add_argument('--cli-updates', type=lambda v: tuple(int(x) for x in v.split(',')), default=(200, 2200),
+                   help=f'{CLI}: the short and the long run, in updates (the slope between them is the cost per update)')
+    p.add_argument('--cli-width', type=int, default=256, help=f'{CLI}: the MLP\'s input and hidden width')
+    p.add_argument('--cli-samples', type=int, default=4096, help=f'{CLI}: samples in the training split')
+    p.add_argument('--log-every', type=int, default=10, help=f'{CLI}: a log row (and a printed loss in the plain loop) every this many updates')
     p.add_argument('--json', help='also write the results here')
     p.add_argument('--contender', help=argparse.SUPPRESS)  # internal: run one contender in this process
     p.add_argument('--alone', action='store_true', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.contender: print(json.dumps(one(a))); return 0
 
-    names = [c for c in a.contenders.split(',') if available(c)]
-    skipped = [c for c in a.contenders.split(',') if c not in names]
+    asked = a.contenders.split(',')
+    names = [c for c in asked if c != CLI and available(c)]
+    skipped = [c for c in asked if c != CLI and c not in names]
     if skipped: print(f"skipped (not installed): {', '.join(skipped)}; install with `uv sync --extra bench`", file=sys.stderr)
     passthrough = [f'--{k.replace("_", "-")}={v}' for k, v in vars(a).items()
                    if k in ('mode', 'every', 'updates', 'warmup', 'block', 'in_features', 'hidden', 'outputs', 'batch', 'val_batches', 'seed')]
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    res = {}
+    if names: res = run_trainer_level(a, names, passthrough, env)
+    if CLI in asked:
+        res['cli'] = run_cli(a)
+        print(format_cli_table(res['cli']))
+    if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def run_trainer_level(a, names:list, passthrough:list, env:dict)->dict:
+    "The comparison inside one process: each contender taking turns with the plain loop, then each alone."
     def run(c, *extra):
         out = subprocess.run([sys.executable, __file__, f'--contender={c}', *passthrough, *extra], env=env, capture_output=True, text=True)
         if out.returncode: raise SystemExit(f"{c} failed:\n{out.stderr[-3000:]}")
@@ -236,8 +381,7 @@ def main(argv=None):
     alone = {c: run(c, '--alone') for c in dict.fromkeys(['plain', *names])}
     res = summarize(runs, alone, a)
     print(format_table(res))
-    if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
-    return 0
+    return res
 
 
 def summarize(runs:dict, alone:dict, a)->dict:

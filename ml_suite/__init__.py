@@ -2,6 +2,6 @@
 
 Modules:
 
-- `ml_suite.core`: The few pieces every other module leans on: one error type for bad input, and name resolution for built-ins and import paths."""
+- `ml_suite.core`: The few pieces every other module leans on: one error type for bad input, name resolution for built-ins and import paths, and the reader of `metrics.jsonl`."""
 
 __version__ = "0.1.0"

@@ -14,12 +14,12 @@ import yaml
 from .core import ConfigError, RunError, did_you_mean, resolve_object, check_kwargs, call_style, stage_lengths
 
 # %% auto #0
-__all__ = ['REQUIRED', 'RESERVED', 'FACTORY_HINT', 'DatasetConfig', 'ModelConfig', 'FactoriesConfig', 'OptimizerConfig',
-           'StageConfig', 'SchedulerConfig', 'CheckpointConfig', 'PreemptionConfig', 'NonfiniteConfig', 'WandbConfig',
-           'Config', 'Source', 'read_yaml', 'read_dotenv', 'dotenv_paths', 'load_dotenv', 'expand_env',
-           'apply_overrides', 'from_dict', 'parse_time_limit', 'stages', 'check_values', 'build_dataclass',
-           'section_args', 'takes_param', 'check_section', 'call_factory', 'validate_config', 'load_config',
-           'config_to_dict']
+__all__ = ['REQUIRED', 'RESERVED', 'FACTORY_HINT', 'BUILTIN_TABLES', 'DatasetConfig', 'ModelConfig', 'FactoriesConfig',
+           'OptimizerConfig', 'StageConfig', 'SchedulerConfig', 'CheckpointConfig', 'PreemptionConfig',
+           'NonfiniteConfig', 'WandbConfig', 'Config', 'Source', 'read_yaml', 'read_dotenv', 'dotenv_paths',
+           'load_dotenv', 'expand_env', 'apply_overrides', 'from_dict', 'parse_time_limit', 'stages', 'check_values',
+           'build_dataclass', 'section_args', 'takes_param', 'check_section', 'call_factory', 'builtin_names',
+           'validate_config', 'load_config', 'config_to_dict']
 
 # %% ../nbs/05_config.ipynb #4f5bea5a
 REQUIRED = object()  # marks a key without a default
@@ -90,7 +90,8 @@ class PreemptionConfig:
 @dataclass
 class NonfiniteConfig:
     "What an update with a NaN or Inf loss (or gradient) does; see the trainer notebook."
-    policy:Literal['skip', 'stop', 'off'] = 'skip'  # skip: drop the update and count it; stop: stop at once; off: no check
+    # skip: drop the update and count it; stop: stop at once; off: no check
+    policy:Literal['skip', 'stop', 'off'] = 'skip'
     max_consecutive:int = 10      # skip: stop, with a checkpoint of the last good state, after this many in a row
 
 @dataclass
@@ -192,11 +193,12 @@ def read_yaml(path:Path)->tuple[dict, dict]:
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         pos = f" line {mark.line + 1} column {mark.column + 1}" if mark else ''
-        raise ConfigError(f"{path.name}{pos} is not valid YAML: {getattr(e, 'problem', None) or e}. Check the indentation "
-                          f"(spaces, not tabs) and that every entry reads 'key: value'.") from None
+        raise ConfigError(f"{path.name}{pos} is not valid YAML: {getattr(e, 'problem', None) or e}. Check the "
+                          f"indentation (spaces, not tabs) and that every entry reads 'key: value'.") from None
     if data is None: raise ConfigError(f"config file '{path}' is empty; start from configs/quickstart.yml.")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path.name} must hold a mapping of keys to values at the top level, got a {type(data).__name__}.")
+        raise ConfigError(f"{path.name} must hold a mapping of keys to values at the top level, got a "
+                          f"{type(data).__name__}.")
     lines = {}
     _walk_lines(node, (), lines, path.name)
     return data, lines
@@ -218,6 +220,7 @@ def read_dotenv(path:Path)->dict:
         out[key] = val
     return out
 
+# %% ../nbs/05_config.ipynb #33cdf70f
 def dotenv_paths(config_dir:Optional[Path]=None)->list[Path]:
     "The `.env` files to read, in order of precedence: the working directory, the config's folder and those above it."
     cands = [Path.cwd() / '.env']
@@ -227,6 +230,7 @@ def dotenv_paths(config_dir:Optional[Path]=None)->list[Path]:
             if (d / '.git').exists(): break   # the repository's root: no further
     return list(dict.fromkeys(c.resolve() if c.parent.exists() else c for c in cands))
 
+# %% ../nbs/05_config.ipynb #a91e0638
 def load_dotenv(config_dir:Optional[Path]=None, environ=None)->list[Path]:
     "Set variables from the `.env` files of `dotenv_paths`, never overriding the environment; the files read."
     environ = os.environ if environ is None else environ
@@ -252,7 +256,8 @@ def expand_env(value, path=(), src:Source=None, environ=None):
         if default is not None: return default
         seen = src.dotenv if src else []
         looked = ', '.join(f"{p} ({'read, without it' if p.is_file() else 'none there'})" for p in seen)
-        raise ConfigError(f"{'.'.join(map(str, path))}{src.where(path) if src else ''} uses ${{{name}}}, but {name} is not "
+        key = '.'.join(map(str, path))
+        raise ConfigError(f"{key}{src.where(path) if src else ''} uses ${{{name}}}, but {name} is not "
                           f"set. Set it in the environment or in a .env file, or write ${{{name}:-default}}."
                           + (f" The .env files looked for: {looked}." if looked else ''))
     m = _VAR.fullmatch(value)
@@ -286,7 +291,8 @@ def apply_overrides(data:dict, overrides, src:Source)->dict:
     return data
 
 # %% ../nbs/05_config.ipynb #8e22f1ae
-_TYPE_WORDS = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string', list: 'a list', dict: 'a mapping'}
+_TYPE_WORDS = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string', list: 'a list',
+               dict: 'a mapping'}
 
 def _describe(v)->str:
     return f"{v!r} (a {'mapping' if isinstance(v, dict) else 'list' if isinstance(v, list) else type(v).__name__})"
@@ -306,7 +312,8 @@ def _coerce(v, tp, path, src):
     if origin is Literal:
         if v is False and 'off' in args: return 'off'   # YAML 1.1 reads an unquoted `off` as false
         if v in args: return v
-        raise ConfigError(f"{key}{where} must be one of {', '.join(map(repr, args))}, got {v!r}{did_you_mean(v, args) or '.'}")
+        raise ConfigError(f"{key}{where} must be one of {', '.join(map(repr, args))}, got "
+                          f"{v!r}{did_you_mean(v, args) or '.'}")
     if origin in (list, tuple):   # list[int], tuple[float, float]: a YAML list
         if isinstance(v, list): return v
         raise ConfigError(f"{key}{where} must be a list, got {_describe(v)}.")
@@ -367,7 +374,7 @@ def from_dict(cls, data, path=(), src:Source=None):
 
 # %% ../nbs/05_config.ipynb #bdb232e1
 def parse_time_limit(v, key:str='time_limit', where:str='')->Optional[float]:
-    "Seconds in a time limit written as SLURM writes them: 'MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM[:SS]' (or seconds)."
+    "Seconds in a time limit as SLURM writes it: 'MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM[:SS]' (or seconds)."
     if v is None: return None
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         if v > 0: return float(v)  # YAML 1.1 reads an unquoted 01:00:00 as the integer 3600 (base 60): seconds
@@ -407,55 +414,78 @@ def _callable(obj, key:str, where:str, value:str):
                           f"Point it at the class (or a function that builds one).")
     return obj
 
-def check_values(cfg:Config, src:Source)->Config:
-    "Check ranges, the rules between keys and import paths of `cfg`, without importing torch."
+# %% ../nbs/05_config.ipynb #91a27b82
+def _check_ranges(cfg:Config, src:Source):
+    "Each number in its range, and the rules between `mem_budget`, `compile`, `precision` and `amp`."
     w = lambda *p: src.where(p)
-    _positive(cfg, src, 'batch_size', 'total_updates', 'updates_per_epoch', 'grad_accum_steps', 'val_batch_size', 'log_every')
-    _positive(cfg, src, 'num_workers', 'checkpoint.save_every_epochs', 'checkpoint.keep_last', 'checkpoint.every_updates',
-              'checkpoint.every_minutes', 'optimizer.weight_decay', allow_zero=True)
+    _positive(cfg, src, 'batch_size', 'total_updates', 'updates_per_epoch', 'grad_accum_steps', 'val_batch_size',
+              'log_every')
+    _positive(cfg, src, 'num_workers', 'checkpoint.save_every_epochs', 'checkpoint.keep_last',
+              'checkpoint.every_updates', 'checkpoint.every_minutes', 'optimizer.weight_decay', allow_zero=True)
     _positive(cfg, src, 'optimizer.learning_rate', 'max_grad_norm', 'dist_timeout_minutes')
+    if cfg.nonfinite.max_consecutive < 1:
+        raise ConfigError(f"nonfinite.max_consecutive{w('nonfinite', 'max_consecutive')} must be >= 1, got "
+                          f"{cfg.nonfinite.max_consecutive}; use policy: off to turn the check off.")
     if not 0 < cfg.mem_budget <= 1:
         raise ConfigError(f"mem_budget{w('mem_budget')} must be in (0, 1] (1 keeps all activations, smaller recomputes "
                           f"more of them), got {cfg.mem_budget}.")
     if cfg.mem_budget < 1 and not cfg.compile:
-        raise ConfigError(f"mem_budget{w('mem_budget')} is {cfg.mem_budget} but compile{w('compile')} is false; the memory "
-                          f"budget only applies to a compiled model. Set compile: true, or mem_budget: 1.")
+        raise ConfigError(f"mem_budget{w('mem_budget')} is {cfg.mem_budget} but compile{w('compile')} is false; the "
+                          f"memory budget only applies to a compiled model. Set compile: true, or mem_budget: 1.")
     if cfg.precision == 'float16' and not cfg.amp:
-        raise ConfigError(f"precision{w('precision')} is float16 but amp{w('amp')} is false; fp16 only applies with amp. "
-                          f"Set amp: true, or remove precision.")
+        raise ConfigError(f"precision{w('precision')} is float16 but amp{w('amp')} is false; fp16 only applies with "
+                          f"amp. Set amp: true, or remove precision.")
     cn = cfg.checkpoint.checkpoint_name
     if not (cn in ('latest', 'best') or (isinstance(cn, int) and cn >= 0) or (isinstance(cn, str) and cn.isdigit())):
         raise ConfigError(f"checkpoint.checkpoint_name{w('checkpoint', 'checkpoint_name')} must be latest, best or an "
                           f"epoch number, got {cn!r}{did_you_mean(cn, ['latest', 'best']) or '.'}")
     parse_time_limit(cfg.time_limit, 'time_limit', w('time_limit'))
-    import signal as _signal
-    seen = {}
-    for k in ('requeue_signals', 'exit_signals'):
-        for name in getattr(cfg.preemption, k):
-            n = str(name).upper(); n = n if n.startswith('SIG') else 'SIG' + n
-            if n in ('SIGKILL', 'SIGSTOP', 'SIGINT') or not hasattr(_signal, n):
-                raise ConfigError(f"preemption.{k}{w('preemption', k)} holds {name!r}, which is not a signal a job can act on; "
-                                  f"use names such as SIGUSR1, SIGUSR2, SIGTERM (SIGINT is always Ctrl-C: save and stop).")
-            if n in seen and seen[n] != k:
-                raise ConfigError(f"preemption{w('preemption')}: {n} is in both requeue_signals and exit_signals; keep it in one.")
-            seen[n] = k
-        setattr(cfg.preemption, k, [n for n, kk in seen.items() if kk == k])
     if not re.fullmatch(r'auto|cpu|cuda(:\d+)?|mps', cfg.device):
         raise ConfigError(f"device{w('device')} must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"
                           f"{did_you_mean(cfg.device, ['auto', 'cpu', 'cuda']) or '.'}")
-    stage_lengths(stages(cfg), cfg.total_updates, lambda k: w('lr_scheduler', k, 'num_updates') if k else w('lr_scheduler'))
+
+# %% ../nbs/05_config.ipynb #26f6e08a
+def _check_signals(pre:PreemptionConfig, src:Source):
+    "Signals a job can act on, each in one list; the lists are rewritten with canonical names (`usr1` -> `SIGUSR1`)."
+    import signal
+    w = lambda *p: src.where(p)
+    seen = {}
+    for k in ('requeue_signals', 'exit_signals'):
+        for name in getattr(pre, k):
+            n = str(name).upper()
+            if not n.startswith('SIG'): n = 'SIG' + n
+            if n in ('SIGKILL', 'SIGSTOP', 'SIGINT') or not hasattr(signal, n):
+                raise ConfigError(f"preemption.{k}{w('preemption', k)} holds {name!r}, which is not a signal a job can "
+                                  f"act on; use names such as SIGUSR1, SIGUSR2, SIGTERM (SIGINT is always Ctrl-C: save "
+                                  f"and stop).")
+            if n in seen and seen[n] != k:
+                raise ConfigError(f"preemption{w('preemption')}: {n} is in both requeue_signals and exit_signals; keep "
+                                  f"it in one.")
+            seen[n] = k
+        setattr(pre, k, [n for n, kk in seen.items() if kk == k])
+
+# %% ../nbs/05_config.ipynb #7c5019f4
+def _check_schedule(cfg:Config, src:Source):
+    "The stages' lengths against the run's, and a cosine stage's `end_factor` (a fraction, or `eta_min`, not both)."
+    w = lambda *p: src.where(p)
+    stage_lengths(stages(cfg), cfg.total_updates,
+                  lambda k: w('lr_scheduler', k, 'num_updates') if k else w('lr_scheduler'))
     for s in stages(cfg):
         k = s['_key']
-        if str(s['name']).lower() == 'cosineannealinglr' and 'end_factor' in s:
-            f = s['end_factor']
-            if 'eta_min' in s:
-                raise ConfigError(f"lr_scheduler.{k}{w('lr_scheduler', k)} gives both end_factor ({f}) and eta_min "
-                                  f"({s['eta_min']}); they say the same thing (eta_min = end_factor x learning_rate). "
-                                  f"Keep one of them.")
-            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
-                raise ConfigError(f"lr_scheduler.{k}.end_factor{w('lr_scheduler', k, 'end_factor')} must be a number "
-                                  f"in [0, 1] (the fraction of the peak learning rate the cosine ends at), got {f!r}.")
-    _check_splits(cfg.dataset, src)
+        if str(s['name']).lower() != 'cosineannealinglr' or 'end_factor' not in s: continue
+        f = s['end_factor']
+        if 'eta_min' in s:
+            raise ConfigError(f"lr_scheduler.{k}{w('lr_scheduler', k)} gives both end_factor ({f}) and eta_min "
+                              f"({s['eta_min']}); they say the same thing (eta_min = end_factor x learning_rate). "
+                              f"Keep one of them.")
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+            raise ConfigError(f"lr_scheduler.{k}.end_factor{w('lr_scheduler', k, 'end_factor')} must be a number "
+                              f"in [0, 1] (the fraction of the peak learning rate the cosine ends at), got {f!r}.")
+
+# %% ../nbs/05_config.ipynb #cda24a00
+def _check_import_paths(cfg:Config, src:Source):
+    "Each import path in `cfg` names a callable (a dataset or model class takes the keys of its section)."
+    w = lambda *p: src.where(p)
     for k in ('model', 'dataset'):
         v = getattr(cfg.factories, k)
         if v is None: continue
@@ -464,14 +494,13 @@ def check_values(cfg:Config, src:Source)->Config:
                               f"e.g. factories: {{{k}: 'my_module:get_{k}'}} with my_module.py beside the config.")
         key, where = f'factories.{k}', w('factories', k)
         _callable(resolve_object(v, {}, key, where, src.folder), key, where, v)
-    # import paths (built-in names need the registries, which need torch: `validate_config` checks those)
+    # import paths only: built-in names need the registries, which need torch (`validate_config` checks those)
     for key, value in [('dataset.name', cfg.dataset.name), ('model.type', cfg.model.type),
                        ('model.criterion', cfg.model.criterion)] + [('metrics', m) for m in cfg.metrics]:
         if isinstance(value, str) and ':' in value:
             where = w(*key.split('.'))
             fn = _callable(resolve_object(value, {}, key, where, src.folder), key, where, value)
             if key in ('dataset.name', 'model.type'): check_section(fn, cfg, src, key.split('.')[0])
-    return cfg
 
 # %% ../nbs/05_config.ipynb #963ba4be
 def _check_splits(ds:DatasetConfig, src:Source):
@@ -496,10 +525,22 @@ def _check_splits(ds:DatasetConfig, src:Source):
                           f"({tr}) validation gets the samples that train_split and test_split leave; remove "
                           f"val_split.")
 
+# %% ../nbs/05_config.ipynb #b5980819
+def check_values(cfg:Config, src:Source)->Config:
+    "Check ranges, the rules between keys and import paths of `cfg`, without importing torch."
+    _check_ranges(cfg, src)
+    _check_signals(cfg.preemption, src)
+    _check_schedule(cfg, src)
+    _check_splits(cfg.dataset, src)
+    _check_import_paths(cfg, src)
+    return cfg
+
 # %% ../nbs/05_config.ipynb #d4d5ddb8
 def _check_types(fn, kwargs:dict, path:tuple, src:Source)->dict:
     "`kwargs`, each value checked against (and converted to) the type annotated on `fn`'s parameter of that name."
-    try: hints, params = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn), inspect.signature(fn).parameters
+    try:
+        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
+        params = inspect.signature(fn).parameters
     except Exception: return kwargs   # annotations that do not resolve (forward references, ...): nothing to check
     out = {}
     for k, v in kwargs.items():
@@ -507,6 +548,7 @@ def _check_types(fn, kwargs:dict, path:tuple, src:Source)->dict:
         out[k] = v if k not in hints or implicit_none else _coerce(v, hints[k], path + (k,), src)
     return out
 
+# %% ../nbs/05_config.ipynb #ed553de1
 def build_dataclass(cls, data, path:tuple=(), src:Source=None):
     "A user's dataclass `cls` (nanoGPT's `GPTConfig`) from the mapping `data`, each key a field of its type."
     src = src or Source()
@@ -532,6 +574,7 @@ def build_dataclass(cls, data, path:tuple=(), src:Source=None):
         raise ConfigError(f"{sect}{src.where(path)} is refused by {cls.__qualname__}({_args(vals)}): {_reason(e)}. "
                           f"Fix the value it names.") from None
 
+# %% ../nbs/05_config.ipynb #3e062967
 def section_args(
     fn,                # the class or function the section builds
     section:dict,      # the whole section, e.g. {'type': 'gpt', 'criterion': 'cross_entropy', 'n_layer': 2}
@@ -550,12 +593,14 @@ def section_args(
                  reserved=reserved, skip=skip)
     return (), _check_types(fn, kwargs, path, src)
 
+# %% ../nbs/05_config.ipynb #447b6ad1
 def takes_param(fn, name:str)->bool:
     "Whether `fn` accepts a keyword argument `name` (or any, with `**kwargs`)."
     try: ps = inspect.signature(fn).parameters
     except (TypeError, ValueError): return True
     return name in ps or any(p.kind is p.VAR_KEYWORD for p in ps.values())
 
+# %% ../nbs/05_config.ipynb #cfe52e7d
 RESERVED = {'model': ('type', 'criterion'), 'dataset': ('name', 'train_split', 'val_split', 'test_split', 'normalize')}
 
 def check_section(fn, cfg:Config, src:Source, which:str):
@@ -570,6 +615,7 @@ def check_section(fn, cfg:Config, src:Source, which:str):
                           f"dataset.train_split a fraction (e.g. 0.8) to split it in two, or give "
                           f"{getattr(fn, '__qualname__', fn)} a split parameter.")
 
+# %% ../nbs/05_config.ipynb #695c92e4
 def call_factory(
     factory,           # a callable, or an import path 'module:function'
     args:tuple,        # what it is called with
@@ -597,6 +643,7 @@ def call_factory(
                           f"{want} there, or change the name.")
     return out
 
+# %% ../nbs/05_config.ipynb #65502efa
 def _construct(fn, kwargs:dict, section:str, where:str, meta:bool=False):
     "Build `fn(**kwargs)` now (on the meta device if `meta`), turning its refusal into a `ConfigError`."
     import torch
@@ -617,79 +664,119 @@ def _reason(e:Exception)->str:
 FACTORY_HINT = (" Code written for get_{0}-style factories (a function that builds the {0} from the section's name) "
                 "plugs in with factories: {{{0}: 'my_module:get_{0}'}}.")
 
-def validate_config(cfg:Config, src:Source)->Config:
-    "Check ranges, consistency and every name `cfg` refers to; raise `ConfigError` at the first problem."
-    check_values(cfg, src)
-    import torch
-    from ml_suite.data import DATASETS
-    from ml_suite.models import MODELS
+# %% ../nbs/05_config.ipynb #a84c779d
+BUILTIN_TABLES = {'dataset.name': 'ml_suite.data:DATASETS', 'model.type': 'ml_suite.models:MODELS'}
+
+def builtin_names(key:str)->dict:
+    "The built-in names a config key takes ('dataset.name' or 'model.type') and the classes they stand for."
+    import importlib
+    module, _, table = BUILTIN_TABLES[key].partition(':')
+    return getattr(importlib.import_module(module), table)
+
+# %% ../nbs/05_config.ipynb #6daac4d3
+def _check_names(cfg:Config, src:Source):
+    "Resolve the dataset, model, criterion and metric names, check each section's keys, and build the built-ins."
     from ml_suite.losses import LOSSES, METRICS
-    from ml_suite.optim import (build_optimizer, build_lr_scheduler, optimizer_class, scheduler_class, stage_schedulers,
-                                without_dynamo_import)
+    datasets, models = builtin_names('dataset.name'), builtin_names('model.type')
     w = lambda *p: src.where(p)
-    if cfg.device.startswith('cuda') and not torch.cuda.is_available():
-        raise ConfigError(f"device{w('device')} is {cfg.device!r}, but this machine has no usable CUDA GPU. "
-                          f"Use device: auto (GPU when there is one) or device: cpu.")
-    # names, and the keys each constructor receives (a factory's names are its own: it is called when the run builds)
-    fac, ds_cls = cfg.factories, None
+    # a factory's names are its own: it is called when the run builds
+    fac, ds_cls, m_cls = cfg.factories, None, None
     if not (fac.dataset and ':' not in str(cfg.dataset.name)):
         where = w('dataset', 'name')
-        ds_cls = _callable(resolve_object(cfg.dataset.name, DATASETS, 'dataset.name', where, src.folder,
+        ds_cls = _callable(resolve_object(cfg.dataset.name, datasets, 'dataset.name', where, src.folder,
                                           hint=FACTORY_HINT.format('dataset')), 'dataset.name', where, cfg.dataset.name)
         check_section(ds_cls, cfg, src, 'dataset')
     if not (fac.model and ':' not in str(cfg.model.type)):
         where = w('model', 'type')
-        m_cls = _callable(resolve_object(cfg.model.type, MODELS, 'model.type', where, src.folder,
+        m_cls = _callable(resolve_object(cfg.model.type, models, 'model.type', where, src.folder,
                                          hint=FACTORY_HINT.format('model')), 'model.type', where, cfg.model.type)
         check_section(m_cls, cfg, src, 'model')
     _callable(resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', w('model', 'criterion'), src.folder),
               'model.criterion', w('model', 'criterion'), cfg.model.criterion)
-    for i, m in enumerate(cfg.metrics):
+    for m in cfg.metrics:
         _callable(resolve_object(m, METRICS, 'metrics', w('metrics'), src.folder), 'metrics', w('metrics'), m)
-    if ds_cls is not None and cfg.dataset.name in DATASETS:   # built-ins only: a user's dataset may load files
+    # built-ins only: a user's dataset may load files
+    if ds_cls is not None and cfg.dataset.name in datasets:
         d = cfg.dataset
         names = ['train'] if isinstance(d.train_split, float) else [d.train_split, d.val_split]
         for n in names: _construct(ds_cls, {'split': n, **cfg.dataset.kwargs}, 'dataset', w('dataset'))
-    if not fac.model and cfg.model.type in MODELS: _construct(m_cls, cfg.model.kwargs, 'model', w('model'), meta=True)
+    if not fac.model and cfg.model.type in models: _construct(m_cls, cfg.model.kwargs, 'model', w('model'), meta=True)
+
+# %% ../nbs/05_config.ipynb #9d88ab0b
+def _check_optimizer(cfg:Config, src:Source):
+    "The optimizer's class, with the keys passed on to it checked against its parameters (and converted)."
+    from ml_suite.optim import optimizer_class
+    w = lambda *p: src.where(p)
     o_cls = optimizer_class(cfg.optimizer.name, w('optimizer', 'name'))
     check_kwargs(o_cls, cfg.optimizer.kwargs, 'optimizer', lambda k: w('optimizer', k) if k else w('optimizer'),
                  reserved=('name', 'learning_rate', 'weight_decay'), skip=('params', 'lr', 'weight_decay'))
     cfg.optimizer.kwargs = _check_types(o_cls, cfg.optimizer.kwargs, ('optimizer',), src)
+    return o_cls
+
+# %% ../nbs/05_config.ipynb #3c93b72f
+def _check_stage_keys(cfg:Config, src:Source)->list[dict]:
+    "The schedule's stages, each stage's keys checked against its scheduler class (and converted)."
+    import torch
+    from ml_suite.optim import scheduler_class
+    w = lambda *p: src.where(p)
     st = stages(cfg)
-    lengths = stage_lengths(st, cfg.total_updates, lambda k: w('lr_scheduler', k, 'num_updates') if k else w('lr_scheduler'))
-    with without_dynamo_import():   # throwaway optimizers: the compiler's import would cost seconds here
-        for s, n in zip(st, lengths):
-            cls, k = scheduler_class(s['name'], w('lr_scheduler', s['_key'], 'name')), s['_key']
-            kw = {a: v for a, v in s.items() if a not in ('name', 'num_updates', '_key')}
-            own = ('end_factor',) if cls is torch.optim.lr_scheduler.CosineAnnealingLR else ()   # eta_min = f x lr
-            check_kwargs(cls, {a: v for a, v in kw.items() if a not in own}, f'lr_scheduler.{k}',
-                         lambda a: w('lr_scheduler', k, a) if a else w('lr_scheduler', k),
-                         reserved=('name', 'num_updates') + own, skip=('optimizer', 'total_iters', 'T_max'))
-            kw = _check_types(cls, kw, ('lr_scheduler', k), src)
-            if own and 'end_factor' in kw:
-                kw['end_factor'] = _coerce(kw['end_factor'], float, ('lr_scheduler', k, 'end_factor'), src)
-            s.update(kw); getattr(cfg.lr_scheduler, k).kwargs.update(kw)
-        try: built = stage_schedulers(st, cfg.total_updates, cfg.optimizer.learning_rate)   # ml_suite's rules
-        except ConfigError: raise
-        except Exception as e:   # a stage's end found by stepping a throwaway copy, refused by torch
-            raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {_reason(e)}. "
-                              f"Check the stages.") from None
-        for s, (cls, kw) in zip(st, built):
-            k = s['_key']
-            try: cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.learning_rate), **kw)
-            except Exception as e:   # a value of the wrong kind can fail in any way inside torch: all mean "refused"
-                raise ConfigError(f"lr_scheduler.{k}{w('lr_scheduler', k)} is rejected by torch.optim.lr_scheduler."
-                                  f"{cls.__name__}({_args(kw)}): {_reason(e)}. Fix the value it names.") from None
-        p = torch.nn.Parameter(torch.zeros(1))  # build both once on a dummy parameter: torch's own checks run now
-        o = cfg.optimizer
-        try: opt = build_optimizer([p], o.name, o.learning_rate, o.weight_decay, **o.kwargs)
-        except Exception as e:
-            args = _args(dict(learning_rate=o.learning_rate, weight_decay=o.weight_decay, **o.kwargs))
-            raise ConfigError(f"optimizer{w('optimizer')} is rejected by torch.optim.{o_cls.__name__}({args}): {_reason(e)}. "
-                              f"Fix the value it names.") from None
-        try: build_lr_scheduler(opt, st, cfg.total_updates)
-        except Exception as e:
-            raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {_reason(e)}. Check the stages.") from None
+    for s in st:
+        cls, k = scheduler_class(s['name'], w('lr_scheduler', s['_key'], 'name')), s['_key']
+        kw = {a: v for a, v in s.items() if a not in ('name', 'num_updates', '_key')}
+        # a cosine stage's end_factor is ml_suite's own key: eta_min = end_factor x learning rate
+        own = ('end_factor',) if cls is torch.optim.lr_scheduler.CosineAnnealingLR else ()
+        check_kwargs(cls, {a: v for a, v in kw.items() if a not in own}, f'lr_scheduler.{k}',
+                     lambda a: w('lr_scheduler', k, a) if a else w('lr_scheduler', k),
+                     reserved=('name', 'num_updates') + own, skip=('optimizer', 'total_iters', 'T_max'))
+        kw = _check_types(cls, kw, ('lr_scheduler', k), src)
+        if own and 'end_factor' in kw:
+            kw['end_factor'] = _coerce(kw['end_factor'], float, ('lr_scheduler', k, 'end_factor'), src)
+        s.update(kw)
+        getattr(cfg.lr_scheduler, k).kwargs.update(kw)
+    return st
+
+# %% ../nbs/05_config.ipynb #b087e2e7
+def _try_schedule(cfg:Config, src:Source, st:list[dict], o_cls):
+    "Build the optimizer and each stage once on a throwaway parameter, so that torch's own checks run now."
+    import torch
+    from ml_suite.optim import build_optimizer, build_lr_scheduler, stage_schedulers
+    w = lambda *p: src.where(p)
+    try: built = stage_schedulers(st, cfg.total_updates, cfg.optimizer.learning_rate)   # ml_suite's rules
+    except ConfigError: raise
+    except Exception as e:   # a stage's end found by stepping a throwaway copy, refused by torch
+        raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {_reason(e)}. "
+                          f"Check the stages.") from None
+    for s, (cls, kw) in zip(st, built):
+        k = s['_key']
+        try: cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.learning_rate), **kw)
+        except Exception as e:   # a value of the wrong kind can fail in any way inside torch: all mean "refused"
+            raise ConfigError(f"lr_scheduler.{k}{w('lr_scheduler', k)} is rejected by torch.optim.lr_scheduler."
+                              f"{cls.__name__}({_args(kw)}): {_reason(e)}. Fix the value it names.") from None
+    o = cfg.optimizer
+    dummy = [torch.nn.Parameter(torch.zeros(1))]
+    try: opt = build_optimizer(dummy, o.name, o.learning_rate, o.weight_decay, **o.kwargs)
+    except Exception as e:
+        args = _args(dict(learning_rate=o.learning_rate, weight_decay=o.weight_decay, **o.kwargs))
+        raise ConfigError(f"optimizer{w('optimizer')} is rejected by torch.optim.{o_cls.__name__}({args}): "
+                          f"{_reason(e)}. Fix the value it names.") from None
+    try: build_lr_scheduler(opt, st, cfg.total_updates)
+    except Exception as e:
+        raise ConfigError(f"lr_scheduler{w('lr_scheduler')} is rejected by torch: {_reason(e)}. "
+                          f"Check the stages.") from None
+
+# %% ../nbs/05_config.ipynb #fe35a142
+def validate_config(cfg:Config, src:Source)->Config:
+    "Check ranges, consistency and every name `cfg` refers to; raise `ConfigError` at the first problem."
+    check_values(cfg, src)
+    import torch
+    from ml_suite.optim import without_dynamo_import
+    if cfg.device.startswith('cuda') and not torch.cuda.is_available():
+        raise ConfigError(f"device{src.where(('device',))} is {cfg.device!r}, but this machine has no usable CUDA GPU. "
+                          f"Use device: auto (GPU when there is one) or device: cpu.")
+    _check_names(cfg, src)
+    o_cls = _check_optimizer(cfg, src)
+    # throwaway optimizers: the compiler's import would cost seconds here
+    with without_dynamo_import(): _try_schedule(cfg, src, _check_stage_keys(cfg, src), o_cls)
     return cfg
 
 # %% ../nbs/05_config.ipynb #c948eff3

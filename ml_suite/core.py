@@ -1,5 +1,5 @@
-"""The few pieces every other module leans on: one error type for bad input, and name resolution for
-built-ins and import paths.
+"""The few pieces every other module leans on: one error type for bad input, name resolution for
+built-ins and import paths, and the reader of `metrics.jsonl`.
 
 Docs: https://ml-suite.github.io/ml_suite/core.html.md"""
 
@@ -7,7 +7,7 @@ Docs: https://ml-suite.github.io/ml_suite/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #ae8b9cf4
 from __future__ import annotations
-import difflib, importlib, inspect, os, sys, typing
+import difflib, importlib, inspect, json, os, sys, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
@@ -16,17 +16,19 @@ from .dist import DistInfo, is_main_process   # handed on: they live in dist
 # %% auto #0
 __all__ = ['IMPORTED_FROM', 'ConfigError', 'RunError', 'RunDirLocked', 'ModelError', 'describe_tensor', 'did_you_mean',
            'resolve_object', 'import_root', 'code_paths', 'search_folders', 'call_style', 'check_kwargs',
-           'stage_lengths', 'in_ipython']
+           'stage_lengths', 'read_metrics', 'in_ipython']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 class ConfigError(ValueError):
     "Bad user input (config, override, name): the message names the value, the rule and the fix."
     exit_code = 2
 
+# %% ../nbs/00_core.ipynb #7fc7c84b
 class RunError(RuntimeError):
     "A run cannot go on for a reason the user can act on (damaged checkpoints, say): one paragraph, exit code 1."
     exit_code = 1
 
+# %% ../nbs/00_core.ipynb #a99c6c0e
 class RunDirLocked(RunError):
     "Another live process is training in the same run directory."
     exit_code = 4
@@ -72,16 +74,21 @@ def resolve_object(
                           + hint)
     mod_name, _, attr = name.partition(':')
     extra = [search_path] if isinstance(search_path, (str, os.PathLike)) else list(search_path or [])
-    folders = list(dict.fromkeys(str(f) for f in [*_SEARCH_FOLDERS, *extra]))   # `search_folders` first, in order
+    # the folders of `search_folders` first, in order
+    folders = list(dict.fromkeys(str(f) for f in [*_SEARCH_FOLDERS, *extra]))
     added = [f for f in folders if f not in sys.path]
     sys.path[:0] = added
-    nobytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True   # no __pycache__ beside the user's config
+    # no __pycache__ beside the user's config
+    nobytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
     try: mod = importlib.import_module(mod_name)
     except ImportError as e:
         looked = f"; looked in {', '.join(folders)} and on sys.path" if folders else ''
         raise ConfigError(f"{key}{where} is '{name}', but module '{mod_name}' cannot be imported ({e}{looked}). Put "
-                          f"{mod_name.replace('.', '/')}.py beside the config file or on PYTHONPATH, or install its package.") from None
-    except Exception as e:   # the module exists but fails as it is imported: a SyntaxError, an empty or relative name, ...
+                          f"{mod_name.replace('.', '/')}.py beside the config file or on PYTHONPATH, or install its "
+                          f"package.") from None
+    # the module exists but fails as it is imported: a SyntaxError, an empty or relative name, ...
+    except Exception as e:
         raise ConfigError(f"{key}{where} is '{name}', but importing module '{mod_name}' failed with "
                           f"{type(e).__name__}: {e}. Fix that module, or the import path.") from None
     finally:
@@ -99,9 +106,12 @@ def resolve_object(
     return obj
 
 # %% ../nbs/00_core.ipynb #3dd99bb5
-IMPORTED_FROM = {}   # module name -> the folder it was imported from (what sys.path needs), filled by `resolve_object`
-_SEARCH_FOLDERS = []  # folders `resolve_object` also imports from, set by `search_folders`
+# module name -> the folder it was imported from (what sys.path needs), filled by `resolve_object`
+IMPORTED_FROM = {}
+# folders `resolve_object` also imports from, set by `search_folders`
+_SEARCH_FOLDERS = []
 
+# %% ../nbs/00_core.ipynb #ace9918d
 def import_root(mod, mod_name:str)->str|None:
     "The folder that must be on `sys.path` for `import mod_name` to find `mod` (None for a module without a file)."
     f = getattr(mod, '__file__', None)
@@ -109,6 +119,7 @@ def import_root(mod, mod_name:str)->str|None:
     p, depth = Path(os.path.abspath(f)), mod_name.count('.') + 1
     return str(p.parents[depth if p.stem == '__init__' else depth - 1])
 
+# %% ../nbs/00_core.ipynb #4b2868e2
 def code_paths(config)->dict:
     "`{module: folder}` for the modules that the import paths (`pkg.mod:Name`) in `config` were imported from."
     found = {}
@@ -120,6 +131,7 @@ def code_paths(config)->dict:
     walk(config)
     return found
 
+# %% ../nbs/00_core.ipynb #6dbc00c3
 @contextmanager
 def search_folders(folders):
     "Within the block, `resolve_object` also imports user modules from `folders` (before any other folder)."
@@ -161,21 +173,24 @@ def check_kwargs(
 ):
     "Raise `ConfigError` if `fn` does not accept every key of `kwargs`; list what it does accept."
     style, _, dc = call_style(fn, skip)
-    if style == 'config': return   # it takes the whole section
-    if style == 'dataclass': fn = dc   # the keys are the dataclass's fields
+    # it takes the whole section
+    if style == 'config': return
+    # the keys are the dataclass's fields
+    if style == 'dataclass': fn = dc
     try: sig = inspect.signature(fn)
     except (TypeError, ValueError): return
     params = {n: p for n, p in sig.parameters.items() if n not in ('self',) + tuple(skip)}
     if any(p.kind is p.VAR_KEYWORD for p in params.values()): return
-    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = [n for n, p in params.items() if p.kind in named]
     for k in kwargs:
         if k not in accepted:
             fname = getattr(fn, '__qualname__', str(fn))
-            raise ConfigError(f"unknown key '{k}' in {section}{where(k)}{did_you_mean(k, list(reserved) + accepted) or '.'} "
+            hint = did_you_mean(k, list(reserved) + accepted) or '.'
+            raise ConfigError(f"unknown key '{k}' in {section}{where(k)}{hint} "
                               f"{fname} accepts: {', '.join(accepted) or 'no keyword arguments'}"
                               + (f"; {section} itself reads: {', '.join(reserved)}." if reserved else '.'))
-    missing = [n for n, p in params.items() if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-               and n not in kwargs]
+    missing = [n for n, p in params.items() if p.default is p.empty and p.kind in named and n not in kwargs]
     if missing:
         raise ConfigError(f"{section}{where(None)} is missing required key(s) {', '.join(repr(m) for m in missing)} "
                           f"for {getattr(fn, '__qualname__', fn)}; add them to the {section} section.")
@@ -187,16 +202,27 @@ def stage_lengths(stages:list[dict], total_updates:int, where=lambda k: '')->lis
     keys = [s.get('_key', f'stage {i}') for i, s in enumerate(stages)]
     for k, n in zip(keys, ns):
         if not isinstance(n, int) or isinstance(n, bool) or (n < 1 and n != -1):
-            raise ConfigError(f"lr_scheduler.{k}.num_updates{where(k)} must be a positive integer or -1 (the remaining updates), got {n!r}.")
+            raise ConfigError(f"lr_scheduler.{k}.num_updates{where(k)} must be a positive integer or -1 (the "
+                              f"remaining updates), got {n!r}.")
     if ns.count(-1) > 1:
         raise ConfigError(f"lr_scheduler{where(None)}: only one stage can have num_updates -1 (the remaining updates); "
                           f"{', '.join(k for k, n in zip(keys, ns) if n == -1)} all do. Give all but one a number.")
     fixed = sum(n for n in ns if n != -1)
     if fixed > total_updates or (fixed == total_updates and -1 in ns):
-        raise ConfigError(f"lr_scheduler{where(None)}: the stages' num_updates add up to {fixed}"
-                          f"{' plus at least 1 for the -1 stage' if -1 in ns else ''}, more than total_updates={total_updates}. "
-                          f"Shorten the stages or raise total_updates.")
+        plus = ' plus at least 1 for the -1 stage' if -1 in ns else ''
+        raise ConfigError(f"lr_scheduler{where(None)}: the stages' num_updates add up to {fixed}{plus}, more than "
+                          f"total_updates={total_updates}. Shorten the stages or raise total_updates.")
     return [total_updates - fixed if n == -1 else n for n in ns]
+
+# %% ../nbs/00_core.ipynb #17aa1de8
+def read_metrics(path:Path)->list[dict]:
+    "The rows of a `metrics.jsonl` file; a cut last line (from a crash) is skipped."
+    rows = []
+    if not Path(path).exists(): return rows
+    for line in Path(path).read_text().splitlines():
+        try: rows.append(json.loads(line))
+        except json.JSONDecodeError: pass
+    return rows
 
 # %% ../nbs/00_core.ipynb #e105a467
 def in_ipython()->bool:

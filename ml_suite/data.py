@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib, math, re
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
-from .core import ConfigError, DistInfo, RunError
+from fastcore.basics import patch
+from .core import ConfigError, RunError
+from .dist import DistInfo, all_reduce_sum
 
 # %% auto #0
 __all__ = ['DATASETS', 'mix_seed', 'HeatDataset', 'split_indices', 'SplitDataset', 'dataset_splits', 'get_dataset',
-           'ResumableSampler', 'die_with_parent', 'BatchStream', 'eval_loader', 'Normalization',
-           'compute_normalization', 'dataset_normalization', 'NormalizedDataset', 'DataError', 'CheckedDataset']
+           'ResumableSampler', 'die_with_parent', 'BatchStream', 'eval_loader', 'normalize', 'denormalize',
+           'Normalization', 'compute_normalization', 'dataset_normalization', 'NormalizedDataset', 'DataError',
+           'CheckedDataset']
 
 # %% ../nbs/01_data.ipynb #b4336f9a
 def mix_seed(*parts)->int:
@@ -52,7 +55,8 @@ class HeatDataset(Dataset):
     def __len__(self): return self.n
 
     def __getitem__(self, i:int):
-        if not 0 <= i < self.n: raise IndexError(f"HeatDataset('{self.split}') has {self.n} samples, index {i} is out of range")
+        if not 0 <= i < self.n:
+            raise IndexError(f"HeatDataset('{self.split}') has {self.n} samples, index {i} is out of range")
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.split, int(i)))
         shape = self.amp.shape
         coef = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g)) * self.amp
@@ -85,6 +89,7 @@ def split_indices(
     if test_split: out['test'] = sorted(perm[n_train:n_train + n_test])
     return out
 
+# %% ../nbs/01_data.ipynb #3b44516f
 class SplitDataset(Dataset):
     "The samples `indices` of `dataset`: one part of a dataset split by fractions."
     def __init__(self, dataset:Dataset, indices:list, split:str):
@@ -107,6 +112,7 @@ def _positional(fn)->int:
     if any(p.kind is p.VAR_POSITIONAL for p in ps): return 99
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in ps)
 
+# %% ../nbs/01_data.ipynb #9008c753
 def _build_dataset(section:dict, split:str, factory, search_path, src):
     "One dataset of `section`, for the split called `split`."
     from ml_suite.config import RESERVED, FACTORY_HINT, call_factory, section_args, takes_param
@@ -125,6 +131,7 @@ def _build_dataset(section:dict, split:str, factory, search_path, src):
     if not _is_dataset(ds): raise ConfigError(f"{what} built {type(ds).__name__}, which is not {_A_DATASET}.")
     return ds
 
+# %% ../nbs/01_data.ipynb #feb5e0e0
 def dataset_splits(
     section,                  # a config's `dataset` section as a dict, or a whole `Config`
     splits=('train', 'val'),  # roles ('train', 'val', 'test': the section's names for them) or other split names
@@ -159,6 +166,7 @@ def dataset_splits(
             out[s] = _build_dataset(section, name, factory, search_path, src)
     return {s: out[s] for s in splits}
 
+# %% ../nbs/01_data.ipynb #9ac50c24
 def get_dataset(
     section,                  # a config's `dataset` section as a dict, or a whole `Config`
     split:str='train',        # 'train', 'val', 'test' (the section's names for them), or another split name
@@ -181,7 +189,9 @@ class ResumableSampler(Sampler[int]):
                  world_size:int=1,   # processes in the job
                  drop_last:bool=True,# drop the tail that does not divide evenly among ranks
                 ):
-        self.n, self.seed, self.shuffle, self.rank, self.world_size, self.drop_last = n, seed, shuffle, rank, world_size, drop_last
+        self.n, self.seed, self.shuffle, self.drop_last = n, seed, shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
+        # the position to iterate from: set by `set_epoch`
         self.epoch, self.start = 0, 0
 
     def indices(self, epoch:int)->torch.Tensor:
@@ -223,19 +233,25 @@ class BatchStream:
         self.sampler = ResumableSampler(len(dataset), seed, True, dist.rank, dist.world_size, drop_last=True)
         self.batches_per_epoch = len(self.sampler.indices(0)) // batch_size
         if self.batches_per_epoch < 1:
-            raise ConfigError(f"batch_size {batch_size} is larger than the {len(self.sampler.indices(0))} training samples "
-                              f"each of the {dist.world_size} process(es) gets from {type(getattr(dataset, 'dataset', dataset)).__name__}; "
+            cls = type(getattr(dataset, 'dataset', dataset)).__name__
+            raise ConfigError(f"batch_size {batch_size} is larger than the {len(self.sampler.indices(0))} training "
+                              f"samples each of the {dist.world_size} process(es) gets from {cls}; "
                               f"lower batch_size or use more samples.")
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True,
-                                 collate_fn=getattr(dataset, 'collate_fn', None), num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                                 collate_fn=getattr(dataset, 'collate_fn', None), num_workers=num_workers,
+                                 pin_memory=pin_memory, persistent_workers=num_workers > 0,
                                  generator=torch.Generator().manual_seed(mix_seed(seed, 'workers')),
                                  worker_init_fn=die_with_parent if num_workers > 0 else None)
-        self.epoch, self.batches_done, self._it = 0, 0, None
+        # the position in the stream, and the loader's iterator over the current epoch (None: start one)
+        self.epoch, self.batches_done = 0, 0
+        self._it = None
 
     def __iter__(self): return self
 
     def __next__(self):
-        if self.batches_done >= self.batches_per_epoch: self.epoch, self.batches_done, self._it = self.epoch + 1, 0, None
+        if self.batches_done >= self.batches_per_epoch:
+            self.epoch, self.batches_done = self.epoch + 1, 0
+            self._it = None
         if self._it is None:
             self.sampler.set_epoch(self.epoch, start=self.batches_done * self.batch_size)
             self._it = iter(self.loader)
@@ -248,10 +264,12 @@ class BatchStream:
 
     def state_dict(self)->dict: return {'epoch': self.epoch, 'batches_done': self.batches_done}
     def load_state_dict(self, sd:dict):
-        self.epoch, self.batches_done, self._it = sd['epoch'], sd['batches_done'], None
+        self.epoch, self.batches_done = sd['epoch'], sd['batches_done']
+        self._it = None
 
 # %% ../nbs/01_data.ipynb #826e86a9
-def eval_loader(dataset:Dataset, batch_size:int, dist:DistInfo=DistInfo(), num_workers:int=0, pin_memory:bool=False)->DataLoader:
+def eval_loader(dataset:Dataset, batch_size:int, dist:DistInfo=DistInfo(), num_workers:int=0,
+                pin_memory:bool=False)->DataLoader:
     "A loader over this rank's share of `dataset`, in order, every sample exactly once across ranks."
     sampler = ResumableSampler(len(dataset), shuffle=False, rank=dist.rank, world_size=dist.world_size, drop_last=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
@@ -262,12 +280,23 @@ def _bcast(stat:torch.Tensor, v:torch.Tensor, dim:int)->torch.Tensor:
     "`stat` (one value per channel) shaped to broadcast against `v` whose channels are on axis `dim`."
     return stat.to(v.device, v.dtype).reshape(-1, *([1] * (v.ndim - dim - 1)))
 
+def normalize(v:torch.Tensor, mean:torch.Tensor, std:torch.Tensor, dim:int=0)->torch.Tensor:
+    "`(v - mean) / std` with one `mean` and `std` per channel of `v`, whose channels are on axis `dim`."
+    return (v - _bcast(mean, v, dim)) / _bcast(std, v, dim)
+
+# %% ../nbs/01_data.ipynb #7a32b735
+def denormalize(v:torch.Tensor, mean:torch.Tensor, std:torch.Tensor, dim:int=0)->torch.Tensor:
+    "`v * std + mean` per channel: the inverse of `normalize`."
+    return v * _bcast(std, v, dim) + _bcast(mean, v, dim)
+
+# %% ../nbs/01_data.ipynb #fb1bc09c
 class Normalization:
-    "Per-channel `(v - mean) / std` for inputs and targets, and its inverse for outputs; the identity where a statistic is missing."
+    "Per-channel `normalize` for inputs and targets, `denormalize` for outputs; the identity without statistics."
     keys = ('x_mean', 'x_std', 'y_mean', 'y_std')
     def __init__(self, x_mean=None, x_std=None, y_mean=None, y_std=None,
                  x_shape=None, y_shape=None):  # one sample's input and target shapes, e.g. (1, 32, 32)
-        self.load_state_dict(dict(x_mean=x_mean, x_std=x_std, y_mean=y_mean, y_std=y_std, x_shape=x_shape, y_shape=y_shape))
+        self.load_state_dict(dict(x_mean=x_mean, x_std=x_std, y_mean=y_mean, y_std=y_std, x_shape=x_shape,
+                                  y_shape=y_shape))
 
     @property
     def normalizes_inputs(self)->bool: return self.x_mean is not None
@@ -280,13 +309,13 @@ class Normalization:
         "`x` normalized; `dim` is the channel axis (0 for a sample, 1 for a batch)."
         if self.x_mean is None: return x
         if not x.is_floating_point(): x = x.float()   # e.g. uint8 images
-        return (x - _bcast(self.x_mean, x, dim)) / _bcast(self.x_std, x, dim)
+        return normalize(x, self.x_mean, self.x_std, dim)
     def target(self, y, dim:int=0):
         "A target normalized as the model learned it."
-        return y if self.y_mean is None else (y - _bcast(self.y_mean, y, dim)) / _bcast(self.y_std, y, dim)
+        return y if self.y_mean is None else normalize(y, self.y_mean, self.y_std, dim)
     def output(self, y, dim:int=0):
         "A model output mapped back to physical units (the inverse of `target`)."
-        return y if self.y_mean is None else y * _bcast(self.y_std, y, dim) + _bcast(self.y_mean, y, dim)
+        return y if self.y_mean is None else denormalize(y, self.y_mean, self.y_std, dim)
 
     def state_dict(self)->dict:
         return {**{k: getattr(self, k) for k in self.keys}, 'x_shape': self.x_shape, 'y_shape': self.y_shape}
@@ -298,7 +327,8 @@ class Normalization:
             setattr(self, k, None if v is None else torch.as_tensor(v, dtype=torch.float32).flatten().clone())
         for a, b in (('x_mean', 'x_std'), ('y_mean', 'y_std')):
             if (getattr(self, a) is None) != (getattr(self, b) is None):
-                raise ValueError(f"normalization statistics need both {a} and {b}, got only {a if getattr(self, a) is not None else b}.")
+                given = a if getattr(self, a) is not None else b
+                raise ValueError(f"normalization statistics need both {a} and {b}, got only {given}.")
         self.x_shape = tuple(sd['x_shape']) if sd.get('x_shape') is not None else None
         self.y_shape = tuple(sd['y_shape']) if sd.get('y_shape') is not None else None
     def __repr__(self):
@@ -310,10 +340,15 @@ class Normalization:
 def _channel_sums(v:torch.Tensor)->torch.Tensor:
     "`[count, sum, sum of squares]` per channel of a batch `v` (channels on axis 1), in float64."
     v = v.double().transpose(0, 1).reshape(v.shape[1], -1)
-    return torch.stack([torch.full((v.shape[0],), float(v.shape[1]), dtype=torch.float64), v.sum(1), (v * v).sum(1)], 1)
+    count = torch.full((v.shape[0],), float(v.shape[1]), dtype=torch.float64)
+    return torch.stack([count, v.sum(1), (v * v).sum(1)], 1)
 
-def _is_field(v)->bool: return torch.is_tensor(v) and v.is_floating_point() and v.ndim >= 1
+# %% ../nbs/01_data.ipynb #ea06506a
+def _is_field(v)->bool:
+    "Whether a sample's part is a field to normalize: a floating-point tensor (class labels are not)."
+    return torch.is_tensor(v) and v.is_floating_point() and v.ndim >= 1
 
+# %% ../nbs/01_data.ipynb #a27d57c3
 def compute_normalization(
     dataset:Dataset,           # the training split, yielding `(input, target)` tensors
     targets:bool=True,         # also normalize floating-point targets (not class labels)
@@ -323,8 +358,7 @@ def compute_normalization(
     dist:DistInfo=DistInfo(),  # under torchrun: ranks share the work
     min_std:float=1e-8,        # a channel with a smaller spread (a constant) gets std 1
 )->Normalization:
-    "Per-channel mean and standard deviation of inputs (and targets) over `dataset`, identical on any number of processes."
-    from ml_suite.evaluator import all_reduce_sum
+    "Per-channel mean and standard deviation of inputs (and targets) over `dataset`, the same on any number of ranks."
     x0, y0 = dataset[0]
     do_y = targets and _is_field(y0)
     n = len(dataset)
@@ -359,7 +393,8 @@ def dataset_normalization(
     "The `Normalization` a dataset asks for: declared by `normalization_stats()`, else computed, else the identity."
     if normalize is None: normalize = bool(getattr(dataset, 'normalize', False))
     x0, y0 = dataset[0]
-    shapes = dict(x_shape=tuple(x0.shape) if torch.is_tensor(x0) else None, y_shape=tuple(y0.shape) if torch.is_tensor(y0) else None)
+    shapes = dict(x_shape=tuple(x0.shape) if torch.is_tensor(x0) else None,
+                  y_shape=tuple(y0.shape) if torch.is_tensor(y0) else None)
     if not normalize: return Normalization(**shapes)
     if hasattr(dataset, 'normalization_stats'):
         declared = dict(dataset.normalization_stats())
@@ -390,23 +425,30 @@ class DataError(RunError):
         if m: msg = str(msg).rstrip().rsplit('DataError: ', 1)[-1] + f" (raised {m.group(1)})"
         super().__init__(msg)
 
+# %% ../nbs/01_data.ipynb #3f188737
 def _describe(v)->str:
     "A short description of a sample's part, for messages: shape and dtype of a tensor or array, else its type."
-    if hasattr(v, 'shape') and hasattr(v, 'dtype'): return f"shape {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
+    if hasattr(v, 'shape') and hasattr(v, 'dtype'):
+        return f"shape {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
     return f"a {type(v).__name__}"
 
 # %% ../nbs/01_data.ipynb #76a7ce1d
 class CheckedDataset(NormalizedDataset):
-    "`dataset`'s samples, checked (and normalized by `norm`): a fault raises a `DataError` naming dataset, split and index."
+    "`dataset`'s samples, checked and normalized: a fault raises a `DataError` naming the dataset, split and index."
     def __init__(self,
                  dataset:Dataset,   # the user's dataset, yielding `(input, target)`
                  split:str='train', # its split, for messages
                  norm:Normalization|None=None):  # applied to each sample (None: the identity; it can change in place)
         super().__init__(dataset, Normalization() if norm is None else norm)
-        self.split, self._batch_indices = split, None
+        self.split = split
+        # the indices of the batch being read, for `collate_fn`'s messages
+        self._batch_indices = None
+        # whether this process (each loader worker has its own copy) has checked one batch sample by sample
+        self._first_checked = False
 
     def __getattr__(self, name):  # the wrapped dataset's own attributes: `normalize`, `normalization_stats`, ...
-        if name.startswith('__') or name in ('dataset', 'norm', 'split', '_batch_indices'): raise AttributeError(name)
+        if name.startswith('__') or name in ('dataset', 'norm', 'split', '_batch_indices', '_first_checked'):
+            raise AttributeError(name)
         return getattr(self.dataset, name)
 
     @property
@@ -424,46 +466,95 @@ class CheckedDataset(NormalizedDataset):
         part = ", a fraction of its 'train' split" if isinstance(self.dataset, SplitDataset) else ''
         return f"{type(self.base).__name__} (split '{self.split}'{part})"
 
-    def __getitem__(self, i):
-        try: s = self.dataset[i]
-        except DataError: raise
-        except Exception as e:
-            msg, cls, j = ' '.join(str(e).split()), type(self.base).__name__, self.index(i)
-            split = 'train' if isinstance(self.dataset, SplitDataset) else self.split
-            raise DataError(f"{self.name} failed to give sample {j}: {cls}.__getitem__({j}) raised "
-                            f"{type(e).__name__}: {msg[:300] or '(no message)'}. The fault is in the dataset's own "
-                            f"code (the original traceback is chained to this error); reproduce it with "
-                            f"{cls}(split='{split}', ...)[{j}].") from e
-        if not isinstance(s, (tuple, list)) or len(s) != 2:
-            what = (f"a dict with keys {list(s)[:6]}" if isinstance(s, dict) else
-                    f"a {type(s).__name__} of {len(s)} items" if isinstance(s, (tuple, list)) else _describe(s))
-            raise DataError(f"{self.name} sample {self.index(i)} is {what}; a sample must be a pair (input, target). "
-                            f"Return a tuple from {type(self.base).__name__}.__getitem__, e.g. `return x, y`"
-                            + (f" (here perhaps `return s[{list(s)[0]!r}], s[{list(s)[-1]!r}]`)." if isinstance(s, dict) and s else '.'))
-        x, y = s
-        return self.norm.input(x), (self.norm.target(y) if _is_field(y) else y)
+# %% ../nbs/01_data.ipynb #fef93b9f
+@patch
+def _read_failed(self:CheckedDataset, i:int, e:Exception)->DataError:
+    "The error for sample `i`, whose `__getitem__` raised `e`."
+    msg, cls, j = ' '.join(str(e).split()), type(self.base).__name__, self.index(i)
+    split = 'train' if isinstance(self.dataset, SplitDataset) else self.split
+    return DataError(f"{self.name} failed to give sample {j}: {cls}.__getitem__({j}) raised "
+                     f"{type(e).__name__}: {msg[:300] or '(no message)'}. The fault is in the dataset's own "
+                     f"code (the original traceback is chained to this error); reproduce it with "
+                     f"{cls}(split='{split}', ...)[{j}].")
 
-    def __getitems__(self, indices:list)->list:
-        "The samples of one batch (torch's loader calls this); remembers their indices for `collate_fn`'s messages."
-        self._batch_indices = indices
-        return [self[i] for i in indices]
+# %% ../nbs/01_data.ipynb #3e2a8e1e
+@patch
+def _check_pair(self:CheckedDataset, s, i:int):
+    "Raise a `DataError` if sample `i`, `s`, is not a pair `(input, target)`."
+    if isinstance(s, (tuple, list)) and len(s) == 2: return
+    what = (f"a dict with keys {list(s)[:6]}" if isinstance(s, dict) else
+            f"a {type(s).__name__} of {len(s)} items" if isinstance(s, (tuple, list)) else _describe(s))
+    hint = f" (here perhaps `return s[{list(s)[0]!r}], s[{list(s)[-1]!r}]`)." if isinstance(s, dict) and s else '.'
+    raise DataError(f"{self.name} sample {self.index(i)} is {what}; a sample must be a pair (input, target). "
+                    f"Return a tuple from {type(self.base).__name__}.__getitem__, e.g. `return x, y`" + hint)
 
-    def collate_fn(self, samples:list):
-        "Stack `samples` into a batch; when they cannot be stacked, say which indices differ and how."
-        try: return default_collate(samples)
-        except Exception as e: raise DataError(self._mismatch(samples, e)) from e
+# %% ../nbs/01_data.ipynb #bf49be50
+@patch
+def _read(self:CheckedDataset, i:int):
+    "Sample `i` as the dataset gives it, checked: it must be read without an error, and be a pair."
+    try: s = self.dataset[i]
+    except DataError: raise
+    except Exception as e: raise self._read_failed(i, e) from e
+    self._check_pair(s, i)
+    return s
 
-    def _mismatch(self, samples:list, e:Exception)->str:
-        idx = self._batch_indices if self._batch_indices is not None and len(self._batch_indices) == len(samples) else None
-        if idx is not None: idx = [self.index(i) for i in idx]   # indices into the user's dataset
-        at = lambda j: f"sample {idx[j]}" if idx is not None else f"entry {j} of the batch"
-        for part, word in ((0, 'input'), (1, 'target')):
-            ref = _describe(samples[0][part])
-            for j, s in enumerate(samples):
-                if _describe(s[part]) != ref:
-                    return (f"{self.name}: {at(0)} has an {word} of {ref}, but {at(j)} has {_describe(s[part])}; the samples "
-                            f"of a batch must have one shape and dtype to be stacked. Make "
-                            f"{type(self.base).__name__}.__getitem__ return {word}s of one shape (crop, pad or resize "
-                            f"them) and one dtype.")
-        return (f"{self.name}: the samples {list(idx[:8]) if idx is not None else ''} cannot be stacked into a batch: "
-                f"{type(e).__name__}: {' '.join(str(e).split())[:300]}.")
+# %% ../nbs/01_data.ipynb #eb43e5db
+@patch
+def __getitem__(self:CheckedDataset, i):
+    x, y = self._read(i)
+    return self.norm.input(x), (self.norm.target(y) if _is_field(y) else y)
+
+# %% ../nbs/01_data.ipynb #e1905729
+@patch
+def __getitems__(self:CheckedDataset, indices:list)->list:
+    "The samples of one batch as the dataset gives them (torch's loader calls this; `collate_fn` normalizes)."
+    self._batch_indices = indices
+    if not self._first_checked:
+        out = [self._read(i) for i in indices]
+        self._first_checked = True
+        return out
+    ds, out = self.dataset, []
+    try:
+        for i in indices: out.append(ds[i])
+    except DataError: raise
+    except Exception as e: raise self._read_failed(indices[len(out)], e) from e
+    return out
+
+# %% ../nbs/01_data.ipynb #c98c11af
+@patch
+def collate_fn(self:CheckedDataset, samples:list):
+    "Stack `samples` into a normalized batch; when they cannot be stacked, say which sample is wrong, and how."
+    try: b = default_collate(samples)
+    except Exception as e:
+        self._check_samples(samples)
+        raise DataError(self._mismatch(samples, e)) from e
+    if not isinstance(b, (tuple, list)) or len(b) != 2: self._check_samples(samples)
+    if self.norm.is_identity: return b
+    x, y = b
+    # the batch's channels are on axis 1; a target is a field (normalized) when one sample's was a float tensor
+    return type(b)((self.norm.input(x, 1), self.norm.target(y, 1) if _is_field(y) and y.ndim >= 2 else y))
+
+# %% ../nbs/01_data.ipynb #3ac3be05
+@patch
+def _check_samples(self:CheckedDataset, samples:list):
+    "Raise a `DataError` at the first of `samples` that is not a pair."
+    idx = self._batch_indices if self._batch_indices is not None and len(self._batch_indices) == len(samples) else None
+    for j, s in enumerate(samples): self._check_pair(s, idx[j] if idx is not None else j)
+
+# %% ../nbs/01_data.ipynb #88534dbf
+@patch
+def _mismatch(self:CheckedDataset, samples:list, e:Exception)->str:
+    "The message for pairs that cannot be stacked: the first sample whose input or target differs from the first's."
+    idx = self._batch_indices if self._batch_indices is not None and len(self._batch_indices) == len(samples) else None
+    if idx is not None: idx = [self.index(i) for i in idx]   # indices into the user's dataset
+    at = lambda j: f"sample {idx[j]}" if idx is not None else f"entry {j} of the batch"
+    for part, word in ((0, 'input'), (1, 'target')):
+        ref = _describe(samples[0][part])
+        for j, s in enumerate(samples):
+            if _describe(s[part]) != ref:
+                return (f"{self.name}: {at(0)} has an {word} of {ref}, but {at(j)} has {_describe(s[part])}; the "
+                        f"samples of a batch must have one shape and dtype to be stacked. Make "
+                        f"{type(self.base).__name__}.__getitem__ return {word}s of one shape (crop, pad or resize "
+                        f"them) and one dtype.")
+    return (f"{self.name}: the samples {list(idx[:8]) if idx is not None else ''} cannot be stacked into a batch: "
+            f"{type(e).__name__}: {' '.join(str(e).split())[:300]}.")

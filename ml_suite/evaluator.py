@@ -52,7 +52,8 @@ class Evaluator:
         fix = ("Use a criterion that takes these targets" if name == 'loss' else
                f"Remove {name} from metrics, or use one that takes these targets")
         return ModelError(f"validation failed: {what} cannot take predictions of shape {describe_tensor(pred)} and "
-                          f"targets of shape {describe_tensor(y)}: {type(e).__name__}: {' '.join(str(e).split())[:400]}. "
+                          f"targets of shape {describe_tensor(y)}: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:400]}. "
                           f"{fix} (accuracy "
                           f"and cross_entropy take class indices; mse, mae, rmse, rel_l2 take targets of the "
                           f"predictions' shape).")

@@ -6,32 +6,38 @@ Docs: https://ml-suite.github.io/ml_suite/hpc.html.md"""
 
 # %% ../nbs/12_hpc.ipynb #33e3fd1f
 from __future__ import annotations
-import os, re, shutil, signal, subprocess, threading
+import os, re, shutil, signal, subprocess, threading, time
 
 # %% auto #0
 __all__ = ['install_stop_handlers', 'restore_handlers', 'stop_request', 'stop_requested', 'clear_stop_requests',
            'requeue_refusal', 'slurm_job_id', 'requeue_job']
 
 # %% ../nbs/12_hpc.ipynb #8b99d10b
-_requests:list = []   # (signal name, action) in the order they came
+# (signal name, action) in the order they came
+_requests:list = []
+# when the first Ctrl-C came (time.monotonic())
+_first_sigint:list = []
+# signal name -> its action ('requeue', 'exit' or 'interrupt'), set by `install_stop_handlers`
+_actions:dict = {}
 
-_first_sigint:list = []   # when the first Ctrl-C came (time.monotonic())
-
+# %% ../nbs/12_hpc.ipynb #251f3b13
 def _record(signum, frame):
-    import time
+    "The signal handler: record `(name, action)` of the signal; a second Ctrl-C raises `KeyboardInterrupt`."
     name = signal.Signals(signum).name
     if name == 'SIGINT' and any(n == 'SIGINT' for n, _ in _requests):
-        if time.monotonic() - _first_sigint[0] < 1.0: return   # the same Ctrl-C, forwarded by torchrun or srun
-        raise KeyboardInterrupt                                # a second Ctrl-C: stop at once
+        # the same Ctrl-C, forwarded by torchrun or srun
+        if time.monotonic() - _first_sigint[0] < 1.0: return
+        # a second Ctrl-C: stop at once
+        raise KeyboardInterrupt
     if name == 'SIGINT':
         _first_sigint[:] = [time.monotonic()]
-        if os.environ.get('RANK', '0') == '0':   # os.write: safe in a signal handler; logging (it takes locks) is not
+        # os.write: safe in a signal handler; logging (it takes locks) is not
+        if os.environ.get('RANK', '0') == '0':
             os.write(2, b"\nCtrl-C: finishing this update, saving a checkpoint, then stopping "
                         b"(press Ctrl-C again to stop at once, without the checkpoint)\n")
     _requests.append((name, _actions.get(name, 'exit')))
 
-_actions:dict = {}
-
+# %% ../nbs/12_hpc.ipynb #d12e749e
 def install_stop_handlers(requeue=('SIGUSR1', 'SIGUSR2'), exit=('SIGTERM',), interrupt=('SIGINT',))->dict:
     "Make these signals record a stop request for the trainer; returns the previous handlers (to restore)."
     if threading.current_thread() is not threading.main_thread(): return {}
@@ -44,10 +50,12 @@ def install_stop_handlers(requeue=('SIGUSR1', 'SIGUSR2'), exit=('SIGTERM',), int
         signal.signal(sig, _record)
     return old
 
+# %% ../nbs/12_hpc.ipynb #3a4fc16f
 def restore_handlers(old:dict):
     "Put back the handlers that `install_stop_handlers` returned."
     for sig, h in old.items(): signal.signal(sig, h if h is not None else signal.SIG_DFL)
 
+# %% ../nbs/12_hpc.ipynb #80a4887e
 def stop_request()->tuple|None:
     "`(signal name, action)` of the strongest pending request (requeue, then exit, then interrupt), or None."
     for act in ('requeue', 'exit', 'interrupt'):
@@ -55,11 +63,15 @@ def stop_request()->tuple|None:
             if a == act: return name, a
     return None
 
+# %% ../nbs/12_hpc.ipynb #1b094cc8
 def stop_requested()->bool:
     "Is any stop request pending? (The trainer asks at every update: kept to one test.)"
     return bool(_requests)
 
-def clear_stop_requests(): _requests.clear()
+# %% ../nbs/12_hpc.ipynb #d1448121
+def clear_stop_requests():
+    "Forget the pending requests (the trainer does, once it has stopped for them)."
+    _requests.clear()
 
 # %% ../nbs/12_hpc.ipynb #56d1f41e
 def _seconds(limit:str)->float|None:
@@ -69,6 +81,7 @@ def _seconds(limit:str)->float|None:
     d, h, mi, s = (int(x or 0) for x in m.groups())
     return float(((d * 24 + h) * 60 + mi) * 60 + s)
 
+# %% ../nbs/12_hpc.ipynb #8859f07d
 def requeue_refusal(
     updates:int,                   # updates this job made
     startup_s:float,               # seconds from the job's launch to its first update
@@ -83,11 +96,14 @@ def requeue_refusal(
     "Why a requeue would only repeat this job's stop (no time to train after the start-up), or None."
     trained = trained_s if updates else 0.0
     lead = int(m[1]) if (m := re.search(r'@(\d+)', signal_spec or '')) else None
-    if limit_s is None: return None                   # no time limit: a signal is a preemption; requeueing is right
+    # no time limit: a signal is a preemption; requeueing is right
+    if limit_s is None: return None
     late_warning = before_end_s is not None and lead is not None and before_end_s < min(lead, limit_s - 30) - 30
     if reason != 'time limit' and late_warning:
-        lead = signal_spec = None   # it came later than the script's line asks: sbatch's command line changed that
-    early = lead is not None and limit_s - lead - 30 < startup_s   # the warning may come during the start-up
+        # it came later than the script's line asks: sbatch's command line changed that
+        lead = signal_spec = None
+    # the warning may come during the start-up
+    early = lead is not None and limit_s - lead - 30 < startup_s
     # too little training counts where the stop was the time limit's, not a preemption's: the time keeper's own stop,
     # or a signal of unknown lead that already stopped this job once before (a preemption rarely strikes twice so)
     short = trained < startup_s and (reason == 'time limit' or (lead is None and restarts > 0))
@@ -117,16 +133,20 @@ def slurm_job_id(environ=None)->str|None:
         return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
     return environ.get('SLURM_JOB_ID')
 
+# %% ../nbs/12_hpc.ipynb #c86451cc
 def _scontrol(*args)->str:
+    "What `scontrol ARGS` prints, or '' where it is missing or fails."
     try: return subprocess.run(['scontrol', *args], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError): return ''
 
+# %% ../nbs/12_hpc.ipynb #ba879936
 def _signal_spec(job:str, environ)->str|None:
     "The job's `--signal` value: from `SBATCH_SIGNAL`, else the job script's `#SBATCH --signal` line."
     if environ.get('SBATCH_SIGNAL'): return environ['SBATCH_SIGNAL']
     m = re.search(r'^#SBATCH\s+--signal[= ](\S+)', _scontrol('write', 'batch_script', job.split('_')[0], '-'), re.M)
     return m[1] if m else None
 
+# %% ../nbs/12_hpc.ipynb #72cc910e
 def requeue_job(
     environ=None,
     updates:int|None=None,      # updates this job made; with the two below: refuse a requeue that cannot help
@@ -137,12 +157,12 @@ def requeue_job(
     "Requeue this SLURM job; returns (done, a sentence for the log); `RunError` when the requeue would only repeat."
     environ = os.environ if environ is None else environ
     job = slurm_job_id(environ)
-    if job is None: return False, "not running under SLURM, so there is no job to requeue; rerun the same command to continue"
+    if job is None:
+        return False, "not running under SLURM, so there is no job to requeue; rerun the same command to continue"
     if shutil.which('scontrol') is None:
-        return False, (f"scontrol is not available here (a container?), so job {job} cannot requeue itself; exit code 3 "
-                       f"lets a job submitted with --dependency=afternotok:{job} continue the run")
+        return False, (f"scontrol is not available here (a container?), so job {job} cannot requeue itself; exit "
+                       f"code 3 lets a job submitted with --dependency=afternotok:{job} continue the run")
     if updates is not None:
-        import time
         from datetime import datetime
         info = _scontrol('show', 'job', '-o', job)
         limit_s = _seconds(m[1]) if (m := re.search(r'\bTimeLimit=(\S+)', info)) else None
@@ -159,8 +179,10 @@ def requeue_job(
             from ml_suite.core import RunError
             raise RunError(why)
     try: r = subprocess.run(['scontrol', 'requeue', job], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as e: r = None; err = str(e)
-    if r is not None and r.returncode == 0: return True, f"requeued SLURM job {job}; it will resume from the checkpoint"
-    err = (r.stderr or r.stdout).strip() if r is not None else err
+    except (OSError, subprocess.SubprocessError) as e:
+        r, err = None, str(e)
+    else:
+        if r.returncode == 0: return True, f"requeued SLURM job {job}; it will resume from the checkpoint"
+        err = (r.stderr or r.stdout).strip()
     return False, (f"scontrol requeue {job} failed ({err}); exit code 3 lets a job submitted with "
                    f"--dependency=afternotok:{job} continue the run")

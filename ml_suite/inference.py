@@ -10,8 +10,8 @@ import argparse, json, math, os, sys, time
 from contextlib import nullcontext
 from pathlib import Path
 import torch
-from .core import ConfigError, RunError, DistInfo, resolve_object, search_folders
-from .data import Normalization
+from .core import ConfigError, RunError, DistInfo, resolve_object, search_folders, in_ipython
+from .data import Normalization, normalize, denormalize
 
 # %% auto #0
 __all__ = ['FIELD_METRICS', 'TOLERANCES', 'find_checkpoint', 'code_folders', 'load_run_dotenv', 'checkpoint_config',
@@ -28,8 +28,8 @@ def find_checkpoint(
     source = Path(os.path.expanduser(str(source)))
     if source.is_file(): return source
     if not source.is_dir():
-        raise FileNotFoundError(f"{source} is neither a run directory nor a checkpoint file; give the folder that holds "
-                                f"best.pt and latest.pt (the run_dir of the training config), or a .pt file.")
+        raise FileNotFoundError(f"{source} is neither a run directory nor a checkpoint file; give the folder that "
+                                f"holds best.pt and latest.pt (the run_dir of the training config), or a .pt file.")
     path = checkpoint_path(source, checkpoint)
     if not path.is_file():
         have = ', '.join(sorted(p.name for p in source.glob('*.pt'))) or 'no checkpoints'
@@ -53,11 +53,11 @@ def load_run_dotenv(path:Path)->list[Path]:
     return load_dotenv((run_dir / owner).parent if owner else run_dir)   # an absolute `owner` replaces `run_dir`
 
 def checkpoint_config(state:dict, path:Path, device:str='auto'):
-    "The validated `Config` saved in the checkpoint `state` (read from `path`), with `device` in place of the training device."
+    "The validated `Config` saved in the checkpoint `state` (read from `path`), with `device` as its device."
     from ml_suite.config import Config, Source, from_dict, validate_config
     if not isinstance(state.get('config'), dict):
-        raise RunError(f"{path} holds no training config, so the model cannot be rebuilt from it. It was not written by "
-                       f"ml_suite's trainer from a config; build the model yourself and load its weights with "
+        raise RunError(f"{path} holds no training config, so the model cannot be rebuilt from it. It was not written "
+                       f"by ml_suite's trainer from a config; build the model yourself and load its weights with "
                        f"ml_suite.checkpoint.load_weights(model, state['model']).")
     load_run_dotenv(path)   # a user's dataset may read DATA_DIR and the like, as it did in training
     src = Source(file=Path(path).parent / 'resolved_config.yml')
@@ -65,26 +65,29 @@ def checkpoint_config(state:dict, path:Path, device:str='auto'):
     with search_folders(code_folders(state, path)): return validate_config(from_dict(Config, data, (), src), src)
 
 # %% ../nbs/14_inference.ipynb #c6470f1c
-def _bshape(stat:torch.Tensor, ndim:int)->list:
-    return [1, stat.shape[0]] + [1] * (ndim - 2)
-
 class InferenceModel(torch.nn.Module):
     "A trained network with its normalization folded in: physical inputs in, physical outputs out."
     def __init__(self, net:torch.nn.Module, normalization:Normalization|None=None):
         super().__init__()
-        self.net, self.normalization = net, normalization or Normalization()
+        self.net = net
+        self.normalization = normalization or Normalization()
+        # the statistics as buffers: they move with `.to(device)` and are exported with the model
         for k in Normalization.keys: self.register_buffer(k, getattr(self.normalization, k), persistent=False)
-        self.checkpoint, self.config, self.updates, self.code_folders = None, None, None, []   # set by `load_model`
+        # set by `load_model`
+        self.checkpoint = self.config = self.updates = None
+        self.code_folders = []
 
     def forward(self, x:torch.Tensor)->torch.Tensor:
-        if self.x_mean is not None: x = (x - self.x_mean.view(_bshape(self.x_mean, x.ndim))) / self.x_std.view(_bshape(self.x_std, x.ndim))
+        "The network's output for `x`, a batch with channels on axis 1, in physical units."
+        if self.x_mean is not None:
+            if not x.is_floating_point(): x = x.float()   # e.g. uint8 images, as in training
+            x = normalize(x, self.x_mean, self.x_std, dim=1)
         y = self.net(x)
-        if self.y_mean is not None: y = y * self.y_std.view(_bshape(self.y_std, y.ndim)) + self.y_mean.view(_bshape(self.y_mean, y.ndim))
-        return y
+        return y if self.y_mean is None else denormalize(y, self.y_mean, self.y_std, dim=1)
 
     @property
     def input_shape(self)->tuple|None:
-        "The shape of one input sample the model was trained on, e.g. `(1, 32, 32)` (None if the checkpoint predates it)."
+        "The shape of one input sample the model was trained on, e.g. `(1, 32, 32)` (None in older checkpoints)."
         return self.normalization.x_shape
 
 # %% ../nbs/14_inference.ipynb #fcdc6ceb
@@ -96,7 +99,7 @@ def load_model(
     "Rebuild the trained model from the config in its checkpoint, load the weights (safely), in eval mode on `device`."
     from ml_suite.checkpoint import load_checkpoint, load_weights
     from ml_suite.models import get_model
-    from ml_suite.trainer import get_device
+    from ml_suite.dist import get_device
     path = find_checkpoint(source, checkpoint)
     state = load_checkpoint(path)                      # weights_only: loading never runs code from the file
     cfg = checkpoint_config(state, path, 'cpu')
@@ -113,16 +116,18 @@ def load_model(
 FIELD_METRICS = ('mae', 'rmse', 'rel_l2')
 
 def split_dataset(cfg, split:str='val', folders=()):
-    "The dataset of `cfg` for `split`: 'train', 'val', 'test' (the config's names for them) or a name the dataset knows."
+    "The dataset of `cfg` for `split`: 'train', 'val', 'test' (the config's names for them) or a split name."
     from ml_suite.data import get_dataset
     return get_dataset(cfg, split, search_path=folders)   # a fractional split: the same indices training used
 
+# %% ../nbs/14_inference.ipynb #4b4f763e
 def _metric_objects(cfg, field:bool, folders=())->dict:
-    from ml_suite.losses import LOSSES, METRICS, MeanLoss
+    "The loss and the metrics that evaluation computes for `cfg`, the field metrics added for fields."
+    from ml_suite.losses import LOSSES, METRICS, MeanLoss, resolve_metrics
     crit = resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', '', folders)
     crit = crit() if isinstance(crit, type) else crit
     ms = {'loss': MeanLoss(crit)}
-    for m in cfg.metrics: ms[m.rsplit(':', 1)[-1].lower()] = resolve_object(m, METRICS, 'metrics', '', folders)()
+    ms.update({name: cls() for name, cls in resolve_metrics(cfg.metrics, '', folders).items()})
     for m in FIELD_METRICS if field else ():
         if m not in ms: ms[m] = METRICS[m]()
     return ms
@@ -138,14 +143,15 @@ def evaluate(
     write:bool=True,         # write eval_<checkpoint>_<split>.json beside the checkpoint (main process only)
     dist:DistInfo|None=None, # default: from the environment (torchrun)
 )->dict:
-    "Metrics of a checkpoint on a split, as training computes them (and in physical units); the same on any number of processes."
+    "Metrics of a checkpoint on a split, as training computes them (and in physical units), on any number of ranks."
     from ml_suite.data import eval_loader
-    from ml_suite.evaluator import all_reduce_sum
+    from ml_suite.dist import all_reduce_sum
     dist = DistInfo.from_env() if dist is None else dist
     model = source if isinstance(source, InferenceModel) else load_model(source, checkpoint, device)
     if model.config is None:
-        raise ValueError("evaluate needs to know the model's dataset and metrics; give it a run directory, a checkpoint "
-                         "file, or a model from load_model (this InferenceModel was built by hand and has no config).")
+        raise ValueError("evaluate needs to know the model's dataset and metrics; give it a run directory, a "
+                         "checkpoint file, or a model from load_model (this InferenceModel was built by hand and has "
+                         "no config).")
     cfg, norm, dev = model.config, model.normalization, next(model.parameters()).device
     ds = split_dataset(cfg, split, model.code_folders)
     y0 = ds[0][1]
@@ -155,7 +161,8 @@ def evaluate(
             if norm.normalizes_targets and field else {})
     loader = eval_loader(ds, batch_size or cfg.val_batch_size or cfg.batch_size, dist,
                          cfg.num_workers if num_workers is None else num_workers, dev.type == 'cuda')
-    amp = torch.autocast(dev.type, dtype={'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.precision], enabled=cfg.amp)
+    half = {'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.precision]
+    amp = torch.autocast(dev.type, dtype=half, enabled=cfg.amp)
     with torch.no_grad():
         for x, y in loader:
             x, y = x.to(dev), y.to(dev)
@@ -168,8 +175,9 @@ def evaluate(
     allm = {**ms, **phys}
     total = all_reduce_sum(torch.stack([m.state for m in allm.values()]))   # one collective for everything
     res = {n: m.compute(s) for (n, m), s in zip(allm.items(), total)}
-    out = {'checkpoint': str(model.checkpoint), 'updates': model.updates, 'split': split, 'samples': int(total[0][1].item()),
-           'processes': dist.world_size, 'batch_size': loader.batch_size, 'metrics': res}
+    out = {'checkpoint': str(model.checkpoint), 'updates': model.updates, 'split': split,
+           'samples': int(total[0][1].item()), 'processes': dist.world_size, 'batch_size': loader.batch_size,
+           'metrics': res}
     if write and dist.is_main and model.checkpoint is not None:
         p = Path(model.checkpoint).with_name(f'eval_{Path(model.checkpoint).stem}_{split}.json')
         p.write_text(json.dumps(out, indent=1) + '\n'); out['written'] = str(p)
@@ -181,8 +189,9 @@ def format_eval(res:dict)->str:
     m = res['metrics']
     names = [n for n in m if not n.endswith('_physical')]
     phys = any(n.endswith('_physical') for n in m)
-    head = (f"{Path(res['checkpoint']).name} (update {res['updates']}) on split '{res['split']}': {res['samples']} samples, "
-            f"{res['processes']} process(es)\n  {'metric':<10}{'value':>14}" + (f"{'physical units':>18}" if phys else ''))
+    head = (f"{Path(res['checkpoint']).name} (update {res['updates']}) on split '{res['split']}': "
+            f"{res['samples']} samples, {res['processes']} process(es)\n  {'metric':<10}{'value':>14}"
+            + (f"{'physical units':>18}" if phys else ''))
     rows = [f"  {n:<10}{m[n]:>14.6g}" + (f"{m[n + '_physical']:>18.6g}" if n + '_physical' in m else '') for n in names]
     return '\n'.join([head, *rows])
 
@@ -197,15 +206,18 @@ def _read_input(path:Path)->torch.Tensor:
         try: return _as_input(torch.from_numpy(np.load(path, allow_pickle=False)))
         except (ValueError, OSError) as e: raise ValueError(f"{path} cannot be read as a .npy array: {e}") from None
     try: t = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f"{path} cannot be read as a tensor with torch.load(weights_only=True): {e}") from None
+    except Exception as e:
+        raise ValueError(f"{path} cannot be read as a tensor with torch.load(weights_only=True): {e}") from None
     if not torch.is_tensor(t):
-        raise ValueError(f"{path} holds a {type(t).__name__}, not a tensor; save one sample per file with torch.save(tensor, path).")
+        raise ValueError(f"{path} holds a {type(t).__name__}, not a tensor; save one sample per file with "
+                         f"torch.save(tensor, path).")
     return _as_input(t)
 
 def _check_shape(t:torch.Tensor, name:str, want)->tuple:
     if want is not None and tuple(t.shape) != tuple(want):
-        raise ValueError(f"input {name} has shape {tuple(t.shape)}, but the model expects one sample of shape {tuple(want)} "
-                         f"(the shape of its training samples, without a batch dimension). Reshape or resample that input.")
+        raise ValueError(f"input {name} has shape {tuple(t.shape)}, but the model expects one sample of shape "
+                         f"{tuple(want)} (the shape of its training samples, without a batch dimension). Reshape or "
+                         f"resample that input.")
     return tuple(t.shape)
 
 def input_files(folder:Path)->list[Path]:
@@ -236,8 +248,8 @@ def _batches(inputs, model, batch_size):
     if isinstance(inputs, str) and not p.exists():
         from torch.utils.data import DataLoader
         if model.config is None:
-            raise ValueError(f"inputs {inputs!r} is neither a folder nor a file, and this model (built by hand, without a "
-                             f"config) has no dataset splits; pass a folder of .pt/.npy files or a tensor.")
+            raise ValueError(f"inputs {inputs!r} is neither a folder nor a file, and this model (built by hand, "
+                             f"without a config) has no dataset splits; pass a folder of .pt/.npy files or a tensor.")
         ds = split_dataset(model.config, inputs)
         return ((None, x) for x, _ in DataLoader(ds, batch_size=batch_size)), len(ds)
     raise FileNotFoundError(f"inputs {inputs!r} is not a folder of .pt/.npy files, a dataset split, or a tensor.")
@@ -269,8 +281,8 @@ def predict(
     folder = out is not None and Path(out).suffix not in ('.npy', '.pt')
     if folder:
         if not (isinstance(inputs, (str, os.PathLike)) and Path(inputs).is_dir()):
-            raise ValueError(f"out={out} is a folder, which takes one file per input file; inputs {inputs!r} is not a folder "
-                             f"of files. Give out as a single .npy or .pt file instead.")
+            raise ValueError(f"out={out} is a folder, which takes one file per input file; inputs {inputs!r} is not a "
+                             f"folder of files. Give out as a single .npy or .pt file instead.")
         Path(out).mkdir(parents=True, exist_ok=True)
     bar = TerminalBar(n, stream=sys.stderr) if progress and sys.stderr.isatty() else None
     outs, written, done = [], [], 0
@@ -296,8 +308,8 @@ def _example_inputs(model:InferenceModel, example, n:int=4)->torch.Tensor:
     if example is not None: return _as_input(torch.as_tensor(example))
     try: ds = split_dataset(model.config, 'val', model.code_folders)
     except Exception as e:
-        raise RunError(f"export needs real inputs to check the exported file against, and the validation split cannot be "
-                       f"built here ({type(e).__name__}: {e}). Pass example=a batch of inputs.") from None
+        raise RunError(f"export needs real inputs to check the exported file against, and the validation split "
+                       f"cannot be built here ({type(e).__name__}: {e}). Pass example=a batch of inputs.") from None
     return _as_input(torch.stack([ds[i][0] for i in range(min(n, len(ds)))]))
 
 def dynamic_dims(
@@ -380,10 +392,11 @@ def export_model(
     dynamic_batch:bool=True, # any batch size where the model allows it; False: exactly the example's
     dynamic=(),              # other input dims of any size: 1, 'seq=1', a list of those (see `dynamic_dims`)
 )->dict:
-    "Export `model` (normalization folded in) to `path`, reload it and check it against the eager model; returns the report."
+    "Export `model` (normalization folded in) to `path`, reload it and check it against the eager model: the report."
     if not isinstance(model, InferenceModel): model = load_model(model, checkpoint, 'cpu')
     path = Path(path); fmt = path.suffix.lstrip('.')
-    if fmt not in TOLERANCES: raise ValueError(f"cannot export to '{path.name}': use a .pt2 (torch.export) or .onnx file name.")
+    if fmt not in TOLERANCES:
+        raise ValueError(f"cannot export to '{path.name}': use a .pt2 (torch.export) or .onnx file name.")
     model = model.to('cpu').eval()
     x = _example_inputs(model, example)
     dims = {**({0: 'batch'} if dynamic_batch else {}), **dynamic_dims(dynamic, x.ndim)}
@@ -396,8 +409,9 @@ def export_model(
     else:
         try: import onnx, onnxscript, onnxruntime  # noqa: F401
         except ImportError as e:
-            raise RunError(f"ONNX export needs the optional packages onnx, onnxscript and onnxruntime ({e}); install them with "
-                           f"pip install 'ml_suite[onnx]' (or uv sync --extra onnx), or export to .pt2.") from None
+            raise RunError(f"ONNX export needs the optional packages onnx, onnxscript and onnxruntime ({e}); install "
+                           f"them with pip install 'ml_suite[onnx]' (or uv sync --extra onnx), or export to "
+                           f".pt2.") from None
         import warnings, logging
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
@@ -409,14 +423,16 @@ def export_model(
     tol = TOLERANCES[fmt]
     try: torch.testing.assert_close(got, want, **tol)
     except AssertionError as e:
-        raise RunError(f"the exported {path.name} does not reproduce the model: max abs error {err:.3g} on {len(x)} inputs "
-                       f"exceeds atol={tol['atol']}, rtol={tol['rtol']} ({str(e).splitlines()[0]}). Do not deploy it.") from None
+        raise RunError(f"the exported {path.name} does not reproduce the model: max abs error {err:.3g} on {len(x)} "
+                       f"inputs exceeds atol={tol['atol']}, rtol={tol['rtol']} ({str(e).splitlines()[0]}). Do not "
+                       f"deploy it.") from None
     nm, (in_shape, out_shape) = model.normalization, _io_shapes(ep, x, want, dims)
     report = {'file': str(path), 'format': fmt, 'checkpoint': str(model.checkpoint), 'updates': model.updates,
               'input_shape': in_shape, 'input_dtype': str(x.dtype).replace('torch.', ''), 'output_shape': out_shape,
               'dynamic': dims, 'warnings': warned,
               'normalization': 'folded in: the file takes and returns physical units',
-              'statistics': {k: None if getattr(nm, k) is None else getattr(nm, k).tolist() for k in Normalization.keys},
+              'statistics': {k: None if getattr(nm, k) is None else getattr(nm, k).tolist()
+                             for k in Normalization.keys},
               'check': {'inputs': len(x), 'max_abs_error': err, **tol}, 'torch': str(torch.__version__)}
     path.with_name(path.name + '.json').write_text(json.dumps(report, indent=1) + '\n')
     return report
@@ -433,26 +449,25 @@ def _run(fn, prog):
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 
+# %% ../nbs/14_inference.ipynb #655cfa7c
 def eval_main(argv=None)->int:
     "`ml-suite-eval RUN_DIR`: metrics of a checkpoint on a split, as a table and as JSON beside the checkpoint."
-    p = _common(argparse.ArgumentParser(prog='ml-suite-eval', description='Evaluate a checkpoint on a split of its dataset.'))
+    p = _common(argparse.ArgumentParser(prog='ml-suite-eval',
+                                        description='Evaluate a checkpoint on a split of its dataset.'))
     p.add_argument('--split', default='val', help='val, test, train, or a split name the dataset knows; default val')
     p.add_argument('--batch-size', type=int, default=None, help="default: the run's val_batch_size")
     p.add_argument('--device', default='auto')
     p.add_argument('--no-write', action='store_true', help='do not write the JSON file')
     a = p.parse_args(argv)
     def go():
-        import torch.distributed as tdist
-        from ml_suite.trainer import get_device
+        from ml_suite.dist import get_device, init_process_group, destroy_process_group
         dist = DistInfo.from_env()
-        own = dist.distributed and not tdist.is_initialized()   # join the group here, unless the caller already did
-        if own:
-            from ml_suite.train import _init_distributed
-            _init_distributed(dist, get_device(a.device, dist))
-        try:
-            res = evaluate(a.run_dir, a.split, a.checkpoint, a.batch_size, get_device(a.device, dist), write=not a.no_write, dist=dist)
+        device = get_device(a.device, dist)
+        # join the group here, unless the caller already did
+        own = init_process_group(dist, device)
+        try: res = evaluate(a.run_dir, a.split, a.checkpoint, a.batch_size, device, write=not a.no_write, dist=dist)
         finally:
-            if own: tdist.destroy_process_group()
+            if own: destroy_process_group()
         if dist.is_main:
             print(format_eval(res))
             if 'written' in res: print(f"written to {res['written']}")
@@ -460,9 +475,11 @@ def eval_main(argv=None)->int:
 
 def predict_main(argv=None)->int:
     "`ml-suite-predict RUN_DIR INPUTS --out OUT`: run a checkpoint over a folder of files or a split."
-    p = _common(argparse.ArgumentParser(prog='ml-suite-predict', description='Run a trained model over inputs and write its outputs.'))
+    p = _common(argparse.ArgumentParser(prog='ml-suite-predict',
+                                        description='Run a trained model over inputs and write its outputs.'))
     p.add_argument('inputs', help='a folder of .pt/.npy files (one sample each), or a split name (val, test, ...)')
-    p.add_argument('--out', required=True, help='a folder (one output file per input file) or a .npy/.pt file (one array)')
+    p.add_argument('--out', required=True,
+                   help='a folder (one output file per input file) or a .npy/.pt file (one array)')
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--device', default='auto')
     p.add_argument('--amp', action='store_true', help='bf16 autocast')
@@ -475,7 +492,8 @@ def predict_main(argv=None)->int:
 
 def export_main(argv=None)->int:
     "`ml-suite-export RUN_DIR`: a checked .pt2 or .onnx file of a checkpoint, normalization folded in."
-    p = _common(argparse.ArgumentParser(prog='ml-suite-export', description='Export a checkpoint for deployment (torch.export or ONNX).'))
+    p = _common(argparse.ArgumentParser(prog='ml-suite-export',
+                                        description='Export a checkpoint for deployment (torch.export or ONNX).'))
     p.add_argument('--format', choices=['pt2', 'onnx'], default='pt2')
     p.add_argument('--out', default=None, help='the file to write (default: beside the checkpoint, e.g. best.pt2)')
     p.add_argument('--dynamic', action='append', default=[], metavar='[NAME=]DIM',
@@ -498,7 +516,4 @@ def main(argv=None)->int:
         print("usage: python -m ml_suite.inference {eval,predict,export} RUN_DIR ...", file=sys.stderr); return 2
     return cmds[argv[0]](argv[1:])
 
-def _in_ipython()->bool:
-    return 'IPython' in sys.modules and sys.modules['IPython'].get_ipython() is not None
-
-if __name__ == '__main__' and not _in_ipython(): sys.exit(main())
+if __name__ == '__main__' and not in_ipython(): sys.exit(main())

@@ -8,22 +8,26 @@ Docs: https://ml-suite.github.io/ml_suite/losses.html.md"""
 from __future__ import annotations
 import torch
 from torch import nn
+from .core import resolve_object
 
 # %% auto #0
 __all__ = ['LOSSES', 'METRICS', 'RMSELoss', 'RelativeL2Loss', 'class_axis', 'CrossEntropy', 'Metric', 'MSE', 'MAE', 'RMSE',
-           'RelL2', 'Accuracy', 'MeanLoss']
+           'RelL2', 'Accuracy', 'MeanLoss', 'resolve_metrics']
 
 # %% ../nbs/03_losses.ipynb #e2f4c96d
 class RMSELoss(nn.Module):
     "Root mean squared error: `sqrt(mean((pred - target)**2))`."
     def __init__(self, eps:float=1e-12):  # keeps the gradient finite at zero error
-        super().__init__(); self.eps = eps
+        super().__init__()
+        self.eps = eps
     def forward(self, pred, target): return torch.sqrt(nn.functional.mse_loss(pred, target) + self.eps)
 
+# %% ../nbs/03_losses.ipynb #2ba84574
 class RelativeL2Loss(nn.Module):
     "Mean over samples of `‖pred - target‖ / ‖target‖`, the usual error measure for PDE surrogates."
     def __init__(self, eps:float=1e-12):
-        super().__init__(); self.eps = eps
+        super().__init__()
+        self.eps = eps
     def forward(self, pred, target):
         err = (pred - target).flatten(1).norm(dim=1)
         return (err / (target.flatten(1).norm(dim=1) + self.eps)).mean()
@@ -65,11 +69,13 @@ class Metric:
     def update(self, pred, target):
         "Add a batch: floating tensors compared in float32; integer and bool ones (class indices) keep their dtype."
         s, n = self.batch(_as_compared(pred), _as_compared(target))
-        self.state += torch.stack([torch.as_tensor(s, dtype=torch.float64).cpu(), torch.as_tensor(n, dtype=torch.float64).cpu()])
+        as64 = lambda v: torch.as_tensor(v, dtype=torch.float64).cpu()
+        self.state += torch.stack([as64(s), as64(n)])
     def compute(self, state=None)->float:
         s, n = (self.state if state is None else state).tolist()
         return s / n if n else float('nan')
 
+# %% ../nbs/03_losses.ipynb #0565f335
 class MSE(Metric):
     def batch(self, p, t): return ((p - t) ** 2).sum(), p.numel()
 class MAE(Metric):
@@ -77,7 +83,8 @@ class MAE(Metric):
 class RMSE(MSE):
     def compute(self, state=None): return super().compute(state) ** 0.5
 class RelL2(Metric):
-    def batch(self, p, t): return ((p - t).flatten(1).norm(dim=1) / t.flatten(1).norm(dim=1).clamp_min(1e-12)).sum(), len(p)
+    def batch(self, p, t):
+        return ((p - t).flatten(1).norm(dim=1) / t.flatten(1).norm(dim=1).clamp_min(1e-12)).sum(), len(p)
 class Accuracy(Metric):
     "The fraction of class-index targets whose logit is the largest; the class axis as in `class_axis`."
     def batch(self, p, t):
@@ -92,3 +99,12 @@ class MeanLoss(Metric):
 
 # %% ../nbs/03_losses.ipynb #8abbea95
 METRICS = {'mse': MSE, 'mae': MAE, 'rmse': RMSE, 'rel_l2': RelL2, 'accuracy': Accuracy}
+
+# %% ../nbs/03_losses.ipynb #515ffee9
+def resolve_metrics(
+    names,             # a config's `metrics`: built-in names or import paths 'module:Class'
+    where:str='',      # where `metrics` was set, for messages, e.g. ' (train.yml line 30)'
+    search_path=None,  # folder(s) to import from (the config's)
+)->dict:
+    "The metric classes `names` refer to, by the name their rows use: `rel_l2`, or `my_module:MyMetric` -> `mymetric`."
+    return {m.rsplit(':', 1)[-1].lower(): resolve_object(m, METRICS, 'metrics', where, search_path) for m in names}

@@ -19,8 +19,10 @@ def _groups(ch:int)->int: return next(g for g in (8, 4, 2, 1) if ch % g == 0)
 class ConvBlock(nn.Sequential):
     "Two 3×3 convolutions, each followed by GroupNorm and SiLU."
     def __init__(self, cin:int, cout:int, padding_mode:str='zeros'):
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding_mode), nn.GroupNorm(_groups(cout), cout), nn.SiLU(),
-                         nn.Conv2d(cout, cout, 3, padding=1, padding_mode=padding_mode), nn.GroupNorm(_groups(cout), cout), nn.SiLU())
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding_mode),
+                         nn.GroupNorm(_groups(cout), cout), nn.SiLU(),
+                         nn.Conv2d(cout, cout, 3, padding=1, padding_mode=padding_mode),
+                         nn.GroupNorm(_groups(cout), cout), nn.SiLU())
 
 # %% ../nbs/02_models.ipynb #10759058
 class UNet(nn.Module):
@@ -33,7 +35,8 @@ class UNet(nn.Module):
                  padding_mode:str='zeros',# 'circular' for periodic domains
                 ):
         super().__init__()
-        if depth < 0 or width < 1: raise ValueError(f"UNet needs depth >= 0 and width >= 1, got depth={depth}, width={width}")
+        if depth < 0 or width < 1:
+            raise ValueError(f"UNet needs depth >= 0 and width >= 1, got depth={depth}, width={width}")
         chs = [width * 2**i for i in range(depth + 1)]
         self.depth = depth
         self.stem = ConvBlock(in_channels, chs[0], padding_mode)

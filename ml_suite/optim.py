@@ -6,10 +6,12 @@ Docs: https://ml-suite.github.io/ml_suite/optim.html.md"""
 
 # %% ../nbs/04_optim.ipynb #8c6c50d2
 from __future__ import annotations
-import inspect
+import inspect, sys, warnings
+from contextlib import contextmanager
 import torch
 from torch.optim import lr_scheduler as lrs
-from .core import ConfigError, check_kwargs, did_you_mean, stage_lengths  # stage_lengths: torch-free, for the config check
+# stage_lengths is in core: torch-free, for the config check
+from .core import ConfigError, check_kwargs, did_you_mean, stage_lengths
 
 # %% auto #0
 __all__ = ['optimizer_class', 'build_optimizer', 'scheduler_class', 'stage_schedulers', 'build_lr_scheduler',
@@ -25,6 +27,7 @@ def optimizer_class(name:str, where:str=''):
     raise ConfigError(f"unknown optimizer.name '{name}'{where}{did_you_mean(name, table) or '.'} "
                       f"Use one of torch.optim's: {', '.join(sorted(table))}.")
 
+# %% ../nbs/04_optim.ipynb #0984acbb
 def build_optimizer(
     params,                 # the model's parameters (or parameter groups)
     name:str='AdamW',       # a `torch.optim` class
@@ -34,27 +37,29 @@ def build_optimizer(
 )->torch.optim.Optimizer:
     "Build the optimizer `name` over `params`."
     cls = optimizer_class(name)
-    check_kwargs(cls, kwargs, 'optimizer', reserved=('name', 'learning_rate', 'weight_decay'), skip=('params', 'lr', 'weight_decay'))
+    check_kwargs(cls, kwargs, 'optimizer', reserved=('name', 'learning_rate', 'weight_decay'),
+                 skip=('params', 'lr', 'weight_decay'))
     return cls(params, lr=learning_rate, weight_decay=weight_decay, **kwargs)
 
 # %% ../nbs/04_optim.ipynb #d92bf308
-_LENGTH_ARGS = ('total_iters', 'T_max')
-
 def scheduler_class(name:str, where:str=''):
     "The `torch.optim.lr_scheduler` class called `name` (any case)."
     table = {n: c for n, c in vars(lrs).items() if isinstance(c, type) and issubclass(c, lrs.LRScheduler)
              and n not in ('LRScheduler', '_LRScheduler', 'SequentialLR', 'ChainedScheduler', 'ReduceLROnPlateau')}
     for n, c in table.items():
         if n.lower() == str(name).lower(): return c
-    hint = (" ReduceLROnPlateau needs a metric at each step and cannot be a stage." if str(name).lower() == 'reducelronplateau' else '')
+    plateau = str(name).lower() == 'reducelronplateau'
+    hint = " ReduceLROnPlateau needs a metric at each step and cannot be a stage." if plateau else ''
     raise ConfigError(f"unknown lr_scheduler stage name '{name}'{where}{did_you_mean(name, table) or '.'}{hint} "
                       f"Use one of torch.optim.lr_scheduler's: {', '.join(sorted(table))}.")
 
+# %% ../nbs/04_optim.ipynb #7d395f01
 def _peak(optimizer)->float:
     "The schedule's peak learning rate: the first group's `initial_lr` (set by a scheduler), else its `lr`."
     g = optimizer.param_groups[0]
     return float(g.get('initial_lr', g['lr']))
 
+# %% ../nbs/04_optim.ipynb #0f832dd6
 def _stage_end(prefix:list, lengths:list, peak:float)->float:
     "The LR at the end of the last stage of `prefix` (pairs of class, kwargs), as a factor of `peak`."
     cls, kw = prefix[-1]
@@ -62,9 +67,10 @@ def _stage_end(prefix:list, lengths:list, peak:float)->float:
     if cls is lrs.LinearLR and kw['total_iters'] <= n: return float(kw.get('end_factor', 1.0))
     if cls is lrs.ConstantLR and kw['total_iters'] <= n: return 1.0
     if cls is lrs.CosineAnnealingLR and kw['T_max'] == n: return float(kw.get('eta_min', 0.0)) / peak
-    import warnings   # any other class: step a throwaway copy of the chain so far to the end of this stage
+    # any other class: step a throwaway copy of the chain so far to the end of this stage
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
-    with warnings.catch_warnings():   # "scheduler.step() before optimizer.step()": no optimizer steps here
+    # "scheduler.step() before optimizer.step()": no optimizer steps here
+    with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         scheds = [c(opt, **k) for c, k in prefix]
         ms = [sum(lengths[: i + 1]) for i in range(len(scheds) - 1)]
@@ -72,18 +78,23 @@ def _stage_end(prefix:list, lengths:list, peak:float)->float:
         for _ in range(sum(lengths[: len(prefix)])): sched.step()
     return opt.param_groups[0]['lr'] / peak
 
+# %% ../nbs/04_optim.ipynb #f5440097
 def stage_schedulers(
     stages:list[dict],     # each: {'name': ..., 'num_updates': ..., other keys passed on}
     total_updates:int,     # the run's length in updates
     peak:float,            # the peak learning rate (what `end_factor` and `start_factor` are factors of)
 )->list[tuple]:
     "Each stage's scheduler class and the keyword arguments it is built with, ml_suite's two rules applied."
-    lengths, out, end = stage_lengths(stages, total_updates), [], 1.0
+    lengths = stage_lengths(stages, total_updates)
+    # the stages built so far, and where the last of them ends (a factor of the peak)
+    out, end = [], 1.0
     for s, n in zip(stages, lengths):
-        cls, key = scheduler_class(s['name']), f"lr_scheduler.{s.get('_key', 'stage')}"
+        cls = scheduler_class(s['name'])
+        key = f"lr_scheduler.{s.get('_key', 'stage')}"
         kw = {k: v for k, v in s.items() if k not in ('name', 'num_updates', '_key')}
         params = inspect.signature(cls).parameters
-        for a in _LENGTH_ARGS:
+        # the stage's length, where the class takes one
+        for a in ('total_iters', 'T_max'):
             if a in params and a not in kw: kw[a] = n
         if cls is lrs.CosineAnnealingLR and 'end_factor' in kw:
             f = kw.pop('end_factor')
@@ -107,6 +118,7 @@ def stage_schedulers(
         end = _stage_end(out, lengths, peak or 1.0)
     return out
 
+# %% ../nbs/04_optim.ipynb #f375a2bc
 def build_lr_scheduler(
     optimizer:torch.optim.Optimizer,
     stages:list[dict],     # each: {'name': ..., 'num_updates': ..., other keys passed on}
@@ -121,18 +133,20 @@ def build_lr_scheduler(
     return lrs.SequentialLR(optimizer, scheds, milestones=milestones)
 
 # %% ../nbs/04_optim.ipynb #18d234de
-from contextlib import contextmanager
-
-_DYNAMO_WRAPPED = ('add_param_group', 'state_dict', 'load_state_dict', 'zero_grad')
-
 @contextmanager
 def without_dynamo_import():
     "While inside, building optimizers does not import `torch._dynamo` (seconds that a check does not need)."
-    import sys
-    if 'torch._dynamo' in sys.modules: yield; return
-    fns = [m.__wrapped__ for m in (getattr(torch.optim.Optimizer, n) for n in _DYNAMO_WRAPPED) if hasattr(m, '__wrapped__')]
-    fns = [f for f in fns if '__dynamo_disable' not in f.__dict__]   # nested blocks: the outermost one undoes it
-    for f in fns: setattr(f, '__dynamo_disable', f)     # torch's cache of "this method, not traced by dynamo"
+    if 'torch._dynamo' in sys.modules:
+        yield
+        return
+    # the methods of Optimizer that torch wraps in its dynamo-disabling decorator
+    wrapped = ('add_param_group', 'state_dict', 'load_state_dict', 'zero_grad')
+    methods = (getattr(torch.optim.Optimizer, n) for n in wrapped)
+    fns = [m.__wrapped__ for m in methods if hasattr(m, '__wrapped__')]
+    # nested blocks: the outermost one undoes it
+    fns = [f for f in fns if '__dynamo_disable' not in f.__dict__]
+    # torch's cache of "this method, not traced by dynamo"
+    for f in fns: setattr(f, '__dynamo_disable', f)
     try: yield
     finally:
         for f in fns:

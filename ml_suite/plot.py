@@ -8,7 +8,7 @@ Docs: https://ml-suite.github.io/ml_suite/plot.html.md"""
 from __future__ import annotations
 import argparse, io, sys
 from pathlib import Path
-from .tracking import read_metrics
+from .core import read_metrics
 
 # %% auto #0
 __all__ = ['figure_for', 'figure_png', 'plot_runs', 'main']
@@ -27,14 +27,18 @@ def figure_for(runs:list):
         if tr: ax_loss.plot(*zip(*tr), color=c, alpha=0.6, label=f'{label} train')
         if va: ax_loss.plot(*zip(*va), 'o-', color=c, label=f'{label} val')
         if lr: ax_lr.plot(*zip(*lr), color=c, label=label)
-    ax_loss.set(xlabel='update', ylabel='loss', yscale='log', title='loss'); ax_loss.legend(fontsize=8)
+    ax_loss.set(xlabel='update', ylabel='loss', yscale='log', title='loss')
+    ax_loss.legend(fontsize=8)
     ax_lr.set(xlabel='update', ylabel='learning rate', title='learning rate')
     if len(runs) > 1: ax_lr.legend(fontsize=8)
     return fig
 
+# %% ../nbs/13_plot.ipynb #dffea41b
 def figure_png(fig)->bytes:
     "The figure as PNG bytes."
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=100); return buf.getvalue()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=100)
+    return buf.getvalue()
 
 # %% ../nbs/13_plot.ipynb #c25443af
 def plot_runs(
@@ -45,22 +49,25 @@ def plot_runs(
     dirs = [Path(d) for d in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
     for d in dirs:
         if not (d / 'metrics.jsonl').is_file():
-            raise FileNotFoundError(f"{d} has no metrics.jsonl: is it a run directory, and has the run logged an update yet?")
+            raise FileNotFoundError(f"{d} has no metrics.jsonl: is it a run directory, and has the run logged an "
+                                    f"update yet?")
     out = Path(out) if out else dirs[0] / 'curves.png'
     names = [d.name for d in dirs] if len({d.name for d in dirs}) == len(dirs) else [str(d) for d in dirs]
-    out.write_bytes(figure_png(figure_for([(n, read_metrics(d / 'metrics.jsonl')) for n, d in zip(names, dirs)])))
+    runs = [(n, read_metrics(d / 'metrics.jsonl')) for n, d in zip(names, dirs)]
+    out.write_bytes(figure_png(figure_for(runs)))
     return out
 
 # %% ../nbs/13_plot.ipynb #144e9b71
 def main(argv=None)->int:
     "`ml-suite-plot`: draw loss curves and the learning rate of run directories into a PNG."
-    p = argparse.ArgumentParser(prog='ml-suite-plot', description='Draw loss curves (train, validation) and the learning '
-                                'rate against updates from run directories into a PNG.')
+    p = argparse.ArgumentParser(prog='ml-suite-plot', description='Draw loss curves (train, validation) and the '
+                                'learning rate against updates from run directories into a PNG.')
     p.add_argument('run_dirs', nargs='+', help='one or several run directories (each with metrics.jsonl)')
     p.add_argument('-o', '--out', help='the PNG to write (default: curves.png in the first run directory)')
     a = p.parse_args(argv)
     try: out = plot_runs(a.run_dirs, a.out)
     except FileNotFoundError as e:
-        print(f"ml-suite-plot: error: {e}", file=sys.stderr); return 2
+        print(f"ml-suite-plot: error: {e}", file=sys.stderr)
+        return 2
     print(out)
     return 0

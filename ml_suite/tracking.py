@@ -6,19 +6,22 @@ Docs: https://ml-suite.github.io/ml_suite/tracking.html.md"""
 
 # %% ../nbs/08_tracking.ipynb #e868682d
 from __future__ import annotations
-import json, logging, math, os, sys, time
+import json, logging, math, os, re, sys, time
 from pathlib import Path
+# the reader of metrics.jsonl lives in core (the plots read it without importing this module); handed on here
+from .core import read_metrics
 
 # %% auto #0
-__all__ = ['logger', 'find_secrets', 'collect_secrets', 'mask_secrets', 'read_metrics', 'MetricsLog', 'setup_logging',
-           'close_logging', 'unreachable', 'wandb_online_problem', 'WandbTracker', 'run_record', 'in_notebook',
-           'TerminalBar', 'NotebookProgress', 'make_progress']
+__all__ = ['logger', 'find_secrets', 'collect_secrets', 'mask_secrets', 'MetricsLog', 'close_logging', 'setup_logging',
+           'unreachable', 'wandb_online_problem', 'WandbTracker', 'run_record', 'in_notebook', 'TerminalBar',
+           'NotebookProgress', 'make_progress']
 
 # %% ../nbs/08_tracking.ipynb #be4eefc1
-import re as _re
-_SECRET_NAME = _re.compile(r'KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|PRIVATE|COOKIE', _re.I)
-_secrets:dict = {}   # value -> variable name, longest value first; filled by `collect_secrets`
+_SECRET_NAME = re.compile(r'KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|PRIVATE|COOKIE', re.I)
+# value -> variable name, longest value first; filled by `collect_secrets`
+_secrets:dict = {}
 
+# %% ../nbs/08_tracking.ipynb #1e297c1a
 def find_secrets(environ=None, min_length:int=8)->dict:
     "`{value: name}` of the environment variables that hold secrets (by name), longest value first."
     environ = os.environ if environ is None else environ
@@ -26,11 +29,14 @@ def find_secrets(environ=None, min_length:int=8)->dict:
              and isinstance(v, str) and len(v.strip()) >= min_length}
     return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
 
+# %% ../nbs/08_tracking.ipynb #ae8f9646
 def collect_secrets(environ=None)->dict:
     "Remember the secrets of `environ` (default: `os.environ`, after `.env` is read) for `mask_secrets`."
-    _secrets.clear(); _secrets.update(find_secrets(environ))
+    _secrets.clear()
+    _secrets.update(find_secrets(environ))
     return _secrets
 
+# %% ../nbs/08_tracking.ipynb #6213cf55
 def mask_secrets(obj, as_source:bool=False):
     "`obj` (a string, or dicts and lists of them) with every secret replaced by `***` (`${NAME}` with `as_source`)."
     if not _secrets: return obj
@@ -42,25 +48,21 @@ def mask_secrets(obj, as_source:bool=False):
     return obj
 
 # %% ../nbs/08_tracking.ipynb #b6777d90
-def read_metrics(path:Path)->list[dict]:
-    "The rows of a `metrics.jsonl` file; a cut last line (from a crash) is skipped."
-    rows = []
-    if not Path(path).exists(): return rows
-    for line in Path(path).read_text().splitlines():
-        try: rows.append(json.loads(line))
-        except json.JSONDecodeError: pass
-    return rows
-
 class MetricsLog:
     "Appends one JSON row per logged update to `path`; `resume_at(u)` drops rows after update `u`."
-    def __init__(self, path:Path): self.path = Path(path)
+    def __init__(self, path:Path):
+        self.path = Path(path)
+        # a failed append is reported once
+        self.warned = False
 
     def resume_at(self, update:int):
         rows = read_metrics(self.path)
         keep = [r for r in rows if r.get('update', 0) <= update]
-        if len(keep) != len(rows) or (self.path.exists() and not self.path.read_text().endswith('\n') and self.path.stat().st_size):
+        cut = self.path.exists() and self.path.stat().st_size and not self.path.read_text().endswith('\n')
+        if len(keep) != len(rows) or cut:
             tmp = self.path.with_suffix('.tmp')
-            tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep)); os.replace(tmp, self.path)
+            tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep))
+            os.replace(tmp, self.path)
 
     def write(self, row:dict):
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
@@ -69,76 +71,110 @@ class MetricsLog:
         except OSError: size = None
         try:
             with open(self.path, 'a') as f: f.write(line)
-        except OSError as e:   # a full disk: no traceback, no half line; the checkpoint's save reports the disk
+        # a full disk: no traceback, no half line; the checkpoint's save reports the disk
+        except OSError as e:
             if size is not None:
                 try: os.truncate(self.path, size)
                 except OSError: pass
-            if not getattr(self, '_warned', False):
-                self._warned = True
-                logger.warning(f"cannot append to {self.path} ({e.strerror or e}); metrics rows are skipped until it can")
+            if not self.warned:
+                self.warned = True
+                logger.warning(f"cannot append to {self.path} ({e.strerror or e}); metrics rows are skipped until "
+                               f"it can")
 
 # %% ../nbs/08_tracking.ipynb #54580c99
 logger = logging.getLogger('ml_suite')
 
+# %% ../nbs/08_tracking.ipynb #2791b9ab
 class _RankFilter(logging.Filter):
-    def __init__(self, rank): super().__init__(); self.rank = rank
-    def filter(self, record): record.rank = self.rank; return True
+    def __init__(self, rank):
+        super().__init__()
+        self.rank = rank
 
+    def filter(self, record):
+        record.rank = self.rank
+        return True
+
+# %% ../nbs/08_tracking.ipynb #93f32325
 class _OnceFilter(logging.Filter):
     "Lets each distinct warning through once: a warning raised at every update is still read once."
-    def __init__(self): super().__init__(); self.seen = set()
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
     def filter(self, record):
         if record.levelno != logging.WARNING: return True
         msg = record.getMessage()
         if msg in self.seen: return False
-        self.seen.add(msg); return True
+        self.seen.add(msg)
+        return True
 
+# %% ../nbs/08_tracking.ipynb #51934ff8
 class _Console(logging.StreamHandler):
     "A console handler that clears the progress bar's line before a message and redraws the bar after it."
     bar = None
     def emit(self, record):
-        if not getattr(record, 'console', True): return   # for the log file only (the command line prints it itself)
+        # for the log file only (the command line prints it itself)
+        if not getattr(record, 'console', True): return
         if self.bar is not None: self.stream.write('\r\033[K')
         super().emit(record)
         if self.bar is not None: self.bar.draw(force=True)
 
+# %% ../nbs/08_tracking.ipynb #a8e87a3c
 class _MaskingFormatter(logging.Formatter):
     "Formats a record, traceback included, with every secret masked (see `mask_secrets`)."
     def format(self, record): return mask_secrets(super().format(record))
 
+# %% ../nbs/08_tracking.ipynb #c77a7fa8
 class _LogFile(logging.FileHandler):
     "`training.log`; when the disk is full it says so once on stderr instead of printing a traceback per line."
+    def __init__(self, filename):
+        super().__init__(filename)
+        self.warned = False
+
     def handleError(self, record):
-        if not getattr(self, '_warned', False):
-            self._warned = True
-            e = sys.exc_info()[1]
-            sys.stderr.write(f"ml_suite: cannot write {self.baseFilename} ({getattr(e, 'strerror', None) or e}); "
-                             f"log lines go to the console only\n")
+        if self.warned: return
+        self.warned = True
+        e = sys.exc_info()[1]
+        sys.stderr.write(f"ml_suite: cannot write {self.baseFilename} ({getattr(e, 'strerror', None) or e}); "
+                         f"log lines go to the console only\n")
+
     def close(self):
         try: super().close()
-        except OSError: pass   # the last lines could not be flushed: said once already
+        # the last lines could not be flushed: said once already
+        except OSError: pass
 
-def setup_logging(run_dir:Path|None=None, rank:int=0, world_size:int=1)->logging.Logger:
-    "Log to the console and `run_dir/training.log`: everything from rank 0, warnings and errors from the other ranks."
-    for h in list(logger.handlers): logger.removeHandler(h); h.close()
-    logger.setLevel(logging.INFO); logger.propagate = False
-    tag = ' [rank %(rank)s]' if world_size > 1 else ''
-    fmt = _MaskingFormatter(f'%(asctime)s{tag} %(levelname)s %(message)s', '%Y-%m-%d %H:%M:%S')
-    console = _Console(sys.stdout)
-    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    handlers = [console]
-    if run_dir is not None:  # rank 0 writes everything; the other ranks append their warnings and errors
-        fh = _LogFile(Path(run_dir) / 'training.log')
-        fh.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-        handlers.append(fh)
-    for f in list(logger.filters): logger.removeFilter(f)
-    logger.addFilter(_OnceFilter())   # on the logger, not on each handler: a record is judged once for all of them
-    for h in handlers: h.setFormatter(fmt); h.addFilter(_RankFilter(rank)); logger.addHandler(h)
-    return logger
-
+# %% ../nbs/08_tracking.ipynb #d05a3b78
 def close_logging():
     "Detach and close ml_suite's log handlers (the training.log file is released)."
-    for h in list(logger.handlers): logger.removeHandler(h); h.close()
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+
+# %% ../nbs/08_tracking.ipynb #2b0ef0b4
+def setup_logging(run_dir:Path|None=None, rank:int=0, world_size:int=1)->logging.Logger:
+    "Log to the console and `run_dir/training.log`: everything from rank 0, warnings and errors from the other ranks."
+    close_logging()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    tag = ' [rank %(rank)s]' if world_size > 1 else ''
+    fmt = _MaskingFormatter(f'%(asctime)s{tag} %(levelname)s %(message)s', '%Y-%m-%d %H:%M:%S')
+    level = logging.INFO if rank == 0 else logging.WARNING
+    console = _Console(sys.stdout)
+    console.setLevel(level)
+    handlers = [console]
+    # rank 0 writes everything; the other ranks append their warnings and errors
+    if run_dir is not None:
+        fh = _LogFile(Path(run_dir) / 'training.log')
+        fh.setLevel(level)
+        handlers.append(fh)
+    for f in list(logger.filters): logger.removeFilter(f)
+    # on the logger, not on each handler: a record is judged once for all of them
+    logger.addFilter(_OnceFilter())
+    for h in handlers:
+        h.setFormatter(fmt)
+        h.addFilter(_RankFilter(rank))
+        logger.addHandler(h)
+    return logger
 
 # %% ../nbs/08_tracking.ipynb #1841aad0
 def unreachable(
@@ -195,11 +231,19 @@ def wandb_online_problem(
     why = unreachable(base_url, timeout)
     return f"the W&B server {base_url} cannot be reached: {why}" if why else None
 
+# %% ../nbs/08_tracking.ipynb #2b7b613d
+def _first_line(e:BaseException)->str:
+    "The first line of `e`'s message (at most 300 characters), or its type's name."
+    lines = str(e).strip().splitlines()
+    return (lines[0][:300] if lines else '') or type(e).__name__
+
 # %% ../nbs/08_tracking.ipynb #40c5ca68
 class WandbTracker:
     "Logs rows to a Weights & Biases run (rank 0 only; `wandb` imported on first use); tracking never ends a run."
     def __init__(self, cfg, run_dir:Path, config_dict:dict, run_id:str|None=None, timeout:float=3.0):
-        self.run, self.id, self._warned = None, run_id, False
+        self.run, self.id = None, run_id
+        # a failure of wandb is reported once
+        self._warned = False
         mode = cfg.mode or os.environ.get('WANDB_MODE')
         try: import wandb
         except ImportError as e:
@@ -211,7 +255,8 @@ class WandbTracker:
         m = lambda v: mask_secrets(v, as_source=True)
         kw = dict(project=m(cfg.project), entity=m(cfg.entity), name=m(cfg.name), tags=m(list(cfg.tags)) or None,
                   config=m(config_dict), dir=str(run_dir), id=run_id, resume='allow')
-        argv, sys.argv = sys.argv, m(list(sys.argv))    # wandb records the command line too
+        # wandb records the command line too
+        argv, sys.argv = sys.argv, m(list(sys.argv))
         try:
             if online and why is None:
                 limit = {} if 'WANDB_INIT_TIMEOUT' in os.environ else {'settings': wandb.Settings(init_timeout=30)}
@@ -233,26 +278,27 @@ class WandbTracker:
             say(mask_secrets(f"wandb: {why}; logging offline in {where}; upload it later with: wandb sync {where}"))
 
     def _warn(self, msg:str):
-        if not self._warned: self._warned = True; logger.warning(mask_secrets(f"wandb: {msg}"))
+        if self._warned: return
+        self._warned = True
+        logger.warning(mask_secrets(f"wandb: {msg}"))
 
     def log(self, row:dict):
         if self.run is None: return
         try: self.run.log({k: v for k, v in row.items() if k != 'update' and v is not None}, step=row['update'])
-        except Exception as e: self._warn(f"logging to W&B failed at update {row.get('update')} ({type(e).__name__}: "
-                                          f"{_first_line(e)}); training goes on, metrics.jsonl has every row")
+        except Exception as e:
+            self._warn(f"logging to W&B failed at update {row.get('update')} ({type(e).__name__}: {_first_line(e)}); "
+                       f"training goes on, metrics.jsonl has every row")
 
     def close(self):
         if self.run is None: return
         try: self.run.finish()
-        except Exception as e: self._warn(f"finishing the W&B run failed ({type(e).__name__}: {_first_line(e)}); "
-                                          f"the run's own files are complete")
-
-def _first_line(e:BaseException)->str:
-    lines = str(e).strip().splitlines()
-    return (lines[0][:300] if lines else '') or type(e).__name__
+        except Exception as e:
+            self._warn(f"finishing the W&B run failed ({type(e).__name__}: {_first_line(e)}); the run's own files "
+                       f"are complete")
 
 # %% ../nbs/08_tracking.ipynb #ae20682f
 def _git_state(folder:Path)->dict:
+    "The commit, the uncommitted changes and the root of the git repository that holds `folder` ({} outside one)."
     import subprocess
     def git(*a):
         return subprocess.run(['git', '-C', str(folder), *a], capture_output=True, text=True, timeout=10)
@@ -260,18 +306,24 @@ def _git_state(folder:Path)->dict:
         head = git('rev-parse', 'HEAD')
         if head.returncode != 0: return {}
         dirty = git('status', '--porcelain', '--untracked-files=no').stdout.strip() != ''
-        return {'git_commit': head.stdout.strip(), 'git_dirty': dirty, 'git_root': git('rev-parse', '--show-toplevel').stdout.strip()}
+        root = git('rev-parse', '--show-toplevel').stdout.strip()
+        return {'git_commit': head.stdout.strip(), 'git_dirty': dirty, 'git_root': root}
     except (OSError, subprocess.SubprocessError): return {}
 
+# %% ../nbs/08_tracking.ipynb #f6893fab
 def _env_lock(start:Path)->dict:
+    "The `uv.lock` in `start` or a folder above (path and sha256), else a hash of the installed packages."
     import hashlib
     for d in [start, *start.parents]:
-        if (d / 'uv.lock').is_file(): return {'lock_file': str(d / 'uv.lock'), 'lock_sha256': hashlib.sha256((d / 'uv.lock').read_bytes()).hexdigest()}
+        lock = d / 'uv.lock'
+        if lock.is_file(): return {'lock_file': str(lock), 'lock_sha256': hashlib.sha256(lock.read_bytes()).hexdigest()}
     from importlib import metadata
     pkgs = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
     return {'packages_sha256': hashlib.sha256('\n'.join(pkgs).encode()).hexdigest(), 'packages': len(pkgs)}
 
+# %% ../nbs/08_tracking.ipynb #069fe656
 def _hardware()->dict:
+    "The host, its CPUs, memory and GPUs."
     import platform
     hw = {'host': platform.node(), 'cpus': os.cpu_count(), 'platform': platform.platform()}
     try:
@@ -284,6 +336,7 @@ def _hardware()->dict:
         hw['gpus'] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return hw
 
+# %% ../nbs/08_tracking.ipynb #de7d8687
 def run_record(config_dir:Path|None=None, argv=None)->dict:
     "What produced this run: command, versions, environment lock, hardware, SLURM job, git state."
     import platform, torch, ml_suite
@@ -293,53 +346,78 @@ def run_record(config_dir:Path|None=None, argv=None)->dict:
            'python': platform.python_version(), **_env_lock(folder), **_hardware()}
     for k in ('SLURM_JOB_ID', 'SLURM_ARRAY_JOB_ID', 'SLURM_ARRAY_TASK_ID', 'SLURM_RESTART_COUNT', 'SLURM_JOB_NODELIST'):
         if k in os.environ: rec[k.lower()] = os.environ[k]
-    return mask_secrets({**rec, **_git_state(folder)}, as_source=True)   # a key typed on the command line stays out
+    # a key typed on the command line stays out
+    return mask_secrets({**rec, **_git_state(folder)}, as_source=True)
 
 # %% ../nbs/08_tracking.ipynb #41fe71ff
 def _fmt_time(s:float)->str:
+    "Seconds as `h:mm:ss` (`?` when unknown)."
     if not math.isfinite(s) or s < 0: return '?'
-    s = int(s); return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
+# %% ../nbs/08_tracking.ipynb #f984dc1b
 def in_notebook()->bool:
     "True inside a Jupyter kernel."
     ip = sys.modules.get('IPython')
     shell = ip.get_ipython() if ip is not None else None
     return shell is not None and type(shell).__name__ == 'ZMQInteractiveShell'
 
+# %% ../nbs/08_tracking.ipynb #07f3e88b
 class TerminalBar:
     "A one-line progress bar on a terminal: updates, loss, throughput, ETA (redrawn at most 5 times a second)."
     def __init__(self, total:int, stream=None):
-        self.total, self.stream, self.n, self.info, self._last = total, stream or sys.stdout, 0, '', 0.0
+        self.total = total
+        self.stream = stream or sys.stdout
+        # the update shown, and the text after the bar
+        self.n, self.info = 0, ''
+        # when the bar was last drawn
+        self.last = 0.0
+
     def update(self, n:int, row:dict|None=None):
         self.n = n
-        if row: self.info = f" loss {row.get('train_loss') or float('nan'):.4g} {row.get('samples_per_s', 0):.0f} samples/s ETA {_fmt_time(row.get('eta_s', math.nan))}"
+        if row:
+            loss, eta = row.get('train_loss') or float('nan'), _fmt_time(row.get('eta_s', math.nan))
+            self.info = f" loss {loss:.4g} {row.get('samples_per_s', 0):.0f} samples/s ETA {eta}"
         self.draw()
+
     def draw(self, force=False):
         now = time.monotonic()
-        if not force and now - self._last < 0.2: return
-        self._last, width = now, 30
+        if not force and now - self.last < 0.2: return
+        self.last = now
+        width = 30
         done = int(width * self.n / max(self.total, 1))
-        self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {self.n}/{self.total}{self.info}\033[K"); self.stream.flush()
-    def close(self): self.draw(force=True); self.stream.write('\n'); self.stream.flush()
+        self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {self.n}/{self.total}{self.info}\033[K")
+        self.stream.flush()
 
+    def close(self):
+        self.draw(force=True)
+        self.stream.write('\n')
+        self.stream.flush()
+
+# %% ../nbs/08_tracking.ipynb #228cfce2
 class NotebookProgress:
     "A progress line and a live loss plot in a Jupyter output, updated in place."
     def __init__(self, total:int):
         from IPython.display import display, HTML
-        self.total, self.rows = total, []
+        self.total = total
+        self.rows = []
         self.text = display(HTML(''), display_id=True)
         self.plot = display(HTML(''), display_id=True)
+
     def update(self, n:int, row:dict|None=None):
         if row is None: return
-        from IPython.display import HTML
-        self.rows.append(row)
-        self.text.update(HTML(f"<progress value='{n}' max='{self.total}' style='width:300px'></progress> {n}/{self.total} "
-                              f"loss {row.get('train_loss') or float('nan'):.4g} ETA {_fmt_time(row.get('eta_s', math.nan))}"))
-        from IPython.display import Image
+        from IPython.display import HTML, Image
         from ml_suite.plot import figure_for, figure_png
+        self.rows.append(row)
+        loss, eta = row.get('train_loss') or float('nan'), _fmt_time(row.get('eta_s', math.nan))
+        bar = f"<progress value='{n}' max='{self.total}' style='width:300px'></progress>"
+        self.text.update(HTML(f"{bar} {n}/{self.total} loss {loss:.4g} ETA {eta}"))
         self.plot.update(Image(figure_png(figure_for([('this run', self.rows)]))))
+
     def close(self): pass
 
+# %% ../nbs/08_tracking.ipynb #20ce23f3
 def make_progress(total:int, rank:int=0, enabled:bool=True):
     "The right progress display for where the output goes: a bar on a terminal, a widget in Jupyter, else none."
     if not enabled or rank != 0: return None

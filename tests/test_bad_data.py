@@ -1,7 +1,7 @@
 """Issue 9, bad data and numerics: a dataset or model that does not fit gives one paragraph naming the culprit, and a
 NaN/Inf loss is skipped, counted, and (K in a row) stops the run with the last good weights and exit code 5. Real
 training runs on the tiny config, in-process through `train()` and through the CLI for exit codes."""
-import math, os, sys, textwrap
+import math, os, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
 from conftest import tiny_config, write_config, run_cli, read_rows
@@ -29,6 +29,18 @@ class Float64(HeatDataset):
 
 class Dicts(HeatDataset):
     def __getitem__(self, i): x, y = super().__getitem__(i); return {'x': x, 'y': y}
+
+class DictsLater(HeatDataset):   # pairs for the first `LATE` reads of this instance (the first batch among them), then dicts
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        self.reads = getattr(self, 'reads', 0) + 1
+        return {'x': x, 'y': y} if self.reads > int(os.environ.get('LATE', '12')) else (x, y)
+
+class RaisesLater(HeatDataset):  # raises at the 20th read of this instance: a later batch, not the first
+    def __getitem__(self, i):
+        self.reads = getattr(self, 'reads', 0) + 1
+        if self.reads == 20: raise OSError(f'disk hiccup at {i}')
+        return super().__getitem__(i)
 
 class Triples(HeatDataset):
     def __getitem__(self, i): x, y = super().__getitem__(i); return x, y, i
@@ -104,6 +116,30 @@ def test_float64_inputs_name_both_dtypes_and_the_layer_in_training_and_dry_run(t
         msg = error(ModelError, fn, c)
         assert msg.startswith('UNet failed on a batch of inputs of shape (8, 1, 16, 16) float64 in layer'), msg
         assert "(Conv2d" in msg and "inputs are float64 but UNet's parameters are float32" in msg
+
+@pytest.mark.parametrize('late', ['12', '17'])   # a batch of pairs and dicts; a batch of dicts only
+def test_a_sample_that_is_not_a_pair_in_a_later_batch_is_named(tmp_path, faults, monkeypatch, late):
+    "The first batch is checked sample by sample; a later batch is checked when stacking it fails or gives no pair."
+    monkeypatch.setenv('LATE', late)
+    msg = error(DataError, train, cfg(tmp_path, dataset=dict(name='ml_faults:DictsLater', normalize=False)))
+    assert "DictsLater (split 'train') sample " in msg, msg
+    assert "is a dict with keys ['x', 'y']; a sample must be a pair (input, target)" in msg, msg
+
+def test_a_dataset_raising_in_a_later_batch_names_the_index(tmp_path, faults):
+    msg = error(DataError, train, cfg(tmp_path, dataset=dict(name='ml_faults:RaisesLater', normalize=False)))
+    assert "RaisesLater (split 'train') failed to give sample " in msg and 'OSError: disk hiccup at ' in msg, msg
+    i = msg.split('failed to give sample ')[1].split(':')[0]
+    assert f'RaisesLater.__getitem__({i}) raised OSError: disk hiccup at {i}' in msg, msg   # the index that raised
+
+def test_max_consecutive_is_refused_before_torch_is_imported(tmp_path):
+    path = write_config(tmp_path / 'train.yml', cfg(tmp_path, nonfinite=dict(max_consecutive=0)))
+    code = ("import sys\nfrom ml_suite.config import load_config\nfrom ml_suite.core import ConfigError\n"
+            f"try: load_config({str(path)!r}, names=False)\nexcept ConfigError as e: print(e)\n"
+            "print('torch imported:', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120).stdout
+    assert 'nonfinite.max_consecutive (train.yml line ' in out, out
+    assert ') must be >= 1, got 0; use policy: off to turn the check off.' in out, out
+    assert 'torch imported: False' in out
 
 # --- model --------------------------------------------------------------------------------------------------------
 

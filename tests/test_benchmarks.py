@@ -27,6 +27,16 @@ def test_overhead_runs_and_ml_suite_matches_the_plain_loop_bitwise(tmp_path):
     assert res['median_ratio'] > 0
 
 
+def test_overhead_through_the_cli_ends_with_the_plain_loops_weights(tmp_path):
+    "ml-suite-train with a model and dataset by import path, against plain_loop.py: both runs end bit for bit equal."
+    out = run(BENCH / 'overhead.py', '--contenders=ml-suite-train', '--rounds=1', '--cli-updates=3,9', '--cli-width=16',
+              '--cli-samples=128', '--log-every=2', f'--json={tmp_path / "r.json"}')
+    assert '| ml-suite-train |' in out
+    res = json.loads((tmp_path / 'r.json').read_text())['cli']
+    assert res['weights_equal_plain'] is True and res['updates'] == [3, 9]
+    assert {'wall_ratio', 'cpu_ratio', 'wall_min_ratio', 'cpu_ratio_range'} <= set(res)   # at this size the slopes are noise
+
+
 @pytest.mark.parametrize('mode', ['val', 'ckpt'])
 def test_overhead_with_validation_and_checkpoints(mode):
     out = run(BENCH / 'overhead.py', '--contender=ml_suite', f'--mode={mode}', '--every=10', '--updates=30', '--warmup=5',

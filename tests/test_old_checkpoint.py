@@ -1,0 +1,28 @@
+"A checkpoint written by ml_suite at commit 2e53168 (before issue 17's restructuring) still resumes exactly."
+import json, shutil
+from pathlib import Path
+import torch
+from conftest import ROOT, read_rows
+
+# Made once, by tools/make_old_checkpoint.py on a checkout of 2e53168 (its docstring says how): a 12-update tiny run
+# stopped by SIGTERM after update 7 (run/), the weights that 2e53168 reached resuming it to the end (final.pt), and
+# that resumed run's updates, samples and metrics rows (final.json). Never remake it with newer code.
+FIXTURE = ROOT / 'tests' / 'fixtures' / 'ckpt_2e53168'
+
+def test_old_checkpoint_resumes_exactly(tmp_path):
+    from ml_suite.train import train
+    run = Path(shutil.copytree(FIXTURE / 'run', tmp_path / 'run'))
+    want = json.loads((FIXTURE / 'final.json').read_text())
+    assert torch.load(run / 'latest.pt', weights_only=False)['updates'] == want['stop_at']
+    t = train(run / 'train.yml')
+    assert t.finished and t.updates == want['updates'] and t.samples == want['samples']
+    final = torch.load(FIXTURE / 'final.pt', weights_only=True)
+    got = t.raw_model.state_dict()
+    assert got.keys() == final.keys()
+    for k, v in final.items():
+        assert torch.equal(got[k].cpu(), v), f"{k} differs from the weights 2e53168 reached"
+    # the rows before the stop are kept, and the resumed ones continue them
+    rows = [{k: r[k] for k in ('update', 'samples')} for r in read_rows(run)]
+    assert rows == want['rows']
+    assert torch.load(run / 'latest.pt', weights_only=False)['updates'] == want['updates']
+    assert f"resumed from {run / 'latest.pt'} at update {want['stop_at']}/" in (run / 'training.log').read_text()
