@@ -11,8 +11,8 @@ from pathlib import Path
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['TINY_CONFIG', 'tiny_config', 'write_config', 'write_tiny_config', 'tiny_trainer', 'LoopInvariants', 'as_written',
-           'fit_checked']
+__all__ = ['TINY_CONFIG', 'tiny_config', 'write_config', 'write_tiny_config', 'tiny_trainer', 'temp_run_config', 'trainer_for',
+           'LoopInvariants', 'as_written', 'fit_checked']
 
 # %% ../nbs/15_testing.ipynb #f42fd3e0
 TINY_CONFIG = dict(seed=0, dataset=dict(name='heat', size=16, modes=4, num_samples=128),
@@ -50,6 +50,20 @@ def tiny_trainer(run_dir=None, **over):
     cfg, src = load_config(tiny_config(**over))
     if run_dir is not None: Path(run_dir).mkdir(parents=True, exist_ok=True)
     return build_trainer(cfg, src, run_dir=None if run_dir is None else Path(run_dir))
+
+# %% ../nbs/15_testing.ipynb #bfa7946a
+def temp_run_config(**over)->dict:
+    "`tiny_config(**over)` with `run_dir` in a new temporary folder (not created yet): `train` starts it from anywhere."
+    import tempfile
+    return tiny_config(run_dir=str(Path(tempfile.mkdtemp()) / 'run'), **over)
+
+# %% ../nbs/15_testing.ipynb #c216328b
+def trainer_for(model, data, lr:float=0.1, parts=None, **settings):
+    "A `Trainer` of `model` on the batches `data`: MSE, SGD at `lr`, no schedule, `TrainSettings(**settings)`, `parts`."
+    import torch
+    from ml_suite.trainer import Trainer, TrainSettings
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    return Trainer(model, torch.nn.MSELoss(), opt, None, data, settings=TrainSettings(**settings), parts=parts)
 
 # %% ../nbs/15_testing.ipynb #0d8624b0
 class LoopInvariants:

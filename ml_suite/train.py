@@ -228,7 +228,7 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     import torch
     from ml_suite.data import BatchStream, eval_loader, CheckedDataset, dataset_normalization, dataset_splits
     from ml_suite.models import get_model
-    from ml_suite.losses import LOSSES, METRICS
+    from ml_suite.losses import LOSSES, resolve_metrics
     from ml_suite.optim import build_optimizer, build_lr_scheduler
     from ml_suite.evaluator import Evaluator
     from ml_suite.dist import get_device
@@ -252,8 +252,7 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     model = get_model(cfg, search_path=src.folder, src=src)
     crit = resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', where('model', 'criterion'), src.folder)
     criterion = _instantiate(crit)
-    metrics = {m.rsplit(':', 1)[-1].lower(): resolve_object(m, METRICS, 'metrics', where('metrics'), src.folder)
-               for m in cfg.metrics}
+    metrics = resolve_metrics(cfg.metrics, where('metrics'), src.folder)
     model.to(device)
     o = cfg.optimizer
     opt = build_optimizer(model.parameters(), o.name, o.learning_rate, o.weight_decay, **o.kwargs)
