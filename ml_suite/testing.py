@@ -77,9 +77,10 @@ class LoopInvariants:
         # the calls of train_step watched
         self.steps = 0
         cfg = trainer.config or {}
-        self.log_every = cfg.get('log_every', 0)
+        # the cadence the config asks for; a trainer built without a config: its own settings
+        self.log_every = cfg.get('log_every', trainer.log_every)
         self.total = trainer.total_updates
-        self.per_epoch = cfg.get('updates_per_epoch') or trainer.total_updates
+        self.per_epoch = cfg.get('updates_per_epoch') or trainer.updates_per_epoch
         # samples per update, as the config asks: 0 when the trainer was built without a config (then: the batches')
         self.per_update = cfg.get('batch_size', 0) * cfg.get('grad_accum_steps', 1) * trainer.dist.world_size
         # where the watched part starts, and what the checks have seen of it

@@ -41,3 +41,24 @@ def test_testing_imports_neither_torch_nor_pytest():
     code = "import sys, ml_suite.testing; print(sorted({'torch', 'pytest'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == '[]'
+
+def test_checker_takes_the_cadence_of_a_trainer_without_config():
+    import torch
+    from ml_suite.testing import trainer_for
+    data = iter(lambda: (torch.ones(4, 1), torch.zeros(4, 1)), None)
+    t = fit_checked(trainer_for(torch.nn.Linear(1, 1), data, total_updates=12, updates_per_epoch=6, log_every=4))
+    assert [r['update'] for r in t.history] == [4, 6, 8, 12] and t.samples == 48
+    t = trainer_for(torch.nn.Linear(1, 1), data, total_updates=6, log_every=3)
+    check = LoopInvariants(t)
+    # the checker took every 3 updates from the trainer; the trainer now logs every 2
+    t.log_every = 2
+    with pytest.raises(AssertionError, match=r'1 rows \(at \[2\]\) after update 2; want 0'):
+        with check: t.fit()
+
+def test_temp_run_config_is_a_new_folder_each_time(tmp_path, monkeypatch):
+    from pathlib import Path
+    from ml_suite.testing import temp_run_config
+    monkeypatch.chdir(tmp_path)
+    a, b = temp_run_config(total_updates=6), temp_run_config()
+    assert a['run_dir'] != b['run_dir'] and Path(a['run_dir']).is_absolute() and not Path(a['run_dir']).exists()
+    assert a['total_updates'] == 6 and not Path(a['run_dir']).is_relative_to(tmp_path)
