@@ -667,6 +667,7 @@ FACTORY_HINT = (" Code written for get_{0}-style factories (a function that buil
 # %% ../nbs/05_config.ipynb #a84c779d
 BUILTIN_TABLES = {'dataset.name': 'ml_suite.data:DATASETS', 'model.type': 'ml_suite.models:MODELS'}
 
+# %% ../nbs/05_config.ipynb #b702b131
 def builtin_names(key:str)->dict:
     "The built-in names a config key takes ('dataset.name' or 'model.type') and the classes they stand for."
     import importlib

@@ -8,6 +8,7 @@ Docs: https://ml-suite.github.io/ml_suite/timekeeper.html.md"""
 from __future__ import annotations
 import math, os, re, subprocess, time
 from datetime import datetime
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['process_start', 'RunningStats', 'slurm_end_time', 'TimeKeeper']
@@ -70,19 +71,6 @@ class TimeKeeper:
         self.stats = {k: RunningStats() for k in ('update', 'validate', 'save', 'first_update')}
         self._first = True   # the next update is this process's first
 
-    @classmethod
-    def for_job(cls,
-                time_limit:float|None,       # the config's, in seconds (None: the job's end, if any)
-                start:float,                 # `time.monotonic()` at process start
-                environ=None,                # where to look for the SLURM job (default: `os.environ`)
-                end_time:float|str|None='slurm',  # the job's end (epoch s), read once on rank 0; 'slurm': read it now
-               )->'TimeKeeper':
-        "The config's `time_limit`, else the SLURM job's end time, as a limit from `start`."
-        if time_limit is None:
-            end = slurm_end_time(environ=environ) if end_time == 'slurm' else end_time
-            if end is not None: time_limit = end - time.time() + (time.monotonic() - start)
-        return cls(time_limit, start)
-
     def record(self, what:str, seconds:float):
         "Add a measured duration; a process's first update (imports, allocator warm-up, compilation) is kept apart."
         if what == 'update' and self._first:
@@ -108,3 +96,17 @@ class TimeKeeper:
     def load_state_dict(self, sd:dict):
         for k, v in sd.items():
             if k in self.stats: self.stats[k].load_state_dict(v)
+
+# %% ../nbs/11_timekeeper.ipynb #56fb4c52
+@patch(cls_method=True)
+def for_job(cls:TimeKeeper,
+            time_limit:float|None,       # the config's, in seconds (None: the job's end, if any)
+            start:float,                 # `time.monotonic()` at process start
+            environ=None,                # where to look for the SLURM job (default: `os.environ`)
+            end_time:float|str|None='slurm',  # the job's end (epoch s), read once on rank 0; 'slurm': read it now
+           )->TimeKeeper:
+    "The config's `time_limit`, else the SLURM job's end time, as a limit from `start`."
+    if time_limit is None:
+        end = slurm_end_time(environ=environ) if end_time == 'slurm' else end_time
+        if end is not None: time_limit = end - time.time() + (time.monotonic() - start)
+    return cls(time_limit, start)
