@@ -80,10 +80,13 @@ def reduce_row(self:RunRecorder,
     "Collective (all-reduces the loss window over ranks): the row of update `updates`, kept in `history`."
     self.sum_losses()
     n = self.loss_n
-    count = torch.tensor(float(n), device=self.loss_sum.device, dtype=torch.float64)
-    loss = all_reduce_sum(torch.stack([self.loss_sum.double(), count]))
+    if self.dist.distributed:
+        count = torch.tensor(float(n), device=self.loss_sum.device, dtype=torch.float64)
+        total, n_all = all_reduce_sum(torch.stack([self.loss_sum.double(), count])).tolist()
+    # one process: one read of the sum, and no tensors built at every row
+    else: total, n_all = self.loss_sum.item(), n
     now = time.monotonic()
-    row = {'update': updates, 'train_loss': (loss[0] / loss[1]).item() if n else None, 'lr': self.lr,
+    row = {'update': updates, 'train_loss': total / n_all if n else None, 'lr': self.lr,
            'grad_norm': float(self.grad_norm) if self.grad_norm is not None else None, 'epoch': epoch,
            'samples': samples, 'updates_per_s': (updates - self.tick_updates) / max(now - self.tick, 1e-9),
            'skipped_nonfinite': skipped, **(val or {})}
@@ -139,7 +142,8 @@ def checkpoint_durable(self:RunRecorder):
 # %% ../nbs/09c_recorder.ipynb #dbe63872
 @patch
 def flush(self:RunRecorder):
-    "Hand the rows no checkpoint covers to the trackers (at the end of a `fit`)."
+    "Hand the rows no checkpoint covers to the trackers, and close metrics.jsonl (at the end of a `fit`)."
     for row in self.unsent:
         for t in self.trackers: t.log(row)
     self.unsent = []
+    if self.metrics_log: self.metrics_log.close()

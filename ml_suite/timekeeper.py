@@ -68,12 +68,27 @@ class TimeKeeper:
         self.start = clock() if start is None else start
         self.limit = limit
         self.margin = margin if margin is not None else (min(60.0, max(3.0, 0.01 * limit)) if limit else 0.0)
-        self.stats = {k: RunningStats() for k in ('update', 'validate', 'save', 'first_update')}
+        self._stats = {k: RunningStats() for k in ('update', 'validate', 'save', 'first_update')}
         self._first = True   # the next update is this process's first
+        # update durations not yet in the statistics: recording one is an append, reading `stats` adds them
+        self._pending = []
+
+    @property
+    def stats(self)->dict:
+        "The running statistics of each kind of duration (`update`, `first_update`, `validate`, `save`), up to date."
+        add = self._stats['update'].add
+        for x in self._pending: add(x)
+        self._pending.clear()
+        return self._stats
 
     def record(self, what:str, seconds:float):
         "Add a measured duration; a process's first update (imports, allocator warm-up, compilation) is kept apart."
-        if what == 'update' and self._first:
+        if what == 'update' and not self._first:
+            # every update records one: keep it to an append, and add them up 256 at a time (or when read)
+            self._pending.append(seconds)
+            if len(self._pending) >= 256: self.stats
+            return
+        if what == 'update':
             what = 'first_update'
             self._first = False
         self.stats[what].add(seconds)

@@ -6,8 +6,9 @@ Docs: https://ml-suite.github.io/ml_suite/tracking.html.md"""
 
 # %% ../nbs/08_tracking.ipynb #e868682d
 from __future__ import annotations
-import json, logging, math, os, re, sys, time
+import errno, json, logging, math, os, re, sys, time
 from pathlib import Path
+from fastcore.basics import patch
 # the reader of metrics.jsonl lives in core (the plots read it without importing this module); handed on here
 from .core import read_metrics
 
@@ -54,8 +55,13 @@ class MetricsLog:
         self.path = Path(path)
         # a failed append is reported once
         self.warned = False
+        # the file, opened at the first row and kept open (one write a row); `close` ends it, the next row reopens it
+        self.file = None
+        # the file's length after the last complete row: a failed append is cut back to it
+        self.size = 0
 
     def resume_at(self, update:int):
+        self.close()
         rows = read_metrics(self.path)
         keep = [r for r in rows if r.get('update', 0) <= update]
         cut = self.path.exists() and self.path.stat().st_size and not self.path.read_text().endswith('\n')
@@ -64,22 +70,39 @@ class MetricsLog:
             tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep))
             os.replace(tmp, self.path)
 
-    def write(self, row:dict):
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        line = mask_secrets(json.dumps(clean)) + '\n'
-        try: size = self.path.stat().st_size if self.path.exists() else 0
-        except OSError: size = None
-        try:
-            with open(self.path, 'a') as f: f.write(line)
-        # a full disk: no traceback, no half line; the checkpoint's save reports the disk
-        except OSError as e:
-            if size is not None:
-                try: os.truncate(self.path, size)
-                except OSError: pass
-            if not self.warned:
-                self.warned = True
-                logger.warning(f"cannot append to {self.path} ({e.strerror or e}); metrics rows are skipped until "
-                               f"it can")
+    def close(self):
+        "Close the file (rows written so far are on disk as far as the OS is concerned: each was one `write`)."
+        if self.file is not None: self.file.close()
+        self.file = None
+
+# %% ../nbs/08_tracking.ipynb #425f7d4f
+@patch
+def write(self:MetricsLog, row:dict):
+    "Append `row` as one line, in one unbuffered `write`; a full disk cuts a partial line and warns once."
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+    data = (mask_secrets(json.dumps(clean)) + '\n').encode()
+    try:
+        if self.file is None:
+            self.file = open(self.path, 'ab', buffering=0)
+            self.size = os.fstat(self.file.fileno()).st_size
+        if self.file.write(data) != len(data): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.size += len(data)
+    # a full disk: no traceback, no half line; the checkpoint's save reports the disk
+    except OSError as e:
+        self._cut_back()
+        if not self.warned:
+            self.warned = True
+            logger.warning(f"cannot append to {self.path} ({e.strerror or e}); metrics rows are skipped until it can")
+
+# %% ../nbs/08_tracking.ipynb #8500e7b6
+@patch
+def _cut_back(self:MetricsLog):
+    "After a failed append: cut the file back to its last complete row, and close it (the next row reopens it)."
+    try:
+        if self.file is not None: os.truncate(self.path, self.size)
+    except OSError: pass
+    try: self.close()
+    except OSError: self.file = None
 
 # %% ../nbs/08_tracking.ipynb #54580c99
 logger = logging.getLogger('ml_suite')
@@ -121,8 +144,14 @@ class _Console(logging.StreamHandler):
 
 # %% ../nbs/08_tracking.ipynb #a8e87a3c
 class _MaskingFormatter(logging.Formatter):
-    "Formats a record, traceback included, with every secret masked (see `mask_secrets`)."
-    def format(self, record): return mask_secrets(super().format(record))
+    "Formats a record, traceback included, with every secret masked (see `mask_secrets`); once for all its handlers."
+    def format(self, record):
+        # the console and training.log share this formatter: the second handler reuses the first one's text
+        done = record.__dict__.get('_ml_suite_text')
+        if done is not None and done[0] is self: return done[1]
+        text = mask_secrets(super().format(record))
+        record._ml_suite_text = (self, text)
+        return text
 
 # %% ../nbs/08_tracking.ipynb #c77a7fa8
 class _LogFile(logging.FileHandler):

@@ -256,7 +256,8 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     model.to(device)
     o = cfg.optimizer
     opt = build_optimizer(model.parameters(), o.name, o.learning_rate, o.weight_decay, **o.kwargs)
-    sched = build_lr_scheduler(opt, stages(cfg), cfg.total_updates)
+    # no stages: a constant LR, which needs no scheduler stepping at every update
+    sched = build_lr_scheduler(opt, stages(cfg), cfg.total_updates) if stages(cfg) else None
     pin = device.type == 'cuda'
     stream = BatchStream(train_ds, cfg.batch_size, cfg.seed, dist, cfg.num_workers, pin)
     val = eval_loader(val_ds, cfg.val_batch_size or cfg.batch_size, dist, cfg.num_workers, pin)
@@ -383,7 +384,8 @@ def resume_schedule(trainer, cfg:Config)->float:
     opt = trainer.optimizer
     # as a fresh optimizer has it
     for g in opt.param_groups: g['lr'] = g['initial_lr'] = cfg.optimizer.learning_rate
-    return trainer.use_schedule(build_lr_scheduler(opt, stages(cfg), cfg.total_updates))
+    # no stages: a constant LR, as build_trainer has it
+    return trainer.use_schedule(build_lr_scheduler(opt, stages(cfg), cfg.total_updates) if stages(cfg) else None)
 
 # %% ../nbs/10_train.ipynb #529aa0f2
 def _resume(trainer, plan:StartPlan, cfg:Config, src:Source):

@@ -165,6 +165,8 @@ class Trainer:
         self.dist = dist
         self.raw_model = model.to(self.device)
         self.model = wrap_model(self.raw_model, self.device, dist, s.compile)
+        # DDP: gradients of all but the last micro-batch stay local (`no_sync`); asked once, not at every update
+        self.can_defer_sync = hasattr(self.model, 'no_sync')
         self.criterion = criterion
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -231,7 +233,7 @@ def train_step(self:Trainer, batches:list)->None:
     fp16 = self.scaler.is_enabled()                            # fp16: the gradient scaler takes part
     for i, (x, y) in enumerate(batches):
         if x.device != self.device: x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        defer = i < n - 1 and hasattr(self.model, 'no_sync')  # DDP all-reduces on the last micro-batch only
+        defer = i < n - 1 and self.can_defer_sync             # DDP all-reduces on the last micro-batch only
         with (self.model.no_sync() if defer else _NO_CONTEXT), self.autocast():
             loss = (self.criterion(self.model(x), y) if self._checked
                     else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
@@ -472,11 +474,11 @@ def load_state_dict(self:Trainer, sd:dict,
 # %% ../nbs/09_trainer.ipynb #d93c8857
 @patch
 def use_schedule(self:Trainer, scheduler)->float:
-    "Train on with `scheduler` (one the config changed), stepped to `updates`; the LR the next update uses."
+    "Train on with `scheduler` (one the config changed; None: the LR as it is), stepped to `updates`; the next LR."
     self.scheduler = scheduler
     # "scheduler.step() before optimizer.step()": only the LR is wanted here
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
-        for _ in range(self.updates): scheduler.step()
+        for _ in range(self.updates if scheduler is not None else 0): scheduler.step()
     self.recorder.lr = self.optimizer.param_groups[0]['lr']
     return self.recorder.lr
