@@ -552,7 +552,9 @@ def dry_run(config, overrides=(), out=print)->dict:
     from ml_suite.trainer import first_batch_loss
     with without_dynamo_import():   # no optimizer steps here: the compiler's import would double the start-up
         cfg, src = load_config(config, overrides)
-        run_dir = resolve_run_dir(cfg, src)
+        # a dry run writes nothing: a run directory that training would refuse is reported, and the checks go on
+        try: run_dir = str(resolve_run_dir(cfg, src))
+        except ConfigError as e: run_dir = f"none usable: {e}"
         t = build_trainer(cfg, src, run_dir=None, compute_stats=False)   # statistics: at the start of training
         x, y = next(t.train_data)
         with t.autocast(): loss = first_batch_loss(t.model, t.criterion, x.to(t.device), y.to(t.device), t.raw_model)
@@ -571,7 +573,7 @@ def dry_run(config, overrides=(), out=print)->dict:
             for _ in range(cfg.total_updates): lrs.append(opt.param_groups[0]['lr']); sched.step()
     n = cfg.total_updates
     marks = sorted({0, n // 4, n // 2, 3 * n // 4, n - 1})
-    info = {'run_dir': str(run_dir), 'model': type(t.raw_model).__name__, 'parameters': sum(p.numel() for p in params),
+    info = {'run_dir': run_dir, 'model': type(t.raw_model).__name__, 'parameters': sum(p.numel() for p in params),
             'size_mb': sum(p.numel() * p.element_size() for p in params) / 1e6, 'device': str(t.device),
             'input_shape': tuple(x.shape), 'loss': loss.item(),
             'effective_batch': cfg.batch_size * cfg.grad_accum_steps,

@@ -27,6 +27,7 @@ def test_overhead_runs_and_ml_suite_matches_the_plain_loop_bitwise(tmp_path):
     assert res['median_ratio'] > 0
 
 
+@pytest.mark.slow   # eight subprocesses of about 3 s each
 def test_overhead_through_the_cli_ends_with_the_plain_loops_weights(tmp_path):
     "ml-suite-train with a model and dataset by import path, against plain_loop.py: both runs end bit for bit equal."
     out = run(BENCH / 'overhead.py', '--contenders=ml-suite-train', '--rounds=1', '--cli-updates=3,9', '--cli-width=16',

@@ -12,13 +12,14 @@ def _cli(*args, timeout=600):
                           text=True, timeout=timeout)
 
 
-def test_compile_dry_run_exits_0(tmp_path):
-    "The dry run with `compile=true` builds, compiles and runs one batch (it raised AttributeError before)."
-    r = _cli('configs/quickstart.yml', f'run_dir={tmp_path / "run"}', 'compile=true', 'mem_budget=0.5', '--dry-run',
-             'model.width=4', 'model.depth=1', 'dataset.size=16')
+def test_the_issues_command_exits_0_and_names_the_run_directory_problem():
+    "`ml-suite-train configs/quickstart.yml compile=true --dry-run`, verbatim: exit 0 (it raised AttributeError), nothing written."
+    before = sorted(p.name for p in (ROOT / 'configs').iterdir())
+    r = _cli('configs/quickstart.yml', 'compile=true', '--dry-run')
     assert r.returncode == 0, r.stderr[-3000:]
-    assert 'forward and backward ran' in r.stdout and 'AttributeError' not in r.stderr
-    assert not (tmp_path / 'run').exists()
+    assert 'run directory   none usable: ' in r.stdout and 'run_dir=runs/quickstart' in r.stdout, r.stdout
+    assert 'forward and backward ran' in r.stdout
+    assert sorted(p.name for p in (ROOT / 'configs').iterdir()) == before
 
 
 @pytest.mark.slow
