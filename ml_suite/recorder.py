@@ -12,7 +12,7 @@ import torch
 from fastcore.basics import patch
 from .core import DistInfo
 from .dist import all_reduce_sum
-from .tracking import MetricsLog, logger, _fmt_time
+from .tracking import MetricsLog, logger, format_eta
 
 # %% auto #0
 __all__ = ['RunRecorder']
@@ -113,7 +113,7 @@ def write(self:RunRecorder, row:dict, total_updates:int, val:dict|None=None):
     tl = f"{row['train_loss']:.5g}" if row['train_loss'] is not None else 'n/a'
     skipped = f" skipped_nonfinite {row['skipped_nonfinite']}" if row['skipped_nonfinite'] else ''
     logger.info(f"update {row['update']}/{total_updates} train_loss {tl} lr {row['lr']:.3g} "
-                f"{row['samples_per_s']:.1f} samples/s ETA {_fmt_time(row['eta_s'])}{val_txt}{skipped}")
+                f"{row['samples_per_s']:.1f} samples/s ETA {format_eta(row['eta_s'])}{val_txt}{skipped}")
 
 # %% ../nbs/09c_recorder.ipynb #6cfab9f0
 @patch

@@ -14,8 +14,8 @@ from .core import read_metrics
 
 # %% auto #0
 __all__ = ['logger', 'find_secrets', 'collect_secrets', 'mask_secrets', 'MetricsLog', 'close_logging', 'setup_logging',
-           'unreachable', 'wandb_online_problem', 'WandbTracker', 'run_record', 'in_notebook', 'TerminalBar',
-           'NotebookProgress', 'make_progress']
+           'unreachable', 'wandb_online_problem', 'WandbTracker', 'run_record', 'format_eta', 'in_notebook',
+           'TerminalBar', 'NotebookProgress', 'make_progress']
 
 # %% ../nbs/08_tracking.ipynb #be4eefc1
 _SECRET_NAME = re.compile(r'KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|PRIVATE|COOKIE', re.I)
@@ -379,7 +379,7 @@ def run_record(config_dir:Path|None=None, argv=None)->dict:
     return mask_secrets({**rec, **_git_state(folder)}, as_source=True)
 
 # %% ../nbs/08_tracking.ipynb #41fe71ff
-def _fmt_time(s:float)->str:
+def format_eta(s:float)->str:
     "Seconds as `h:mm:ss` (`?` when unknown)."
     if not math.isfinite(s) or s < 0: return '?'
     s = int(s)
@@ -406,7 +406,7 @@ class TerminalBar:
     def update(self, n:int, row:dict|None=None):
         self.n = n
         if row:
-            loss, eta = row.get('train_loss') or float('nan'), _fmt_time(row.get('eta_s', math.nan))
+            loss, eta = row.get('train_loss') or float('nan'), format_eta(row.get('eta_s', math.nan))
             self.info = f" loss {loss:.4g} {row.get('samples_per_s', 0):.0f} samples/s ETA {eta}"
         self.draw()
 
@@ -439,7 +439,7 @@ class NotebookProgress:
         from IPython.display import HTML, Image
         from ml_suite.plot import figure_for, figure_png
         self.rows.append(row)
-        loss, eta = row.get('train_loss') or float('nan'), _fmt_time(row.get('eta_s', math.nan))
+        loss, eta = row.get('train_loss') or float('nan'), format_eta(row.get('eta_s', math.nan))
         bar = f"<progress value='{n}' max='{self.total}' style='width:300px'></progress>"
         self.text.update(HTML(f"{bar} {n}/{self.total} loss {loss:.4g} ETA {eta}"))
         self.plot.update(Image(figure_png(figure_for([('this run', self.rows)]))))
