@@ -81,9 +81,11 @@ class InferenceModel(torch.nn.Module):
         "The network's output for `x`, a batch with channels on axis 1, in physical units."
         if self.x_mean is not None:
             if not x.is_floating_point(): x = x.float()   # e.g. uint8 images, as in training
-            x = normalize(x, self.x_mean, self.x_std, dim=1)
+            # in the wider of the input's and the statistics' dtypes (bf16 input: float32, as PyTorch promotes)
+            x = normalize(x.to(torch.promote_types(x.dtype, self.x_mean.dtype)), self.x_mean, self.x_std, dim=1)
         y = self.net(x)
-        return y if self.y_mean is None else denormalize(y, self.y_mean, self.y_std, dim=1)
+        if self.y_mean is None: return y
+        return denormalize(y.to(torch.promote_types(y.dtype, self.y_std.dtype)), self.y_mean, self.y_std, dim=1)
 
     @property
     def input_shape(self)->tuple|None:

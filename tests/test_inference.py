@@ -159,3 +159,20 @@ def test_a_checkpoint_without_normalization_resumes_and_loads_as_the_identity(tm
     m = load_model(tmp_path, 'latest', device='cpu')
     x = torch.randn(2, 1, 16, 16)
     assert m.normalization.is_identity and torch.equal(m(x), m.net(x))
+
+
+def test_a_bf16_input_is_normalized_in_float32_as_pytorch_promotes_it():
+    "The normalization's float32 statistics and a bf16 batch: computed in float32, the same bits as before issue 17."
+    import torch
+    from ml_suite.data import Normalization
+    from ml_suite.inference import InferenceModel
+    norm = Normalization(x_mean=torch.tensor([0.5, -1.0]), x_std=torch.tensor([2.0, 3.0]),
+                         y_mean=torch.tensor([1.5]), y_std=torch.tensor([0.25]))
+    m = InferenceModel(torch.nn.Conv2d(2, 1, 1), norm)
+    x = torch.randn(3, 2, 4, 4).to(torch.bfloat16)
+    xs = (x - norm.x_mean.view(1, 2, 1, 1)) / norm.x_std.view(1, 2, 1, 1)     # the promotion 2e53168 relied on
+    assert xs.dtype == torch.float32
+    with torch.no_grad():
+        out = m(x)
+        want = m.net(xs) * norm.y_std.view(1, 1, 1, 1) + norm.y_mean.view(1, 1, 1, 1)
+    assert out.dtype == torch.float32 and torch.equal(out, want)
