@@ -147,10 +147,10 @@ class _MaskingFormatter(logging.Formatter):
     "Formats a record, traceback included, with every secret masked (see `mask_secrets`); once for all its handlers."
     def format(self, record):
         # the console and training.log share this formatter: the second handler reuses the first one's text
-        done = record.__dict__.get('_ml_suite_text')
+        done = record.__dict__.get('ml_suite_text')
         if done is not None and done[0] is self: return done[1]
         text = mask_secrets(super().format(record))
-        record._ml_suite_text = (self, text)
+        record.ml_suite_text = (self, text)
         return text
 
 # %% ../nbs/08_tracking.ipynb #c77a7fa8
