@@ -14,7 +14,12 @@ def test_old_checkpoint_resumes_exactly(tmp_path):
     run = Path(shutil.copytree(FIXTURE / 'run', tmp_path / 'run'))
     want = json.loads((FIXTURE / 'final.json').read_text())
     assert torch.load(run / 'latest.pt', weights_only=False)['updates'] == want['stop_at']
-    t = train(run / 'train.yml')
+    # the fixture was made with one thread (OMP_NUM_THREADS=1): a convolution's sums depend on how many threads add
+    # them, so the resume runs on one thread too, whatever the test process has
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try: t = train(run / 'train.yml')
+    finally: torch.set_num_threads(threads)
     assert t.finished and t.updates == want['updates'] and t.samples == want['samples']
     final = torch.load(FIXTURE / 'final.pt', weights_only=True)
     got = t.raw_model.state_dict()
