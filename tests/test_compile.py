@@ -12,6 +12,7 @@ def _cli(*args, timeout=600):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow   # a fresh interpreter that loads the compiler (10 s in CI)
 def test_the_issues_command_exits_0_and_names_the_run_directory_problem():
     "`ml-suite-train configs/quickstart.yml compile=true --dry-run`, verbatim: exit 0 (it raised AttributeError), nothing written."
     before = sorted(p.name for p in (ROOT / 'configs').iterdir())

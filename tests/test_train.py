@@ -128,6 +128,7 @@ def test_import_is_cheap_and_safe():
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
+@pytest.mark.slow   # the whole quickstart, 500 updates (about 25 s): CI's slow step runs it
 def test_quickstart_trains_to_half_its_first_validation_loss(tmp_path):
     "The README's example: configs/quickstart.yml, its last validation loss under half of its first."
     r = run_cli(ROOT / 'configs' / 'quickstart.yml', f'run_dir={tmp_path / "qs"}', cwd=tmp_path, timeout=600)
