@@ -100,5 +100,7 @@ def agree_to_stop(self:StopController,
     if nonfinite: return StopAction.NONFINITE, False
     if not (requeue or exit_ or interrupt or late): return None, save_now
     action = StopAction.REQUEUE if requeue or late else StopAction.EXIT if exit_ else StopAction.INTERRUPT
+    # a signal that reached this rank while the ranks agreed (one Ctrl-C reaches all at once) is named as its own
+    req = req or hpc.stop_request()
     self.stop(action, req[0] if req else 'time limit' if late else 'a signal on another rank')
     return action, False
