@@ -17,9 +17,11 @@ class MarkedHeat(HeatDataset):
         return super().__getitem__(i)
 '''
 
+TOTAL = 600   # long enough that twelve kills (each costs the updates since the last checkpoint) land before the end
+
 def kill_config(workers):
     return tiny_config(dataset=dict(name='marked:MarkedHeat', size=16, modes=4, num_samples=256),
-                       model=dict(type='unet', width=16, depth=2, criterion='mse'), batch_size=8, total_updates=300,
+                       model=dict(type='unet', width=16, depth=2, criterion='mse'), batch_size=8, total_updates=TOTAL,
                        updates_per_epoch=25, log_every=25, num_workers=workers, max_grad_norm=1.0,
                        checkpoint=dict(every_updates=10),
                        lr_scheduler=dict(first_stage=dict(name='LinearLR', start_factor=0.1, num_updates=20),
@@ -56,7 +58,7 @@ def test_sigkill_anywhere_then_rerun_gives_bitwise_identical_weights(tmp_path, w
     run_dir, marker = tmp_path / 'killed', tmp_path / 'validating'
     cfg_path = write_config(run_dir / 'train.yml', cfg)
     env = {**os.environ, 'PYTHONPATH': str(tmp_path), 'VAL_MARKER': str(marker)}
-    rng, kills, modes = random.Random(workers), [], ['random', 'in_save', 'in_validation']
+    rng, kills, reached, modes = random.Random(workers), [], [], ['random', 'in_save', 'in_validation']
     for attempt in range(40):
         mode = modes[len(kills) % 3] if len(kills) < 12 else None
         marker.unlink(missing_ok=True)
@@ -70,14 +72,15 @@ def test_sigkill_anywhere_then_rerun_gives_bitwise_identical_weights(tmp_path, w
             r.kill()
             kills.append(mode)
             ck = torch.load(run_dir / 'latest.pt', weights_only=True) if (run_dir / 'latest.pt').exists() else None
-            assert ck is None or ck['updates'] <= 300          # latest.pt is always a complete file
+            assert ck is None or ck['updates'] <= TOTAL         # latest.pt is always a complete file
+            reached.append(ck and ck['updates'])
             continue
         assert r.p.wait(300) == 0, ''.join(r.out)
         break
-    assert len(kills) >= 10 and {'random', 'in_save', 'in_validation'} <= set(kills), kills
+    assert len(kills) >= 10 and {'random', 'in_save', 'in_validation'} <= set(kills), (kills, reached)
     a = torch.load(tmp_path / 'ref' / 'latest.pt', weights_only=True)
     b = torch.load(run_dir / 'latest.pt', weights_only=True)
-    assert a['updates'] == b['updates'] == 300
+    assert a['updates'] == b['updates'] == TOTAL
     for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
     for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
         assert torch.equal(sa['exp_avg'], sb['exp_avg']) and torch.equal(sa['exp_avg_sq'], sb['exp_avg_sq'])
