@@ -20,9 +20,10 @@ the same data in a subprocess. Each side runs a short and a long training (`--cl
 the cost per update is the slope between them, so that start-up (imports, building, the final validation and
 checkpoint) cancels. Every round runs the four processes in turns; reported are the median and range over rounds of
 the ratio of the slopes, wall clock and CPU time of the process, and whether the final weights of both equal the
-plain loop's bit for bit. In a round each side runs each length twice, in the order A B B A (short, long, long,
-short), so that a drift of the machine's speed weighs on both alike; the slope taken from each (side, length)'s
-fastest run over all rounds is reported too.
+plain loop's bit for bit. In a round each side runs each length `--cli-repeats` times (3), the sides and the lengths
+taking turns (A B at short, B A at long, A B at long, ...), so that a drift of the machine's speed weighs on both
+alike, and each (side, length) counts with the median of its runs, so that one run a neighbour disturbed does not
+move the round; the slope taken from each (side, length)'s fastest run over all rounds is reported too.
 
 Lightning comes from the benchmark-only extra: `uv sync --extra bench`. Without it, Lightning's column is skipped.
 """
@@ -229,10 +230,12 @@ def cli_round(a, r:int, d:Path, exe:str, env:dict)->dict:
     plain_args = [f'--batch={a.batch}', f'--samples={a.cli_samples}', f'--in-features={a.cli_width}',
                   f'--hidden={a.cli_width}', f'--seed={a.seed}', f'--log-every={a.log_every}']
     times, equal = {}, []
-    # A B B A in each length, and the lengths short long long short: a drift of the machine's speed during the round
-    # weighs on both sides alike; each (side, length) runs twice and counts with its mean
+    # the sides and the lengths take turns, so a drift of the machine's speed during the round weighs on both alike
     one, two = ('plain', CLI) if r % 2 == 0 else (CLI, 'plain')
-    jobs = [(one, short), (two, short), (two, long), (one, long), (one, long), (two, long), (two, short), (one, short)]
+    jobs = []
+    for k in range(a.cli_repeats):
+        sides, lengths = ((one, two), (short, long)) if k % 2 == 0 else ((two, one), (long, short))
+        jobs += [(side, n) for n in lengths for side in (sides if n == lengths[0] else sides[::-1])]
     for side, n in jobs:
         run_dir, weights = d / f'run_{r}_{n}', d / f'plain_{r}_{n}.pt'
         if side == CLI:
@@ -246,10 +249,11 @@ def cli_round(a, r:int, d:Path, exe:str, env:dict)->dict:
     for n in (short, long): equal.append(same_weights(d / f'plain_{r}_{n}.pt', d / f'run_{r}_{n}'))
     res = {'weights_equal_plain': all(equal), 'times': {f'{side} {n}': v for (side, n), v in times.items()}}
     for clock, pre in ((0, 'wall_'), (1, 'cpu_')):
-        mean = lambda side, n: statistics.fmean(t[clock] for t in times[side, n])
+        # the median of the runs: one run slowed by a neighbour does not move it
+        mid = lambda side, n: statistics.median(t[clock] for t in times[side, n])
         for side in ('plain', CLI):
-            res[pre + side + '_us'] = (mean(side, long) - mean(side, short)) / (long - short) * 1e6
-            res[pre + side + '_short_s'] = mean(side, short)
+            res[pre + side + "_us"] = (mid(side, long) - mid(side, short)) / (long - short) * 1e6
+            res[pre + side + "_short_s"] = mid(side, short)
         res[pre + 'ratio'] = res[pre + CLI + '_us'] / res[pre + 'plain_us']
     return res
 
@@ -339,6 +343,7 @@ def main(argv=None):
                         f'the command line against plain_loop.py, each in a subprocess')
     p.add_argument('--cli-updates', type=lambda v: tuple(int(x) for x in v.split(',')), default=(200, 2200),
                    help=f'{CLI}: the short and the long run, in updates (the slope between them is the cost per update)')
+    p.add_argument('--cli-repeats', type=int, default=3, help=f'{CLI}: runs of each side and length per round')
     p.add_argument('--cli-width', type=int, default=256, help=f'{CLI}: the MLP\'s input and hidden width')
     p.add_argument('--cli-samples', type=int, default=4096, help=f'{CLI}: samples in the training split')
     p.add_argument('--log-every', type=int, default=10, help=f'{CLI}: a log row (and a printed loss in the plain loop) every this many updates')

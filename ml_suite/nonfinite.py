@@ -13,7 +13,7 @@ from .core import RunError
 from .tracking import logger
 
 # %% auto #0
-__all__ = ['NonFiniteError', 'weights_finite', 'is_finite', 'NonFiniteGuard']
+__all__ = ['NonFiniteError', 'weights_finite', 'read_loss', 'NonFiniteGuard']
 
 # %% ../nbs/09a_nonfinite.ipynb #d52d68cd
 class NonFiniteError(RunError):
@@ -31,16 +31,16 @@ def weights_finite(model:torch.nn.Module)->bool:
     return not ends or bool(torch.isfinite(torch.stack(ends)).all())
 
 # %% ../nbs/09a_nonfinite.ipynb #a2da083c
-def is_finite(losses:list, n:int, grad_norm=None, distributed:bool=False)->bool:
-    "Are the last `n` micro-batch losses of `losses` (summed) and `grad_norm` (if given) finite? One read-back."
-    # the usual case; a CPU-GPU sync
-    if n == 1 and grad_norm is None: return math.isfinite(losses[-1].item())
-    # under DDP the norm is the same on every rank after the all-reduce: all ranks decide alike
-    if distributed and grad_norm is not None: v = grad_norm
-    else:
-        v = losses[-1] if n == 1 else torch.stack(losses[-n:]).sum()
-        if grad_norm is not None: v = v + grad_norm
-    return math.isfinite(v.item())   # CPU-GPU sync
+def read_loss(loss, grad_norm=None, distributed:bool=False)->tuple[float, bool]:
+    "The update's `loss` as a number, and whether it and `grad_norm` (if given) are finite: one read-back."
+    # the usual case: one number, one CPU-GPU sync
+    if grad_norm is None:
+        v = loss.item()
+        return v, math.isfinite(v)
+    v, g = torch.stack([loss.detach().float(), grad_norm.detach().float()]).tolist()   # still one sync
+    # under DDP the norm is the same on every rank after the all-reduce: all ranks decide alike (a NaN loss on one
+    # rank makes the all-reduced gradients NaN on all)
+    return v, math.isfinite(g) and (distributed or math.isfinite(v))
 
 # %% ../nbs/09a_nonfinite.ipynb #52c13cf3
 class NonFiniteGuard:

@@ -26,8 +26,9 @@ class RunRecorder:
         self.dist = dist
         self.metrics_log = MetricsLog(Path(run_dir) / 'metrics.jsonl') if run_dir is not None and dist.is_main else None
         self.history = []                 # every row of this process, as dicts
-        self.losses = []                  # detached per-update losses, summed into `loss_sum` 64 at a time
+        self.losses = []                  # per-update losses not read back (tensors), summed 64 at a time
         self.loss_sum = torch.zeros(())
+        self.loss_total = 0.0             # per-update losses already read back (numbers), added up as they come
         self.loss_n = 0                   # applied updates in the window (skipped ones are not in the mean)
         self.lr = None                    # the LR of the last update before a row (the trainer sets it)
         self.grad_norm = None             # the gradient norm of that update, where computed
@@ -62,6 +63,16 @@ def sum_losses(self:RunRecorder):
     self.loss_sum += torch.stack(self.losses).sum()
     self.losses.clear()
 
+# %% ../nbs/09c_recorder.ipynb #608d0f1c
+@patch
+def add_loss(self:RunRecorder, loss):
+    "One applied update's loss: a number (read back already) is added now; a tensor waits in `losses`."
+    self.loss_n += 1
+    if isinstance(loss, float): self.loss_total += loss
+    else:
+        self.losses.append(loss)
+        if len(self.losses) >= 64: self.sum_losses()
+
 # %% ../nbs/09c_recorder.ipynb #51bda265
 @patch
 def begin(self:RunRecorder, updates:int):
@@ -82,9 +93,9 @@ def reduce_row(self:RunRecorder,
     n = self.loss_n
     if self.dist.distributed:
         count = torch.tensor(float(n), device=self.loss_sum.device, dtype=torch.float64)
-        total, n_all = all_reduce_sum(torch.stack([self.loss_sum.double(), count])).tolist()
+        total, n_all = all_reduce_sum(torch.stack([self.loss_sum.double() + self.loss_total, count])).tolist()
     # one process: one read of the sum, and no tensors built at every row
-    else: total, n_all = self.loss_sum.item(), n
+    else: total, n_all = self.loss_sum.item() + self.loss_total, n
     now = time.monotonic()
     row = {'update': updates, 'train_loss': total / n_all if n else None, 'lr': self.lr,
            'grad_norm': float(self.grad_norm) if self.grad_norm is not None else None, 'epoch': epoch,
@@ -96,6 +107,7 @@ def reduce_row(self:RunRecorder,
         row['gpu_mem_gb'] = torch.cuda.max_memory_allocated(self.loss_sum.device) / 1e9
         torch.cuda.reset_peak_memory_stats(self.loss_sum.device)
     self.loss_sum.zero_()
+    self.loss_total = 0.0
     self.loss_n = 0
     self.begin(updates)
     self.history.append(row)

@@ -16,14 +16,14 @@ from . import hpc
 from .dist import get_device, all_gather_object
 from .checkpoint import Checkpointer, unwrap_model, load_weights, get_rng_state, set_rng_state
 from .tracking import logger
-from .nonfinite import NonFiniteGuard, NonFiniteError, is_finite
+from .nonfinite import NonFiniteGuard, NonFiniteError, read_loss
 from .stopping import StopController, StopAction, stop_on_signals
 from .recorder import RunRecorder
 from .cadence import CheckpointPolicy, is_validation, next_event
 
 # %% auto #0
 __all__ = ['track_modules', 'failing_layer', 'forward_error', 'first_batch_loss', 'TrainSettings', 'TrainerParts', 'wrap_model',
-           'Trainer']
+           'Trainer', 'grad_norm']
 
 # %% ../nbs/09_trainer.ipynb #94e2c59a
 @contextmanager
@@ -164,6 +164,9 @@ class Trainer:
         self.device = torch.device(s.device)
         self.dist = dist
         self.raw_model = model.to(self.device)
+        # for the gradient norm: listed once, not at every row, and whether one foreach call can take it
+        self.params = list(self.raw_model.parameters())
+        self.params_one_kind = len({(p.device, p.dtype) for p in self.params}) == 1
         self.model = wrap_model(self.raw_model, self.device, dist, s.compile)
         # DDP: gradients of all but the last micro-batch stay local (`no_sync`); asked once, not at every update
         self.can_defer_sync = hasattr(self.model, 'no_sync')
@@ -222,6 +225,13 @@ class Trainer:
     progress = property(lambda self: self.recorder.progress, doc="The progress display (`RunRecorder.attach`).")
     finished = property(lambda self: self.updates >= self.total_updates, doc="Are `total_updates` done?")
 
+# %% ../nbs/09_trainer.ipynb #f45a6126
+def grad_norm(params:list, one_kind:bool=False)->torch.Tensor:
+    "The 2-norm of the gradients of `params` together; `one_kind`: they share one device and dtype (one foreach call)."
+    grads = [p.grad for p in params if p.grad is not None]
+    if one_kind and grads: return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return torch.nn.utils.get_total_norm(grads)
+
 # %% ../nbs/09_trainer.ipynb #e55fd2b5
 @patch
 def train_step(self:Trainer, batches:list)->None:
@@ -231,6 +241,7 @@ def train_step(self:Trainer, batches:list)->None:
     if not self.model.training: self.model.train()            # validation leaves it in eval mode
     n = len(batches)
     fp16 = self.scaler.is_enabled()                            # fp16: the gradient scaler takes part
+    total = None                                               # the update's loss: its micro-batches' summed
     for i, (x, y) in enumerate(batches):
         if x.device != self.device: x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         defer = i < n - 1 and self.can_defer_sync             # DDP all-reduces on the last micro-batch only
@@ -239,37 +250,32 @@ def train_step(self:Trainer, batches:list)->None:
                     else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
             if n > 1: loss = loss / n
         (self.scaler.scale(loss) if fp16 else loss).backward()
-        rec.losses.append(loss.detach())
+        total = loss.detach() if total is None else total + loss.detach()
         self.samples += x.shape[0] * self.dist.world_size
     self._checked = True
     if fp16: self.scaler.unscale_(self.optimizer)              # true gradients for clipping and the logged norm
     norm = None
     row_due = self.updates + 1 >= self._next_event             # a row may follow: it reports this norm and LR
     if self.max_grad_norm or row_due or (guard.checking and self.dist.distributed and not fp16):
-        params = [p for p in self.raw_model.parameters() if p.grad is not None]
-        if self.max_grad_norm: norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-        else: norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = grad_norm(self.params, self.params_one_kind)
+        if self.max_grad_norm: torch.nn.utils.clip_grads_with_norm_(self.params, self.max_grad_norm, norm)
         rec.grad_norm = norm
     if row_due: rec.lr = self.optimizer.param_groups[0]['lr']  # the LR this update used
-    if guard.checking and not is_finite(rec.losses, n, None if fp16 else norm, self.dist.distributed):
-        return self._skip_update(n, fp16, norm)
+    if guard.checking:                                         # read the loss back once: to decide, and for the row
+        total, finite = read_loss(total, None if fp16 else norm, self.dist.distributed)
+        if not finite: return self._skip_update(fp16, total, norm)
     if fp16: self.scaler.step(self.optimizer); self.scaler.update()   # skips the step if a gradient overflowed
     else: self.optimizer.step()
     self.optimizer.zero_grad(set_to_none=True)
     if self.scheduler is not None: self.scheduler.step()
     self.updates += 1
-    rec.loss_n += 1
+    rec.add_loss(total)                                        # a number, or (unchecked) a tensor: no sync
     guard.in_a_row = 0
-    if len(rec.losses) >= 64: rec.sum_losses()
 
 # %% ../nbs/09_trainer.ipynb #1c733c01
 @patch
-def _skip_update(self:Trainer, n:int, fp16:bool, grad_norm=None):
-    "Drop this update: clear its gradients, do not step; the counters, the schedule and the data move on."
-    losses = self.recorder.losses
-    loss = torch.stack(losses[-n:]).sum().item()
-    # the logged train_loss averages the applied updates
-    del losses[-n:]
+def _skip_update(self:Trainer, fp16:bool, loss:float, grad_norm=None):
+    "Drop this update (its `loss` stays out of the row's mean): clear its gradients, do not step; the rest moves on."
     self.optimizer.zero_grad(set_to_none=True)
     # unscale_ ran: close the scaler's step
     if fp16: self.scaler.update()
