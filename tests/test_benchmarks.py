@@ -31,7 +31,7 @@ def test_overhead_runs_and_ml_suite_matches_the_plain_loop_bitwise(tmp_path):
 def test_overhead_through_the_cli_ends_with_the_plain_loops_weights(tmp_path):
     "ml-suite-train with a model and dataset by import path, against plain_loop.py: both runs end bit for bit equal."
     out = run(BENCH / 'overhead.py', '--contenders=ml-suite-train', '--rounds=1', '--cli-updates=3,9', '--cli-width=16',
-              '--cli-samples=128', '--log-every=2', f'--json={tmp_path / "r.json"}')
+              '--cli-samples=128', '--log-every=2', '--cli-repeats=2', f'--json={tmp_path / "r.json"}')
     assert '| ml-suite-train |' in out
     res = json.loads((tmp_path / 'r.json').read_text())['cli']
     assert res['weights_equal_plain'] is True and res['updates'] == [3, 9]
