@@ -41,7 +41,7 @@ def build_optimizer(
                  skip=('params', 'lr', 'weight_decay'))
     return cls(params, lr=learning_rate, weight_decay=weight_decay, **kwargs)
 
-# %% ../nbs/04_optim.ipynb #14161351
+# %% ../nbs/04_optim.ipynb #7fb0fe85
 def param_groups(
     model:torch.nn.Module,
     weight_decay:float=0.0,      # the decayed group's

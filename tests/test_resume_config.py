@@ -52,7 +52,8 @@ def test_finished_run_rerun_longer_with_a_new_peak_follows_the_new_schedule(tmp_
     assert train(path).updates == 40
     new = ['total_updates=60', 'optimizer.learning_rate=1e-5', 'optimizer.weight_decay=0.25']
     t = train(path, new)
-    assert t.updates == 60 and t.optimizer.param_groups[0]['weight_decay'] == 0.25
+    # the new weight decay in the decayed group; the biases' and norm gains' group keeps 0
+    assert t.updates == 60 and [g['weight_decay'] for g in t.optimizer.param_groups] == [0.25, 0.0]
     expect = fresh_lrs(path, new)
     rows = [r for r in read_rows(tmp_path / 'run') if r['update'] > 40]
     assert [r['update'] for r in rows] == [45, 50, 55, 60]
