@@ -326,7 +326,9 @@ def resume_no_decay(cfg:Config, src:Source, plan:StartPlan)->list[str]:
     if 'no_decay' not in saved:
         return [f"{plan.ckpt} was written before optimizer.no_decay existed (one parameter group): it resumes with "
                 f"no_decay: [] (weight decay on every parameter, as it was trained)"]
-    if now != then: return [f"resuming with the checkpoint's optimizer.no_decay {_show(then)}, not the default"]
+    if now != then:
+        return [f"resuming with the checkpoint's optimizer.no_decay {_show(then)} (this config leaves it at its "
+                f"default, {_show(now)}): a resume keeps the checkpoint's parameter groups"]
     return []
 
 # %% ../nbs/10_train.ipynb #41e2ac5b

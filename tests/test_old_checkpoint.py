@@ -38,3 +38,5 @@ def test_old_checkpoint_resumes_exactly(tmp_path):
     assert torch.load(run / 'latest.pt', weights_only=False)['config']['optimizer']['no_decay'] == []
     t = train(run / 'train.yml', ['total_updates=13'])
     assert t.updates == 13 and len(t.optimizer.param_groups) == 1
+    assert "resuming with the checkpoint's optimizer.no_decay [] (this config leaves it at its default" in \
+        (run / 'training.log').read_text()
