@@ -53,6 +53,8 @@ class OptimizerConfig:
     name:str = 'AdamW'
     learning_rate:float = 1e-3
     weight_decay:float = 0.0
+    # weight decay 0 for these: the rule 'ndim<2' (biases, norm gains) or globs over parameter names; []: decay all
+    no_decay:list = field(default_factory=lambda: ['ndim<2'])
     kwargs:dict = field(default_factory=dict)
 
 @dataclass
@@ -444,6 +446,17 @@ def _check_ranges(cfg:Config, src:Source):
         raise ConfigError(f"device{w('device')} must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"
                           f"{did_you_mean(cfg.device, ['auto', 'cpu', 'cuda']) or '.'}")
 
+# %% ../nbs/05_config.ipynb #a447a7d8
+def _check_no_decay(o:OptimizerConfig, src:Source):
+    "Each entry of `optimizer.no_decay` the rule `ndim<2` or a glob over parameter names (which are checked later)."
+    where = src.where(('optimizer', 'no_decay'))
+    for e in o.no_decay:
+        if not isinstance(e, str) or not e or (e.replace(' ', '').startswith('ndim') and e != 'ndim<2'):
+            raise ConfigError(f"optimizer.no_decay{where} holds {_describe(e)}; each entry must be the rule 'ndim<2' "
+                              f"(no weight decay on parameters with fewer than 2 dimensions: biases, norm gains) or a "
+                              f"glob over parameter names in quotes, such as '*.bias'. Write e.g. no_decay: [ndim<2, "
+                              f"'*.bias'], or no_decay: [] to decay every parameter.")
+
 # %% ../nbs/05_config.ipynb #26f6e08a
 def _check_signals(pre:PreemptionConfig, src:Source):
     "Signals a job can act on, each in one list; the lists are rewritten with canonical names (`usr1` -> `SIGUSR1`)."
@@ -529,6 +542,7 @@ def _check_splits(ds:DatasetConfig, src:Source):
 def check_values(cfg:Config, src:Source)->Config:
     "Check ranges, the rules between keys and import paths of `cfg`, without importing torch."
     _check_ranges(cfg, src)
+    _check_no_decay(cfg.optimizer, src)
     _check_signals(cfg.preemption, src)
     _check_schedule(cfg, src)
     _check_splits(cfg.dataset, src)

@@ -6,7 +6,7 @@ Docs: https://ml-suite.github.io/ml_suite/optim.html.md"""
 
 # %% ../nbs/04_optim.ipynb #8c6c50d2
 from __future__ import annotations
-import inspect, sys, warnings
+import fnmatch, inspect, sys, warnings
 from contextlib import contextmanager
 import torch
 from torch.optim import lr_scheduler as lrs
@@ -14,7 +14,7 @@ from torch.optim import lr_scheduler as lrs
 from .core import ConfigError, check_kwargs, did_you_mean, stage_lengths
 
 # %% auto #0
-__all__ = ['optimizer_class', 'build_optimizer', 'scheduler_class', 'stage_schedulers', 'build_lr_scheduler',
+__all__ = ['optimizer_class', 'build_optimizer', 'param_groups', 'scheduler_class', 'stage_schedulers', 'build_lr_scheduler',
            'without_dynamo_import']
 
 # %% ../nbs/04_optim.ipynb #4eb1e264
@@ -40,6 +40,28 @@ def build_optimizer(
     check_kwargs(cls, kwargs, 'optimizer', reserved=('name', 'learning_rate', 'weight_decay'),
                  skip=('params', 'lr', 'weight_decay'))
     return cls(params, lr=learning_rate, weight_decay=weight_decay, **kwargs)
+
+# %% ../nbs/04_optim.ipynb #7fb0fe85
+def param_groups(
+    model:torch.nn.Module,
+    weight_decay:float=0.0,      # the decayed group's
+    no_decay=('ndim<2',),        # entries: the rule 'ndim<2', or globs over the names of `model.named_parameters()`
+    where:str='',                # where `no_decay` was set, for messages
+)->list[dict]:
+    "`model`'s parameters as a decayed group and a group with weight decay 0.0 (what `no_decay` matches)."
+    named = list(model.named_parameters())
+    globs = [g for g in no_decay if g != 'ndim<2']
+    unused = [g for g in globs if not any(fnmatch.fnmatchcase(n, g) for n, _ in named)]
+    if unused:
+        names = [n for n, _ in named]
+        shown = ', '.join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else '')
+        raise ConfigError(f"optimizer.no_decay{where} holds {unused[0]!r}, which matches no parameter of "
+                          f"{type(model).__name__} (its parameters: {shown or 'none'}). Each glob is matched against "
+                          f"these names (fnmatch, case-sensitive); fix it, e.g. '*.bias', or remove it.")
+    def free(n, p): return ('ndim<2' in no_decay and p.ndim < 2) or any(fnmatch.fnmatchcase(n, g) for g in globs)
+    groups = [dict(params=[p for n, p in named if not free(n, p)], weight_decay=weight_decay),
+              dict(params=[p for n, p in named if free(n, p)], weight_decay=0.0)]
+    return [g for g in groups if g['params']]
 
 # %% ../nbs/04_optim.ipynb #d92bf308
 def scheduler_class(name:str, where:str=''):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import yaml
 from .core import ConfigError, RunError, DistInfo, resolve_object, in_ipython
-from .config import Config, Source, load_config, config_to_dict, stages, parse_time_limit
+from .config import Config, OptimizerConfig, Source, load_config, config_to_dict, stages, parse_time_limit
 from .stopping import StopAction
 
 # %% auto #0
@@ -20,8 +20,9 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED'
            'TEMPLATES_MARKER', 'OWNER_FILE', 'REFUSED_ON_RESUME', 'SCHEDULE_KEYS', 'ABSENT', 'resolve_run_dir',
            'check_run_dir', 'config_owner', 'check_owner', 'plan_start', 'flatten_config', 'config_changes', 'is_under',
            'check_resume_config', 'set_mem_budget', 'build_parts', 'build_trainer', 'oom_advice', 'StartPlan',
-           'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore', 'open_records', 'fit_run', 'finish',
-           'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main', 'quick_exit', 'cli']
+           'resume_no_decay', 'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore', 'open_records',
+           'fit_run', 'finish', 'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main', 'quick_exit',
+           'cli']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -229,7 +230,7 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     from ml_suite.data import BatchStream, eval_loader, CheckedDataset, dataset_normalization, dataset_splits
     from ml_suite.models import get_model
     from ml_suite.losses import LOSSES, resolve_metrics
-    from ml_suite.optim import build_optimizer, build_lr_scheduler
+    from ml_suite.optim import build_optimizer, build_lr_scheduler, param_groups
     from ml_suite.evaluator import Evaluator
     from ml_suite.dist import get_device
     from ml_suite.trainer import Trainer, TrainSettings
@@ -255,7 +256,9 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     metrics = resolve_metrics(cfg.metrics, where('metrics'), src.folder)
     model.to(device)
     o = cfg.optimizer
-    opt = build_optimizer(model.parameters(), o.name, o.learning_rate, o.weight_decay, **o.kwargs)
+    # no weight decay on what optimizer.no_decay matches (a glob that matches no parameter is refused here)
+    groups = param_groups(model, o.weight_decay, o.no_decay, where('optimizer', 'no_decay'))
+    opt = build_optimizer(groups, o.name, o.learning_rate, o.weight_decay, **o.kwargs)
     # no stages: a constant LR, which needs no scheduler stepping at every update
     sched = build_lr_scheduler(opt, stages(cfg), cfg.total_updates) if stages(cfg) else None
     pin = device.type == 'cuda'
@@ -300,6 +303,34 @@ class StartPlan:
     damaged:RunError|None = None        # every checkpoint damaged: raised once training.log says which and why
     last:str = ''                       # what latest.pt holds (for messages), e.g. 'update 40'
 
+# %% ../nbs/10_train.ipynb #1c9592c6
+def resume_no_decay(cfg:Config, src:Source, plan:StartPlan)->list[str]:
+    "Set `cfg.optimizer.no_decay` to the checkpoint's in `plan` (`[]` if it predates the key); a log line, or refuse."
+    saved = (plan.state.get('config') or {}).get('optimizer', {})
+    then = saved.get('no_decay', [])
+    now = cfg.optimizer.no_decay
+    path = ('optimizer', 'no_decay')
+    # set by the config file or the command line, or not the default (a dict config)
+    is_set = path in src.lines or path in src.overrides or now != OptimizerConfig().no_decay
+    if now != then and is_set:
+        old = ', as it was written before optimizer.no_decay existed' if 'no_decay' not in saved else ''
+        weights = plan.run_dir if Path(plan.ckpt).parent == Path(plan.run_dir) else plan.ckpt
+        raise ConfigError(
+            f"cannot resume {plan.ckpt} with optimizer.no_decay {_show(now)}{src.where(path)}: the checkpoint's "
+            f"optimizer state groups the parameters by no_decay {_show(then)}{old}, and a saved optimizer state "
+            f"cannot be regrouped. Nothing was written. Either set no_decay to {_show(then)} (or leave it out: a "
+            f"resume keeps the checkpoint's) and rerun to continue the run; or start a new run with another "
+            f"run_dir; or fine-tune from this run's weights in a new run_dir with checkpoint.path={weights} and "
+            f"checkpoint.restart=false.")
+    cfg.optimizer.no_decay = list(then)
+    if 'no_decay' not in saved:
+        return [f"{plan.ckpt} was written before optimizer.no_decay existed (one parameter group): it resumes with "
+                f"no_decay: [] (weight decay on every parameter, as it was trained)"]
+    if now != then:
+        return [f"resuming with the checkpoint's optimizer.no_decay {_show(then)} (this config leaves it at its "
+                f"default, {_show(now)}): a resume keeps the checkpoint's parameter groups"]
+    return []
+
 # %% ../nbs/10_train.ipynb #41e2ac5b
 def read_start(cfg:Config, src:Source=Source(), dist:DistInfo=DistInfo())->StartPlan:
     "How this run starts (`plan_start`), with its checkpoint read and the config's changes checked; writes nothing."
@@ -322,10 +353,13 @@ def read_start(cfg:Config, src:Source=Source(), dist:DistInfo=DistInfo())->Start
             key = 'checkpoint.path' if cfg.checkpoint.path else 'checkpoint.checkpoint_name'
             raise RunError(f"{e} It was named by {key}; point that at a checkpoint written by ml_suite.") from None
     plan.last = own.last
+    # the checkpoint's parameter groups, before the comparison (which then sees no change of them)
+    if plan.state is not None and mode == 'resume': plan.notes = resume_no_decay(cfg, src, plan)
     # changes: refused, or logged
     if plan.state is not None and mode == 'resume' and plan.state.get('config') is not None:
-        plan.changes = config_changes(plan.state['config'], mask_secrets(config_to_dict(cfg), as_source=True))
-        plan.notes = check_resume_config(plan.changes, src, run_dir, plan.ckpt)
+        now = mask_secrets(config_to_dict(cfg), as_source=True)
+        plan.changes = [c for c in config_changes(plan.state['config'], now) if c[0] != 'optimizer.no_decay']
+        plan.notes += check_resume_config(plan.changes, src, run_dir, plan.ckpt)
     return plan
 
 # %% ../nbs/10_train.ipynb #cc6466c6

@@ -30,4 +30,13 @@ def test_old_checkpoint_resumes_exactly(tmp_path):
     rows = [{k: r[k] for k in ('update', 'samples')} for r in read_rows(run)]
     assert rows == want['rows']
     assert torch.load(run / 'latest.pt', weights_only=False)['updates'] == want['updates']
-    assert f"resumed from {run / 'latest.pt'} at update {want['stop_at']}/" in (run / 'training.log').read_text()
+    log = (run / 'training.log').read_text()
+    assert f"resumed from {run / 'latest.pt'} at update {want['stop_at']}/" in log
+    # written before optimizer.no_decay: one parameter group, said in the log and recorded, so later resumes agree
+    assert len(t.optimizer.param_groups) == 1
+    assert f"{run / 'latest.pt'} was written before optimizer.no_decay existed" in log
+    assert torch.load(run / 'latest.pt', weights_only=False)['config']['optimizer']['no_decay'] == []
+    t = train(run / 'train.yml', ['total_updates=13'])
+    assert t.updates == 13 and len(t.optimizer.param_groups) == 1
+    assert "resuming with the checkpoint's optimizer.no_decay [] (this config leaves it at its default" in \
+        (run / 'training.log').read_text()

@@ -52,7 +52,8 @@ def test_finished_run_rerun_longer_with_a_new_peak_follows_the_new_schedule(tmp_
     assert train(path).updates == 40
     new = ['total_updates=60', 'optimizer.learning_rate=1e-5', 'optimizer.weight_decay=0.25']
     t = train(path, new)
-    assert t.updates == 60 and t.optimizer.param_groups[0]['weight_decay'] == 0.25
+    # the new weight decay in the decayed group; the biases' and norm gains' group keeps 0
+    assert t.updates == 60 and [g['weight_decay'] for g in t.optimizer.param_groups] == [0.25, 0.0]
     expect = fresh_lrs(path, new)
     rows = [r for r in read_rows(tmp_path / 'run') if r['update'] > 40]
     assert [r['update'] for r in rows] == [45, 50, 55, 60]
@@ -62,8 +63,9 @@ def test_finished_run_rerun_longer_with_a_new_peak_follows_the_new_schedule(tmp_
     assert f"update 41 uses lr {expect[40]:.4g}" in log
 
 def test_resume_without_a_change_is_bitwise_exact(tmp_path):
-    "No change: a run resumed at update 20 ends with the weights of the run that was never stopped."
-    cfg = tiny_config(lr_scheduler=SCHEDULE, checkpoint=dict(save_every_epochs=1), progress=False)
+    "No change: a run resumed at update 20 ends with the weights of the run that was never stopped (two groups)."
+    cfg = tiny_config(lr_scheduler=SCHEDULE, checkpoint=dict(save_every_epochs=1), progress=False,
+                      optimizer=dict(weight_decay=0.1))
     ref = write_config(tmp_path / 'ref' / 'train.yml', cfg)
     train(ref)
     shutil.copytree(tmp_path / 'ref', tmp_path / 'moved')      # the run directory moved: its owner record still holds
@@ -74,11 +76,19 @@ def test_resume_without_a_change_is_bitwise_exact(tmp_path):
     a = torch.load(tmp_path / 'ref' / 'latest.pt', weights_only=True)['model']
     b = torch.load(tmp_path / 'moved' / 'latest.pt', weights_only=True)['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # optimizer.no_decay's default: a group without weight decay, resumed as saved, scheduled as the first one
+    groups = torch.load(tmp_path / 'moved' / 'latest.pt', weights_only=True)['optimizer']['param_groups']
+    assert [g['weight_decay'] for g in groups] == [0.1, 0.0] and groups[0]['lr'] == groups[1]['lr']
+    lrs = fresh_lrs(ref)
+    assert len(set(g['lr'] for g in t.optimizer.param_groups)) == 1
+    assert [r['lr'] for r in read_rows(tmp_path / 'moved') if 'lr' in r][-4:] == pytest.approx(lrs[24::5], rel=1e-4)
 
 @pytest.mark.parametrize('change, shown', [
     ('model.width=8', "model.width: 4 -> 8 (command-line override 'model.width=8')"),
     ('dataset.modes=3', "dataset.modes: 4 -> 3 (command-line override 'dataset.modes=3')"),
-    ('seed=1', "seed: 0 -> 1 (command-line override 'seed=1')")])
+    ('seed=1', "seed: 0 -> 1 (command-line override 'seed=1')"),
+    ('optimizer.no_decay=[]', "optimizer.no_decay [] (command-line override 'optimizer.no_decay=[]'): the checkpoint's "
+                              "optimizer state groups the parameters by no_decay [\"ndim<2\"]")])
 def test_a_change_a_run_cannot_make_is_refused_before_anything_is_written(tmp_path, change, shown):
     "(c), (d) model width, a dataset key, the seed: exit 2 with one paragraph and the ways on; the run dir untouched."
     path = write_config(tmp_path / 'run' / 'train.yml', tiny_config(total_updates=20, progress=False))
