@@ -19,9 +19,10 @@ from .stopping import StopAction
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_NONFINITE', 'EXIT_INTERRUPTED',
            'TEMPLATES_MARKER', 'OWNER_FILE', 'REFUSED_ON_RESUME', 'SCHEDULE_KEYS', 'ABSENT', 'resolve_run_dir',
            'check_run_dir', 'config_owner', 'check_owner', 'plan_start', 'flatten_config', 'config_changes', 'is_under',
-           'check_resume_config', 'set_mem_budget', 'build_parts', 'build_trainer', 'oom_advice', 'StartPlan',
-           'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore', 'open_records', 'fit_run', 'finish',
-           'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main', 'quick_exit', 'cli']
+           'check_resume_config', 'set_mem_budget', 'build_parts', 'limit_val_batches', 'build_trainer', 'oom_advice',
+           'StartPlan', 'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore', 'open_records',
+           'fit_run', 'finish', 'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main', 'quick_exit',
+           'cli']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -221,6 +222,18 @@ def build_parts(cfg:Config, run_dir:Path|None=None, dist:DistInfo=DistInfo(), st
         policy=CheckpointPolicy.from_config(cfg.checkpoint, cfg.updates_per_epoch or cfg.total_updates),
         checkpointer=Checkpointer(run_dir, cfg.checkpoint.keep_last) if run_dir is not None else None)
 
+# %% ../nbs/10_train.ipynb #38360a98
+def limit_val_batches(loader, cfg:Config, src:Source=Source(), dist:DistInfo=DistInfo()):
+    "`loader`, or its first `cfg.val_batches` batches (`FirstBatches`); a warning where it has fewer."
+    from ml_suite.evaluator import FirstBatches
+    from ml_suite.tracking import logger
+    n = cfg.val_batches
+    if n is None: return loader
+    if n > len(loader) and dist.is_main:
+        logger.warning(f"val_batches{src.where(('val_batches',))} is {n}, but the validation split has {len(loader)} "
+                       f"batches of {loader.batch_size} per process: every validation reads all {len(loader)}.")
+    return FirstBatches(loader, n)
+
 # %% ../nbs/10_train.ipynb #2142552d
 def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:DistInfo=DistInfo(), start_time=None,
                   compute_stats:bool=True):
@@ -260,7 +273,8 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     sched = build_lr_scheduler(opt, stages(cfg), cfg.total_updates) if stages(cfg) else None
     pin = device.type == 'cuda'
     stream = BatchStream(train_ds, cfg.batch_size, cfg.seed, dist, cfg.num_workers, pin)
-    val = eval_loader(val_ds, cfg.val_batch_size or cfg.batch_size, dist, cfg.num_workers, pin)
+    val = limit_val_batches(eval_loader(val_ds, cfg.val_batch_size or cfg.batch_size, dist, cfg.num_workers, pin),
+                            cfg, src, dist)
     if cfg.compile: set_mem_budget(cfg.mem_budget)
     # the config saved in checkpoints: secrets as their ${NAME}
     saved = mask_secrets(config_to_dict(cfg), as_source=True)
@@ -435,7 +449,8 @@ def restore(trainer, plan:StartPlan, cfg:Config, src:Source=Source(), start:floa
         # the weights expect the statistics they were trained with
         if plan.state.get('normalization'): trainer.normalizer.load_state_dict(plan.state['normalization'])
         logger.info(f"loaded weights from {plan.ckpt}; optimizer, schedule and counters start fresh (restart: false)")
-    trainer.recorder.resume_at(0)
+    # a fresh start keeps no row: one at update 0 is from an attempt that stopped before its first checkpoint
+    trainer.recorder.resume_at(-1)
 
 # %% ../nbs/10_train.ipynb #4fede55b
 @contextmanager
