@@ -19,7 +19,7 @@ from .stopping import StopAction
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_NONFINITE', 'EXIT_INTERRUPTED',
            'TEMPLATES_MARKER', 'OWNER_FILE', 'REFUSED_ON_RESUME', 'SCHEDULE_KEYS', 'ABSENT', 'resolve_run_dir',
            'check_run_dir', 'config_owner', 'check_owner', 'plan_start', 'flatten_config', 'config_changes', 'is_under',
-           'check_resume_config', 'set_mem_budget', 'build_parts', 'limit_val_batches', 'build_trainer', 'oom_advice',
+           'check_resume_config', 'set_mem_budget', 'build_parts', 'short_val_split', 'build_trainer', 'oom_advice',
            'StartPlan', 'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore', 'open_records',
            'fit_run', 'finish', 'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main', 'quick_exit',
            'cli']
@@ -222,17 +222,14 @@ def build_parts(cfg:Config, run_dir:Path|None=None, dist:DistInfo=DistInfo(), st
         policy=CheckpointPolicy.from_config(cfg.checkpoint, cfg.updates_per_epoch or cfg.total_updates),
         checkpointer=Checkpointer(run_dir, cfg.checkpoint.keep_last) if run_dir is not None else None)
 
-# %% ../nbs/10_train.ipynb #38360a98
-def limit_val_batches(loader, cfg:Config, src:Source=Source(), dist:DistInfo=DistInfo()):
-    "`loader`, or its first `cfg.val_batches` batches (`FirstBatches`); a warning where it has fewer."
+# %% ../nbs/10_train.ipynb #ca498586
+def short_val_split(val, src:Source=Source())->str|None:
+    "The warning for a `val_batches` above the batches of this rank's validation share (`val`, a `FirstBatches`)."
     from ml_suite.evaluator import FirstBatches
-    from ml_suite.tracking import logger
-    n = cfg.val_batches
-    if n is None: return loader
-    if n > len(loader) and dist.is_main:
-        logger.warning(f"val_batches{src.where(('val_batches',))} is {n}, but the validation split has {len(loader)} "
-                       f"batches of {loader.batch_size} per process: every validation reads all {len(loader)}.")
-    return FirstBatches(loader, n)
+    if not isinstance(val, FirstBatches) or val.n <= len(val.loader): return None
+    n = len(val.loader)
+    return (f"val_batches{src.where(('val_batches',))} is {val.n}, but the validation split has {n} batches of "
+            f"{val.loader.batch_size} per process: every validation reads all {n}.")
 
 # %% ../nbs/10_train.ipynb #2142552d
 def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:DistInfo=DistInfo(), start_time=None,
@@ -243,7 +240,7 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     from ml_suite.models import get_model
     from ml_suite.losses import LOSSES, resolve_metrics
     from ml_suite.optim import build_optimizer, build_lr_scheduler
-    from ml_suite.evaluator import Evaluator
+    from ml_suite.evaluator import Evaluator, FirstBatches
     from ml_suite.dist import get_device
     from ml_suite.trainer import Trainer, TrainSettings
     from ml_suite.tracking import mask_secrets
@@ -273,8 +270,9 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     sched = build_lr_scheduler(opt, stages(cfg), cfg.total_updates) if stages(cfg) else None
     pin = device.type == 'cuda'
     stream = BatchStream(train_ds, cfg.batch_size, cfg.seed, dist, cfg.num_workers, pin)
-    val = limit_val_batches(eval_loader(val_ds, cfg.val_batch_size or cfg.batch_size, dist, cfg.num_workers, pin),
-                            cfg, src, dist)
+    val = eval_loader(val_ds, cfg.val_batch_size or cfg.batch_size, dist, cfg.num_workers, pin)
+    # val_batches: every validation of the run reads the first N batches
+    if cfg.val_batches is not None: val = FirstBatches(val, cfg.val_batches)
     if cfg.compile: set_mem_budget(cfg.mem_budget)
     # the config saved in checkpoints: secrets as their ${NAME}
     saved = mask_secrets(config_to_dict(cfg), as_source=True)
@@ -439,6 +437,8 @@ def restore(trainer, plan:StartPlan, cfg:Config, src:Source=Source(), start:floa
                     f"before it")
     if trainer.checkpointer is not None: trainer.checkpointer.last = plan.last
     for w in plan.warned: logger.warning(w)
+    short = short_val_split(trainer.val_data, src)
+    if short: logger.warning(short)
     if plan.damaged is not None: raise plan.damaged
     if plan.ownership == 'adopt':
         logger.info(f"run directory {plan.run_dir} has no record of the config that started it (it is older than "
