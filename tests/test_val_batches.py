@@ -65,3 +65,29 @@ def test_a_bad_val_batches_exits_2_naming_the_value(tmp_path, value, words):
     r = run_cli(write_config(tmp_path / 'train.yml', tiny_config(val_batches=value)))
     assert r.returncode == 2 and 'val_batches (train.yml line' in r.stderr and words in r.stderr, r.stderr
     assert not (tmp_path / 'metrics.jsonl').exists()
+
+def test_a_resume_from_update_0_does_not_validate_at_start_again(tmp_path):
+    "A run stopped before its first update (its time limit spent) saved update 0; its resume writes no second row 0."
+    import time
+    cfg = tiny_config(total_updates=4, updates_per_epoch=2, log_every=2, validate_at_start=True, progress=False,
+                      time_limit=60)
+    path = write_config(tmp_path / 'train.yml', cfg)
+    t = train(path, start_time=time.monotonic() - 120)
+    assert (t.updates, [r['update'] for r in t.history]) == (0, [0]) and (tmp_path / 'latest.pt').is_file()
+    assert train(path).updates == 4
+    assert [r['update'] for r in read_rows(tmp_path)] == [0, 2, 4]
+
+@pytest.mark.slow
+def test_under_ddp_each_rank_validates_on_its_first_n_batches(tmp_path):
+    "Two ranks with val_batches=2 (batches of 4) read samples 0-15 between them: the val_loss of one process with 4."
+    from test_distributed import torchrun
+    base = tiny_config(total_updates=4, updates_per_epoch=2, log_every=2, val_batch_size=4, validate_at_start=True,
+                       progress=False)
+    two = write_config(tmp_path / 'two' / 'train.yml', {**base, 'batch_size': 4, 'val_batches': 2})
+    r = torchrun('--standalone', '--nproc_per_node=2', '-m', 'ml_suite.train', two, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    one = write_config(tmp_path / 'one' / 'train.yml', {**base, 'batch_size': 8, 'val_batches': 4})
+    assert run_cli(one, cwd=tmp_path, env={'OMP_NUM_THREADS': '1'}).returncode == 0
+    va = [(row['update'], row['val_loss']) for row in read_rows(tmp_path / 'two') if 'val_loss' in row]
+    vb = [(row['update'], row['val_loss']) for row in read_rows(tmp_path / 'one') if 'val_loss' in row]
+    assert [u for u, _ in va] == [0, 2, 4] and [v for _, v in va] == pytest.approx([v for _, v in vb], rel=1e-4)
