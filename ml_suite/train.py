@@ -616,7 +616,8 @@ def run_status(run_dir)->dict:
                                 f"started there?")
     cfg = yaml.safe_load((run_dir / 'resolved_config.yml').read_text())
     rows = read_metrics(run_dir / 'metrics.jsonl')
-    vals = [r for r in rows if r.get('val_loss') is not None]
+    # the row of update 0 (validate_at_start) is a baseline, never best.pt
+    vals = [r for r in rows if r.get('val_loss') is not None and r.get('update', 0) > 0]
     best = min(vals, key=lambda r: r['val_loss']) if vals else None
     # best.pt may be the same file as latest.pt
     ckpts = sorted(run_dir.glob('*.pt'), key=lambda p: (p.stat().st_mtime, p.name == 'latest.pt'))

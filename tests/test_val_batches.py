@@ -51,6 +51,8 @@ def test_validate_at_start_writes_a_row_at_update_0_once_and_never_best(tmp_path
     assert r0['val_loss'] < rows[1]['val_loss'], rows
     best = torch.load(tmp_path / 'best.pt', weights_only=False)
     assert best['updates'] == 2 and best['best_val_loss'] == rows[1]['val_loss'], best['best_val_loss']
+    from ml_suite.train import run_status   # ml-suite-status names the same best as best.pt
+    assert (run_status(tmp_path)['best_update'], run_status(tmp_path)['best_val_loss']) == (2, rows[1]['val_loss'])
     # a resume from latest.pt trains on, without a second row at update 0
     r = run_cli(path, 'total_updates=4')
     assert r.returncode == 0, r.stderr
