@@ -356,8 +356,9 @@ def fit(self:Trainer)->'Trainer':
     rec.begin(self.updates)
     self._next_event = self._event_after(self.updates)
     watch = stopper.watching
-    if self.start_row_due and self.updates == 0: self.log_start()
     with stopper.signals():
+        # a signal during it stops the run at the first boundary, as during any validation
+        if self.start_row_due and self.updates == 0: self.log_start()
         while self.updates < self.total_updates:
             if (watch or hpc.stop_requested() or guard.in_a_row) and self._at_boundary(): break
             t0 = time.monotonic()
