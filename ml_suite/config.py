@@ -138,6 +138,8 @@ class Config:
     dist_backend:Literal['auto', 'nccl', 'gloo'] = 'auto'  # auto: nccl with CUDA, gloo on CPU
     dist_timeout_minutes:float = 10.0     # a collective that waits longer than this fails instead of hanging
     log_every:int = 10                    # updates between log lines and metrics.jsonl rows
+    val_batches:Optional[int] = None      # validate on the first N batches of each rank's share (default: all of it)
+    validate_at_start:bool = False        # a fresh run validates before its first update: a row at update 0
     progress:bool = True                  # a progress bar on a terminal, a live plot in Jupyter (never in log files)
 
 _SCHEMA = (DatasetConfig, ModelConfig, FactoriesConfig, OptimizerConfig, StageConfig, SchedulerConfig, CheckpointConfig,
@@ -445,6 +447,10 @@ def _check_ranges(cfg:Config, src:Source):
     if not re.fullmatch(r'auto|cpu|cuda(:\d+)?|mps', cfg.device):
         raise ConfigError(f"device{w('device')} must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"
                           f"{did_you_mean(cfg.device, ['auto', 'cpu', 'cuda']) or '.'}")
+    if cfg.val_batches is not None and cfg.val_batches < 1:
+        raise ConfigError(f"val_batches{w('val_batches')} must be a positive number of validation batches, got "
+                          f"{cfg.val_batches}; set it to N >= 1 to validate on the first N batches, or remove it (or "
+                          f"set it to null) to validate on the whole validation split.")
 
 # %% ../nbs/05_config.ipynb #a447a7d8
 def _check_no_decay(o:OptimizerConfig, src:Source):

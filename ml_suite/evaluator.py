@@ -7,13 +7,14 @@ Docs: https://ml-suite.github.io/ml_suite/evaluator.html.md"""
 # %% ../nbs/06_evaluator.ipynb #01063363
 from __future__ import annotations
 from contextlib import nullcontext
+from itertools import islice
 import torch
 from .core import ModelError, describe_tensor
 from .dist import all_reduce_sum
 from .losses import MeanLoss, METRICS, Metric
 
 # %% auto #0
-__all__ = ['Evaluator']
+__all__ = ['Evaluator', 'FirstBatches']
 
 # %% ../nbs/06_evaluator.ipynb #a398dac6
 class Evaluator:
@@ -57,3 +58,12 @@ class Evaluator:
                           f"{fix} (accuracy "
                           f"and cross_entropy take class indices; mse, mae, rmse, rel_l2 take targets of the "
                           f"predictions' shape).")
+
+# %% ../nbs/06_evaluator.ipynb #33820ceb
+class FirstBatches:
+    "The first `n` batches of `loader` (all of them where it has fewer), read afresh at every iteration."
+    def __init__(self, loader, n:int):
+        self.loader, self.n = loader, n
+
+    def __iter__(self): return islice(iter(self.loader), self.n)
+    def __len__(self)->int: return min(self.n, len(self.loader))

@@ -19,10 +19,10 @@ from .stopping import StopAction
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_NONFINITE', 'EXIT_INTERRUPTED',
            'TEMPLATES_MARKER', 'OWNER_FILE', 'REFUSED_ON_RESUME', 'SCHEDULE_KEYS', 'ABSENT', 'resolve_run_dir',
            'check_run_dir', 'config_owner', 'check_owner', 'plan_start', 'flatten_config', 'config_changes', 'is_under',
-           'check_resume_config', 'set_mem_budget', 'build_parts', 'build_trainer', 'oom_advice', 'StartPlan',
-           'resume_no_decay', 'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore', 'open_records',
-           'fit_run', 'finish', 'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main', 'quick_exit',
-           'cli']
+           'check_resume_config', 'set_mem_budget', 'build_parts', 'short_val_split', 'build_trainer', 'oom_advice',
+           'StartPlan', 'resume_no_decay', 'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore',
+           'open_records', 'fit_run', 'finish', 'train', 'dry_run', 'run_status', 'format_status', 'status_main',
+           'main', 'quick_exit', 'cli']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -222,6 +222,15 @@ def build_parts(cfg:Config, run_dir:Path|None=None, dist:DistInfo=DistInfo(), st
         policy=CheckpointPolicy.from_config(cfg.checkpoint, cfg.updates_per_epoch or cfg.total_updates),
         checkpointer=Checkpointer(run_dir, cfg.checkpoint.keep_last) if run_dir is not None else None)
 
+# %% ../nbs/10_train.ipynb #ca498586
+def short_val_split(val, src:Source=Source())->str|None:
+    "The warning for a `val_batches` above the batches of this rank's validation share (`val`, a `FirstBatches`)."
+    from ml_suite.evaluator import FirstBatches
+    if not isinstance(val, FirstBatches) or val.n <= len(val.loader): return None
+    n = len(val.loader)
+    return (f"val_batches{src.where(('val_batches',))} is {val.n}, but the validation split has {n} batches of "
+            f"{val.loader.batch_size} per process: every validation reads all {n}.")
+
 # %% ../nbs/10_train.ipynb #2142552d
 def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:DistInfo=DistInfo(), start_time=None,
                   compute_stats:bool=True):
@@ -231,7 +240,7 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     from ml_suite.models import get_model
     from ml_suite.losses import LOSSES, resolve_metrics
     from ml_suite.optim import build_optimizer, build_lr_scheduler, param_groups
-    from ml_suite.evaluator import Evaluator
+    from ml_suite.evaluator import Evaluator, FirstBatches
     from ml_suite.dist import get_device
     from ml_suite.trainer import Trainer, TrainSettings
     from ml_suite.tracking import mask_secrets
@@ -264,6 +273,8 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     pin = device.type == 'cuda'
     stream = BatchStream(train_ds, cfg.batch_size, cfg.seed, dist, cfg.num_workers, pin)
     val = eval_loader(val_ds, cfg.val_batch_size or cfg.batch_size, dist, cfg.num_workers, pin)
+    # val_batches: every validation of the run reads the first N batches
+    if cfg.val_batches is not None: val = FirstBatches(val, cfg.val_batches)
     if cfg.compile: set_mem_budget(cfg.mem_budget)
     # the config saved in checkpoints: secrets as their ${NAME}
     saved = mask_secrets(config_to_dict(cfg), as_source=True)
@@ -459,6 +470,8 @@ def restore(trainer, plan:StartPlan, cfg:Config, src:Source=Source(), start:floa
                     f"before it")
     if trainer.checkpointer is not None: trainer.checkpointer.last = plan.last
     for w in plan.warned: logger.warning(w)
+    short = short_val_split(trainer.val_data, src)
+    if short: logger.warning(short)
     if plan.damaged is not None: raise plan.damaged
     if plan.ownership == 'adopt':
         logger.info(f"run directory {plan.run_dir} has no record of the config that started it (it is older than "
@@ -469,7 +482,8 @@ def restore(trainer, plan:StartPlan, cfg:Config, src:Source=Source(), start:floa
         # the weights expect the statistics they were trained with
         if plan.state.get('normalization'): trainer.normalizer.load_state_dict(plan.state['normalization'])
         logger.info(f"loaded weights from {plan.ckpt}; optimizer, schedule and counters start fresh (restart: false)")
-    trainer.recorder.resume_at(0)
+    # a fresh start keeps no row: one at update 0 is from an attempt that stopped before its first checkpoint
+    trainer.recorder.resume_at(-1)
 
 # %% ../nbs/10_train.ipynb #4fede55b
 @contextmanager
@@ -635,7 +649,8 @@ def run_status(run_dir)->dict:
                                 f"started there?")
     cfg = yaml.safe_load((run_dir / 'resolved_config.yml').read_text())
     rows = read_metrics(run_dir / 'metrics.jsonl')
-    vals = [r for r in rows if r.get('val_loss') is not None]
+    # the row of update 0 (validate_at_start) is a baseline, never best.pt
+    vals = [r for r in rows if r.get('val_loss') is not None and r.get('update', 0) > 0]
     best = min(vals, key=lambda r: r['val_loss']) if vals else None
     # best.pt may be the same file as latest.pt
     ckpts = sorted(run_dir.glob('*.pt'), key=lambda p: (p.stat().st_mtime, p.name == 'latest.pt'))

@@ -110,12 +110,13 @@ class TrainSettings:
     precision:str = 'bfloat16'          # 'float16' adds a gradient scaler
     compile:bool = False                # `torch.compile` the model (its memory budget: `set_mem_budget`, process-wide)
     device:str = 'cpu'
+    validate_at_start:bool = False      # a fresh `fit` validates before its first update: a row at update 0
 
     @classmethod
     def from_config(cls, cfg, device)->'TrainSettings':
         "The settings of a validated `Config`, on `device`."
         return cls(cfg.total_updates, cfg.updates_per_epoch, cfg.log_every, cfg.grad_accum_steps, cfg.max_grad_norm,
-                   cfg.amp, cfg.precision, cfg.compile, device)
+                   cfg.amp, cfg.precision, cfg.compile, device, cfg.validate_at_start)
 
 # %% ../nbs/09_trainer.ipynb #73d34d90
 @dataclass
@@ -195,6 +196,7 @@ class Trainer:
         self.samples = 0
         self.best_val_loss = math.inf
         self.improved = False                       # the last validation set a new best
+        self.start_row_due = s.validate_at_start    # validate at update 0 (a resume, which had it, sets it off)
         self._checked = False                       # the first update of `fit` runs through `first_batch_loss`
         self._next_event = self._event_after(0)     # the next update after which `fit` logs, validates or saves
         self.recorder.lr = optimizer.param_groups[0]['lr']
@@ -289,7 +291,9 @@ def _skip_update(self:Trainer, fp16:bool, loss:float, grad_norm=None):
 
 # %% ../nbs/09_trainer.ipynb #45ec1ab1
 @patch
-def validate(self:Trainer)->dict:
+def validate(self:Trainer,
+             best:bool=True, # False: a baseline, which leaves `best_val_loss` alone (the one at update 0)
+            )->dict:
     "Metrics on the validation data; updates `best_val_loss` (and `improved`: did this validation set a new best?)."
     self.improved = False
     if self.evaluator is None or self.val_data is None: return {}
@@ -297,7 +301,7 @@ def validate(self:Trainer)->dict:
     res = self.evaluator.evaluate(self.model, self.val_data)
     self.stopper.timekeeper.record('validate', time.monotonic() - t0)
     # NaN is never best
-    self.improved = math.isfinite(res['val_loss']) and res['val_loss'] < self.best_val_loss
+    self.improved = best and math.isfinite(res['val_loss']) and res['val_loss'] < self.best_val_loss
     if self.improved: self.best_val_loss = res['val_loss']
     return res
 
@@ -353,6 +357,8 @@ def fit(self:Trainer)->'Trainer':
     self._next_event = self._event_after(self.updates)
     watch = stopper.watching
     with stopper.signals():
+        # a signal during it stops the run at the first boundary, as during any validation
+        if self.start_row_due and self.updates == 0: self.log_start()
         while self.updates < self.total_updates:
             if (watch or hpc.stop_requested() or guard.in_a_row) and self._at_boundary(): break
             t0 = time.monotonic()
@@ -384,6 +390,19 @@ def _end_fit(self:Trainer):
     # the last checkpoint is durable before `fit` returns
     self.wait_for_save()
     self.recorder.flush()
+
+# %% ../nbs/09_trainer.ipynb #a2ee31a4
+@patch
+def log_start(self:Trainer)->dict:
+    "Collective: validate before the first update and write the row of update 0 (a baseline, never `best.pt`)."
+    self.start_row_due = False
+    val = self.validate(best=False)
+    epoch = self.train_data.state_dict().get('epoch') if hasattr(self.train_data, 'state_dict') else None
+    row = self.recorder.reduce_row(self.updates, self.total_updates, self.samples, self.guard.skipped, epoch, val)
+    # nothing trained yet: no time left to estimate ('?' in the log line, null in metrics.jsonl)
+    row['eta_s'] = math.inf
+    self.recorder.write(row, self.total_updates, val)
+    return row
 
 # %% ../nbs/09_trainer.ipynb #d7665c16
 @patch
@@ -463,6 +482,8 @@ def load_state_dict(self:Trainer, sd:dict,
     self.updates = sd['updates']
     self.samples = sd['samples']
     self.best_val_loss = sd['best_val_loss']
+    # the run this state comes from validated at update 0, if it was asked to
+    self.start_row_due = False
     # absent in checkpoints from before the count
     self.guard.load_state_dict(sd.get('nonfinite'))
     data, rng = self._resumed_position(sd)
