@@ -86,6 +86,8 @@ class LoopInvariants:
         # where the watched part starts, and what the checks have seen of it
         self.u0, self.rows0 = trainer.updates, len(trainer.history)
         self.seen_u, self.seen_rows = trainer.updates, len(trainer.history)
+        # `validate_at_start` on a fresh start: `fit` writes the row of update 0 before its first update
+        self.start_row = bool(getattr(trainer, 'start_row_due', False)) and trainer.updates == 0
         # update -> the LR it used
         self.lr_used = {}
 
@@ -153,7 +155,9 @@ def check_rows(self:LoopInvariants):
     new = t.history[self.seen_rows:]
     moved = u != self.seen_u
     self.seen_u, self.seen_rows = u, len(t.history)
-    want = 1 if moved and self.row_due(u) else 0
+    # the start row: once, at update 0, before the first update
+    first = self.start_row and not moved and u == 0 and self.seen_rows - len(new) == self.rows0
+    want = 1 if (moved and self.row_due(u)) or first else 0
     if len(new) != want:
         self.fail(f"{len(new)} rows (at {[r.get('update') for r in new]}) after update {u}; want {want} (log_every "
                   f"{self.log_every}, updates_per_epoch {self.per_epoch}, total_updates {self.total})")
@@ -182,7 +186,9 @@ def check_end(self:LoopInvariants):
     if t.checkpointer is None or not t.dist.is_main: return
     from ml_suite.tracking import read_metrics
     run_dir = Path(t.checkpointer.run_dir)
-    written = [r for r in read_metrics(run_dir / 'metrics.jsonl') if r.get('update', 0) > self.u0]
+    # the start row (update 0) is one of the watched rows
+    after = self.u0 - 1 if self.start_row else self.u0
+    written = [r for r in read_metrics(run_dir / 'metrics.jsonl') if r.get('update', 0) > after]
     if written != [as_written(r) for r in rows]:
         self.fail(f"metrics.jsonl holds rows at {[r.get('update') for r in written]} after update {self.u0}, "
                   f"history at {[r['update'] for r in rows]}")
