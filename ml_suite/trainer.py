@@ -13,7 +13,7 @@ import torch
 from fastcore.basics import patch
 from .core import DistInfo, ModelError, describe_tensor as _shape
 from . import hpc
-from .dist import get_device, all_gather_object
+from .dist import get_device, all_gather_object, device_peak_tflops
 from .checkpoint import Checkpointer, unwrap_model, load_weights, get_rng_state, set_rng_state
 from .tracking import logger
 from .nonfinite import NonFiniteGuard, NonFiniteError, read_loss
@@ -169,6 +169,7 @@ class Trainer:
         self.params = list(self.raw_model.parameters())
         self.params_one_kind = len({(p.device, p.dtype) for p in self.params}) == 1
         self.model = wrap_model(self.raw_model, self.device, dist, s.compile)
+        self.compiled = s.compile
         # DDP: gradients of all but the last micro-batch stay local (`no_sync`); asked once, not at every update
         self.can_defer_sync = hasattr(self.model, 'no_sync')
         self.criterion = criterion
@@ -190,6 +191,8 @@ class Trainer:
         self.guard = p.guard if p.guard is not None else NonFiniteGuard()
         self.stopper = p.stopper if p.stopper is not None else StopController()
         self.recorder = (p.recorder if p.recorder is not None else RunRecorder(None, dist)).to(self.device)
+        # for MFU: None on a CPU or a GPU not in the table
+        self.recorder.peak_tflops = device_peak_tflops(self.device)
         self.policy = p.policy if p.policy is not None else CheckpointPolicy(self.updates_per_epoch)
         self.checkpointer = p.checkpointer
         self.updates = 0
@@ -244,16 +247,19 @@ def train_step(self:Trainer, batches:list)->None:
     n = len(batches)
     fp16 = self.scaler.is_enabled()                            # fp16: the gradient scaler takes part
     total = None                                               # the update's loss: its micro-batches' summed
-    for i, (x, y) in enumerate(batches):
-        if x.device != self.device: x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        defer = i < n - 1 and self.can_defer_sync             # DDP all-reduces on the last micro-batch only
-        with (self.model.no_sync() if defer else _NO_CONTEXT), self.autocast():
-            loss = (self.criterion(self.model(x), y) if self._checked
-                    else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
-            if n > 1: loss = loss / n
-        (self.scaler.scale(loss) if fp16 else loss).backward()
-        total = loss.detach() if total is None else total + loss.detach()
-        self.samples += x.shape[0] * self.dist.world_size
+    # the first update of this trainer: its forward and backward passes are checked, and their FLOPs counted
+    with (_NO_CONTEXT if self._checked else self._flop_count()):
+        for i, (x, y) in enumerate(batches):
+            if x.device != self.device:
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            defer = i < n - 1 and self.can_defer_sync             # DDP all-reduces on the last micro-batch only
+            with (self.model.no_sync() if defer else _NO_CONTEXT), self.autocast():
+                loss = (self.criterion(self.model(x), y) if self._checked
+                        else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
+                if n > 1: loss = loss / n
+            (self.scaler.scale(loss) if fp16 else loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+            self.samples += x.shape[0] * self.dist.world_size
     self._checked = True
     if fp16: self.scaler.unscale_(self.optimizer)              # true gradients for clipping and the logged norm
     norm = None
@@ -273,6 +279,16 @@ def train_step(self:Trainer, batches:list)->None:
     self.updates += 1
     rec.add_loss(total)                                        # a number, or (unchecked) a tensor: no sync
     guard.in_a_row = 0
+
+# %% ../nbs/09_trainer.ipynb #ce028de7
+@patch
+def _flop_count(self:Trainer):
+    "The context of the first update's forward and backward passes: count their FLOPs (not when compiled)."
+    if not self.compiled: return self.recorder.counting_flops()
+    if self.dist.is_main:
+        logger.info("FLOPs per update are not counted with compile: true (a compiled model does not run compiled "
+                    "while torch's FlopCounterMode counts); the rows have no tflops or mfu")
+    return _NO_CONTEXT
 
 # %% ../nbs/09_trainer.ipynb #1c733c01
 @patch
