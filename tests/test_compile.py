@@ -25,7 +25,7 @@ def test_the_issues_command_exits_0_and_names_the_run_directory_problem():
 
 @pytest.mark.slow
 def test_quickstart_trains_to_the_end_compiled_with_half_the_memory_budget(tmp_path):
-    "The quickstart, compiled with `mem_budget: 0.5`, trains all its updates through `ml-suite-train`."
+    "The quickstart, compiled with `mem_budget: 0.5`, trains all its updates through `ml-suite-train`; FLOPs uncounted."
     run = tmp_path / 'run'
     r = _cli('configs/quickstart.yml', f'run_dir={run}', 'compile=true', 'mem_budget=0.5', 'progress=false',
              timeout=1800)
@@ -33,7 +33,11 @@ def test_quickstart_trains_to_the_end_compiled_with_half_the_memory_budget(tmp_p
     rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()]
     vals = [x['val_loss'] for x in rows if x.get('val_loss') is not None]
     assert rows[-1]['update'] == 500 and vals[-1] < vals[0] / 2, vals
-    assert 'finished 500 updates' in (run / 'training.log').read_text()
+    log = (run / 'training.log').read_text()
+    assert 'finished 500 updates' in log
+    # FLOPs are not counted under compile (the counted update would run eagerly): no tflops, and the log says why
+    assert not any('tflops' in x or 'mfu' in x for x in rows), rows[-1]
+    assert log.count('FLOPs per update are not counted with compile: true') == 1, log[-3000:]
 
 
 PROBE = """
