@@ -597,5 +597,6 @@ d = { 'settings': { 'branch': 'main',
                                   'ml_suite.trainer.first_batch_loss': ('trainer.html#first_batch_loss', 'ml_suite/trainer.py'),
                                   'ml_suite.trainer.forward_error': ('trainer.html#forward_error', 'ml_suite/trainer.py'),
                                   'ml_suite.trainer.grad_norm': ('trainer.html#grad_norm', 'ml_suite/trainer.py'),
+                                  'ml_suite.trainer.meta_flops': ('trainer.html#meta_flops', 'ml_suite/trainer.py'),
                                   'ml_suite.trainer.track_modules': ('trainer.html#track_modules', 'ml_suite/trainer.py'),
                                   'ml_suite.trainer.wrap_model': ('trainer.html#wrap_model', 'ml_suite/trainer.py')}}}

@@ -6,7 +6,7 @@ Docs: https://ml-suite.github.io/ml_suite/trainer.html.md"""
 
 # %% ../nbs/09_trainer.ipynb #f90ee064
 from __future__ import annotations
-import math, time, warnings
+import copy, math, time, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 import torch
@@ -23,7 +23,7 @@ from .cadence import CheckpointPolicy, is_validation, next_event
 
 # %% auto #0
 __all__ = ['track_modules', 'failing_layer', 'forward_error', 'first_batch_loss', 'TrainSettings', 'TrainerParts', 'wrap_model',
-           'Trainer', 'grad_norm']
+           'Trainer', 'grad_norm', 'meta_flops']
 
 # %% ../nbs/09_trainer.ipynb #94e2c59a
 @contextmanager
@@ -248,7 +248,7 @@ def train_step(self:Trainer, batches:list)->None:
     fp16 = self.scaler.is_enabled()                            # fp16: the gradient scaler takes part
     total = None                                               # the update's loss: its micro-batches' summed
     # the first update of this trainer: its forward and backward passes are checked, and their FLOPs counted
-    with (_NO_CONTEXT if self._checked else self._flop_count()):
+    with (_NO_CONTEXT if self._checked else self._flop_count(batches)):
         for i, (x, y) in enumerate(batches):
             if x.device != self.device:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -280,14 +280,30 @@ def train_step(self:Trainer, batches:list)->None:
     rec.add_loss(total)                                        # a number, or (unchecked) a tensor: no sync
     guard.in_a_row = 0
 
+# %% ../nbs/09_trainer.ipynb #31230206
+def meta_flops(model:torch.nn.Module, criterion, batches:list)->int:
+    "FLOPs of forward and backward of `criterion(model(x), y)` on `batches`, counted on a twin of `model` on meta."
+    from torch.utils.flop_counter import FlopCounterMode
+    meta = lambda t: torch.empty_like(t, device='meta')
+    # deepcopy takes these for the parameters and buffers: the twin's structure is copied, its tensors are meta
+    twins = {id(p): torch.nn.Parameter(meta(p), p.requires_grad) for p in model.parameters()}
+    twins.update({id(b): meta(b) for b in model.buffers()})
+    twin = copy.deepcopy(model, twins)
+    with FlopCounterMode(display=False) as fc:
+        for x, y in batches: criterion(twin(meta(x)), meta(y)).backward()
+    return fc.get_total_flops()
+
 # %% ../nbs/09_trainer.ipynb #ce028de7
 @patch
-def _flop_count(self:Trainer):
-    "The context of the first update's forward and backward passes: count their FLOPs (not when compiled)."
+def _flop_count(self:Trainer, batches:list):
+    "The context of the first update's forward and backward passes: it counts their FLOPs (compiled: `meta_flops`)."
     if not self.compiled: return self.recorder.counting_flops()
-    if self.dist.is_main:
-        logger.info("FLOPs per update are not counted with compile: true (a compiled model does not run compiled "
-                    "while torch's FlopCounterMode counts); the rows have no tflops or mfu")
+    try: self.recorder.flops = meta_flops(self.raw_model, self.criterion, batches)
+    except Exception as e:
+        if self.dist.is_main:
+            logger.info(f"FLOPs per update are not counted: with compile: true they are counted on a copy of the model "
+                        f"on the meta device, which failed ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                        f"the rows have no tflops or mfu")
     return _NO_CONTEXT
 
 # %% ../nbs/09_trainer.ipynb #1c733c01
