@@ -51,7 +51,7 @@ def get_device(name:str='auto', dist:DistInfo=DistInfo()):
     if name == 'cuda': name = f'cuda:{dist.local_rank}'
     return torch.device(name)
 
-# %% ../nbs/00a_dist.ipynb #48a052b3
+# %% ../nbs/00a_dist.ipynb #b1c0893c
 # dense bf16 (fp16 on V100, T4) tensor-core TFLOP/s per GPU, from the vendors' spec sheets; first whole-word match wins
 PEAK_TFLOPS = [
     ('GB200', 2500.0), ('B200', 2250.0),                       # Blackwell datasheets (dense: half the sparse)
@@ -65,14 +65,14 @@ PEAK_TFLOPS = [
     ('MI300X', 1307.0), ('MI250X', 383.0),
 ]
 
-# %% ../nbs/00a_dist.ipynb #d69d5515
+# %% ../nbs/00a_dist.ipynb #29b9bebb
 def peak_tflops(device_name:str)->float|None:
     "The dense 16-bit peak TFLOP/s of a device named `device_name` (`torch.cuda.get_device_name()`); None: unknown."
     # a whole word of the name: 'A10' is not the 'RTX A1000', 'L4' not the 'L40S'
     whole = lambda key: re.search(rf'(?<![a-z0-9]){re.escape(key.lower())}(?![a-z0-9])', device_name.lower())
     return next((tf for key, tf in PEAK_TFLOPS if whole(key)), None)
 
-# %% ../nbs/00a_dist.ipynb #dbe2abc8
+# %% ../nbs/00a_dist.ipynb #d4cea81c
 def device_peak_tflops(device)->float|None:
     "The peak TFLOP/s of `device` (a `torch.device`) from `PEAK_TFLOPS`; None on a CPU or a GPU not in the table."
     import torch

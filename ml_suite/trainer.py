@@ -280,7 +280,7 @@ def train_step(self:Trainer, batches:list)->None:
     rec.add_loss(total)                                        # a number, or (unchecked) a tensor: no sync
     guard.in_a_row = 0
 
-# %% ../nbs/09_trainer.ipynb #31230206
+# %% ../nbs/09_trainer.ipynb #5cf05831
 def meta_flops(model:torch.nn.Module, criterion, batches:list)->int:
     "FLOPs of forward and backward of `criterion(model(x), y)` on `batches`, counted on a twin of `model` on meta."
     from torch.utils.flop_counter import FlopCounterMode
