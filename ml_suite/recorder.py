@@ -33,7 +33,7 @@ class RunRecorder:
         self.loss_n = 0                   # applied updates in the window (skipped ones are not in the mean)
         self.lr = None                    # the LR of the last update before a row (the trainer sets it)
         self.grad_norm = None             # the gradient norm of that update, where computed
-        self.flops = None                 # FLOPs of one update on this process (`counting_flops`); None: not counted
+        self.flops = None                 # FLOPs of one update on this process (the trainer's); None: not counted
         self.peak_tflops = None           # the device's peak TFLOP/s (`device_peak_tflops`); None: unknown
         self.tick = time.monotonic()      # when the window began
         self.tick_updates = 0             # the update count then

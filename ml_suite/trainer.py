@@ -169,7 +169,6 @@ class Trainer:
         self.params = list(self.raw_model.parameters())
         self.params_one_kind = len({(p.device, p.dtype) for p in self.params}) == 1
         self.model = wrap_model(self.raw_model, self.device, dist, s.compile)
-        self.compiled = s.compile
         # DDP: gradients of all but the last micro-batch stay local (`no_sync`); asked once, not at every update
         self.can_defer_sync = hasattr(self.model, 'no_sync')
         self.criterion = criterion
@@ -247,19 +246,18 @@ def train_step(self:Trainer, batches:list)->None:
     n = len(batches)
     fp16 = self.scaler.is_enabled()                            # fp16: the gradient scaler takes part
     total = None                                               # the update's loss: its micro-batches' summed
-    # the first update of this trainer: its forward and backward passes are checked, and their FLOPs counted
-    with (_NO_CONTEXT if self._checked else self._flop_count(batches)):
-        for i, (x, y) in enumerate(batches):
-            if x.device != self.device:
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            defer = i < n - 1 and self.can_defer_sync             # DDP all-reduces on the last micro-batch only
-            with (self.model.no_sync() if defer else _NO_CONTEXT), self.autocast():
-                loss = (self.criterion(self.model(x), y) if self._checked
-                        else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
-                if n > 1: loss = loss / n
-            (self.scaler.scale(loss) if fp16 else loss).backward()
-            total = loss.detach() if total is None else total + loss.detach()
-            self.samples += x.shape[0] * self.dist.world_size
+    for i, (x, y) in enumerate(batches):
+        if x.device != self.device: x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        defer = i < n - 1 and self.can_defer_sync             # DDP all-reduces on the last micro-batch only
+        with (self.model.no_sync() if defer else _NO_CONTEXT), self.autocast():
+            loss = (self.criterion(self.model(x), y) if self._checked
+                    else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
+            if n > 1: loss = loss / n
+        (self.scaler.scale(loss) if fp16 else loss).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+        self.samples += x.shape[0] * self.dist.world_size
+    # the first update of this trainer (its forward and backward were checked): count its FLOPs, on a meta twin
+    if not self._checked: self._count_flops(batches)
     self._checked = True
     if fp16: self.scaler.unscale_(self.optimizer)              # true gradients for clipping and the logged norm
     norm = None
@@ -295,16 +293,14 @@ def meta_flops(model:torch.nn.Module, criterion, batches:list)->int:
 
 # %% ../nbs/09_trainer.ipynb #ce028de7
 @patch
-def _flop_count(self:Trainer, batches:list):
-    "The context of the first update's forward and backward passes: it counts their FLOPs (compiled: `meta_flops`)."
-    if not self.compiled: return self.recorder.counting_flops()
+def _count_flops(self:Trainer, batches:list):
+    "Count one update's FLOPs (the micro-batches `batches`) on `meta_flops`' twin; where it cannot run, say so."
     try: self.recorder.flops = meta_flops(self.raw_model, self.criterion, batches)
     except Exception as e:
         if self.dist.is_main:
-            logger.info(f"FLOPs per update are not counted: with compile: true they are counted on a copy of the model "
-                        f"on the meta device, which failed ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                        f"the rows have no tflops or mfu")
-    return _NO_CONTEXT
+            why = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            logger.info(f"FLOPs per update are not counted: they are counted on a copy of the model on the meta "
+                        f"device, which failed ({why}); the rows have no tflops or mfu")
 
 # %% ../nbs/09_trainer.ipynb #1c733c01
 @patch
