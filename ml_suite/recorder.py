@@ -7,7 +7,6 @@ Docs: https://ml-suite.github.io/ml_suite/recorder.html.md"""
 # %% ../nbs/09c_recorder.ipynb #3f2ea03a
 from __future__ import annotations
 import time
-from contextlib import contextmanager
 from pathlib import Path
 import torch
 from fastcore.basics import patch
@@ -33,8 +32,6 @@ class RunRecorder:
         self.loss_n = 0                   # applied updates in the window (skipped ones are not in the mean)
         self.lr = None                    # the LR of the last update before a row (the trainer sets it)
         self.grad_norm = None             # the gradient norm of that update, where computed
-        self.flops = None                 # FLOPs of one update on this process (the trainer's); None: not counted
-        self.peak_tflops = None           # the device's peak TFLOP/s (`device_peak_tflops`); None: unknown
         self.tick = time.monotonic()      # when the window began
         self.tick_updates = 0             # the update count then
         self.trackers = []                # attached (and closed) by the launcher
@@ -83,15 +80,6 @@ def begin(self:RunRecorder, updates:int):
     self.tick = time.monotonic()
     self.tick_updates = updates
 
-# %% ../nbs/09c_recorder.ipynb #e9cc0f96
-@patch
-@contextmanager
-def counting_flops(self:RunRecorder):
-    "While inside, count FLOPs with `FlopCounterMode`; on leaving, they are `flops` (the trainer: one update's)."
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as fc: yield fc
-    self.flops = fc.get_total_flops()
-
 # %% ../nbs/09c_recorder.ipynb #1b82597b
 @patch
 def reduce_row(self:RunRecorder,
@@ -115,10 +103,6 @@ def reduce_row(self:RunRecorder,
            'skipped_nonfinite': skipped, **(val or {})}
     row['samples_per_s'] = row['updates_per_s'] * samples / max(updates, 1)
     row['eta_s'] = (total_updates - updates) / max(row['updates_per_s'], 1e-9)
-    # achieved FLOP/s of every rank (equal batches: one rank's count times their number), and the share of the peak
-    if self.flops and updates > self.tick_updates:
-        row['tflops'] = self.flops * self.dist.world_size * row['updates_per_s'] / 1e12
-        if self.peak_tflops: row['mfu'] = row['tflops'] / (self.peak_tflops * self.dist.world_size)
     if self.loss_sum.device.type == 'cuda':
         row['gpu_mem_gb'] = torch.cuda.max_memory_allocated(self.loss_sum.device) / 1e9
         torch.cuda.reset_peak_memory_stats(self.loss_sum.device)
@@ -140,10 +124,8 @@ def write(self:RunRecorder, row:dict, total_updates:int, val:dict|None=None):
     val_txt = ''.join(f" {k} {v:.5g}" for k, v in (val or {}).items())
     tl = f"{row['train_loss']:.5g}" if row['train_loss'] is not None else 'n/a'
     skipped = f" skipped_nonfinite {row['skipped_nonfinite']}" if row['skipped_nonfinite'] else ''
-    # where the device's peak is known (a GPU): the FLOP/s and MFU; a CPU's line is without them
-    mfu = f" {row['tflops']:.3g} TFLOP/s MFU {row['mfu']:.1%}" if 'mfu' in row else ''
     logger.info(f"update {row['update']}/{total_updates} train_loss {tl} lr {row['lr']:.3g} "
-                f"{row['samples_per_s']:.1f} samples/s{mfu} ETA {format_eta(row['eta_s'])}{val_txt}{skipped}")
+                f"{row['samples_per_s']:.1f} samples/s ETA {format_eta(row['eta_s'])}{val_txt}{skipped}")
 
 # %% ../nbs/09c_recorder.ipynb #6cfab9f0
 @patch

@@ -6,14 +6,14 @@ Docs: https://ml-suite.github.io/ml_suite/trainer.html.md"""
 
 # %% ../nbs/09_trainer.ipynb #f90ee064
 from __future__ import annotations
-import copy, math, time, warnings
+import math, time, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 import torch
 from fastcore.basics import patch
 from .core import DistInfo, ModelError, describe_tensor as _shape
 from . import hpc
-from .dist import get_device, all_gather_object, device_peak_tflops
+from .dist import get_device, all_gather_object
 from .checkpoint import Checkpointer, unwrap_model, load_weights, get_rng_state, set_rng_state
 from .tracking import logger
 from .nonfinite import NonFiniteGuard, NonFiniteError, read_loss
@@ -23,7 +23,7 @@ from .cadence import CheckpointPolicy, is_validation, next_event
 
 # %% auto #0
 __all__ = ['track_modules', 'failing_layer', 'forward_error', 'first_batch_loss', 'TrainSettings', 'TrainerParts', 'wrap_model',
-           'Trainer', 'grad_norm', 'meta_flops']
+           'Trainer', 'grad_norm']
 
 # %% ../nbs/09_trainer.ipynb #94e2c59a
 @contextmanager
@@ -190,8 +190,6 @@ class Trainer:
         self.guard = p.guard if p.guard is not None else NonFiniteGuard()
         self.stopper = p.stopper if p.stopper is not None else StopController()
         self.recorder = (p.recorder if p.recorder is not None else RunRecorder(None, dist)).to(self.device)
-        # for MFU: None on a CPU or a GPU not in the table
-        self.recorder.peak_tflops = device_peak_tflops(self.device)
         self.policy = p.policy if p.policy is not None else CheckpointPolicy(self.updates_per_epoch)
         self.checkpointer = p.checkpointer
         self.updates = 0
@@ -256,8 +254,6 @@ def train_step(self:Trainer, batches:list)->None:
         (self.scaler.scale(loss) if fp16 else loss).backward()
         total = loss.detach() if total is None else total + loss.detach()
         self.samples += x.shape[0] * self.dist.world_size
-    # the first update of this trainer (its forward and backward were checked): count its FLOPs, on a meta twin
-    if not self._checked: self._count_flops(batches)
     self._checked = True
     if fp16: self.scaler.unscale_(self.optimizer)              # true gradients for clipping and the logged norm
     norm = None
@@ -277,30 +273,6 @@ def train_step(self:Trainer, batches:list)->None:
     self.updates += 1
     rec.add_loss(total)                                        # a number, or (unchecked) a tensor: no sync
     guard.in_a_row = 0
-
-# %% ../nbs/09_trainer.ipynb #5cf05831
-def meta_flops(model:torch.nn.Module, criterion, batches:list)->int:
-    "FLOPs of forward and backward of `criterion(model(x), y)` on `batches`, counted on a twin of `model` on meta."
-    from torch.utils.flop_counter import FlopCounterMode
-    meta = lambda t: torch.empty_like(t, device='meta')
-    # deepcopy takes these for the parameters and buffers: the twin's structure is copied, its tensors are meta
-    twins = {id(p): torch.nn.Parameter(meta(p), p.requires_grad) for p in model.parameters()}
-    twins.update({id(b): meta(b) for b in model.buffers()})
-    twin = copy.deepcopy(model, twins)
-    with FlopCounterMode(display=False) as fc:
-        for x, y in batches: criterion(twin(meta(x)), meta(y)).backward()
-    return fc.get_total_flops()
-
-# %% ../nbs/09_trainer.ipynb #ce028de7
-@patch
-def _count_flops(self:Trainer, batches:list):
-    "Count one update's FLOPs (the micro-batches `batches`) on `meta_flops`' twin; where it cannot run, say so."
-    try: self.recorder.flops = meta_flops(self.raw_model, self.criterion, batches)
-    except Exception as e:
-        if self.dist.is_main:
-            why = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-            logger.info(f"FLOPs per update are not counted: they are counted on a copy of the model on the meta "
-                        f"device, which failed ({why}); the rows have no tflops or mfu")
 
 # %% ../nbs/09_trainer.ipynb #1c733c01
 @patch

@@ -36,10 +36,6 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(tmp_path):
     va = [row['val_loss'] for row in read_rows(tmp_path / 'two') if 'val_loss' in row]
     vb = [row['val_loss'] for row in read_rows(tmp_path / 'one') if 'val_loss' in row]
     assert va == pytest.approx(vb, rel=1e-4), 'validation reduced over ranks equals one process'
-    # FLOPs per update over all ranks (tflops / updates_per_s): 2 ranks x a batch of 8 count as one process's 16
-    per_update = lambda rows: [row['tflops'] / row['updates_per_s'] for row in rows if 'tflops' in row]
-    fa, fb = per_update(read_rows(tmp_path / 'two')), per_update(read_rows(tmp_path / 'one'))
-    assert fa and fa == pytest.approx(fb, rel=1e-9), (fa, fb)
 
 def test_two_nodes_on_one_rendezvous(tmp_path):
     cfg = write_config(tmp_path / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10))
@@ -59,10 +55,10 @@ import os
 from ml_suite.models import UNet
 
 class FailingUNet(UNet):
-    "Raises in the forward pass of training update FAIL_AT on rank 1 only (the FLOPs count's meta-device pass aside)."
+    "Raises in the forward pass of training update FAIL_AT on rank 1 only."
     calls = 0
     def forward(self, x):
-        if self.training and x.device.type != 'meta':
+        if self.training:
             FailingUNet.calls += 1
             if os.environ.get('RANK') == '1' and FailingUNet.calls == int(os.environ['FAIL_AT']):
                 raise RuntimeError(f'injected failure at forward {FailingUNet.calls}')
