@@ -18,7 +18,9 @@ In `--mode ema` both keep an exponential moving average of the weights (`--ema-d
 the plain loop by hand, with `torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))`
 and `update_parameters(model)` after each `opt.step()`, the ml_suite Trainer with its `ema` callback
 (`ml_suite.ema.EMA(decay)` in `TrainerParts(callbacks=...)`). The final weights of the model and of the average are
-both compared with the plain loop's, bit for bit. (Lightning and the command line are left out of this mode.)
+both compared with the plain loop's, bit for bit. With `--contenders ml-suite-train`, the command line gets
+`callbacks: [{name: ema, decay: ...}]` and plain_loop.py `--ema-decay`; the run's `eval_model` is compared with the
+plain loop's average. (Lightning is left out of this mode.)
 
 On the path users run (`--contenders ml-suite-train`, in the default set): the `ml-suite-train` command in a
 subprocess, with a user's model and dataset given by import path (`user_mlp.py`: an MLP 256-256-256-1 and a tensor
@@ -225,7 +227,8 @@ def cli_config(run_dir:Path, updates:int, a)->str:
     return (f"dataset: {{name: 'user_mlp:TensorData', num_samples: {a.cli_samples}, in_features: {a.cli_width}}}\n"
             f"model: {{type: 'user_mlp:MLP', criterion: mse, in_features: {a.cli_width}, hidden: {a.cli_width}}}\n"
             f"batch_size: {a.batch}\ntotal_updates: {updates}\nlog_every: {a.log_every}\nseed: {a.seed}\n"
-            f"optimizer: {{name: AdamW, learning_rate: 1.0e-3}}\nrun_dir: {run_dir}\n")
+            f"optimizer: {{name: AdamW, learning_rate: 1.0e-3}}\nrun_dir: {run_dir}\n"
+            + (f"callbacks: [{{name: ema, decay: {a.ema_decay}}}]\n" if a.mode == 'ema' else ''))
 
 
 def timed(cmd:list, env:dict, cwd:Path)->tuple[float, float]:
@@ -237,11 +240,14 @@ def timed(cmd:list, env:dict, cwd:Path)->tuple[float, float]:
     return wall, (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
 
 
-def same_weights(plain_file:Path, run_dir:Path)->bool:
-    "Whether the plain loop's final state dict equals the model in the run's latest.pt, bit for bit."
+def same_weights(plain_file:Path, run_dir:Path, ema:bool=False)->bool:
+    "Whether the plain loop's final state dict equals the model in the run's latest.pt (`ema`: and the EMA), bit for bit."
     import torch
-    a, b = torch.load(plain_file, weights_only=True), torch.load(run_dir / 'latest.pt', weights_only=True)['model']
-    return sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    eq = lambda a, b: sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    run = torch.load(run_dir / 'latest.pt', weights_only=True)
+    same = eq(torch.load(plain_file, weights_only=True), run['model'])
+    if not ema: return same
+    return same and eq(torch.load(plain_file.with_suffix('.ema.pt'), weights_only=True), run.get('eval_model') or {})
 
 
 def cli_round(a, r:int, d:Path, exe:str, env:dict)->dict:
@@ -249,6 +255,7 @@ def cli_round(a, r:int, d:Path, exe:str, env:dict)->dict:
     short, long = a.cli_updates
     plain_args = [f'--batch={a.batch}', f'--samples={a.cli_samples}', f'--in-features={a.cli_width}',
                   f'--hidden={a.cli_width}', f'--seed={a.seed}', f'--log-every={a.log_every}']
+    if a.mode == 'ema': plain_args.append(f'--ema-decay={a.ema_decay}')
     times, equal = {}, []
     # the sides and the lengths take turns, so a drift of the machine's speed during the round weighs on both alike
     one, two = ('plain', CLI) if r % 2 == 0 else (CLI, 'plain')
@@ -266,7 +273,7 @@ def cli_round(a, r:int, d:Path, exe:str, env:dict)->dict:
         else:
             times.setdefault((side, n), []).append(timed([sys.executable, str(HERE / 'plain_loop.py'), f'--updates={n}',
                                                           f'--out={weights}', *plain_args], env, d))
-    for n in (short, long): equal.append(same_weights(d / f'plain_{r}_{n}.pt', d / f'run_{r}_{n}'))
+    for n in (short, long): equal.append(same_weights(d / f'plain_{r}_{n}.pt', d / f'run_{r}_{n}', a.mode == 'ema'))
     res = {'weights_equal_plain': all(equal), 'times': {f'{side} {n}': v for (side, n), v in times.items()}}
     for clock, pre in ((0, 'wall_'), (1, 'cpu_')):
         # the median of the runs: one run slowed by a neighbour does not move it
@@ -308,7 +315,8 @@ def run_cli(a)->dict:
     out = {'updates': list(a.cli_updates), 'rounds': a.rounds, 'weights_equal_plain': all(x['weights_equal_plain'] for x in rounds),
            'model': f"MLP {a.cli_width}-{a.cli_width}-{a.cli_width}-1 and a tensor dataset of {a.cli_samples} samples "
                     f"by import path, batch {a.batch}, MSE, AdamW, no clipping, no schedule, log every {a.log_every}, "
-                    f"1 thread", 'per_round': rounds}
+                    f"1 thread" + (f", an EMA (decay {a.ema_decay}) after every update" if a.mode == 'ema' else ''),
+           'per_round': rounds}
     for k in rounds[0]:
         if k not in ('weights_equal_plain', 'times'): out[k] = med(x[k] for x in rounds)
     out.update(slope_of_minima(rounds, a))
@@ -376,10 +384,9 @@ def main(argv=None):
     if a.contender: print(json.dumps(one(a))); return 0
 
     asked = a.contenders.split(',')
-    if a.mode == 'ema':
-        left = [c for c in asked if c in ('lightning', CLI)]
-        if left: print(f"--mode ema compares plain and ml_suite only; left out: {', '.join(left)}", file=sys.stderr)
-        asked = [c for c in asked if c not in left]
+    if a.mode == 'ema' and 'lightning' in asked:
+        print("--mode ema leaves out lightning (the EMA is compared with torch's AveragedModel)", file=sys.stderr)
+        asked = [c for c in asked if c != 'lightning']
     names = [c for c in asked if c != CLI and available(c)]
     skipped = [c for c in asked if c != CLI and c not in names]
     if skipped: print(f"skipped (not installed): {', '.join(skipped)}; install with `uv sync --extra bench`", file=sys.stderr)

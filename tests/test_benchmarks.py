@@ -46,6 +46,15 @@ def test_overhead_with_validation_and_checkpoints(mode):
     assert res['weights_equal_plain'] is True and res['blocks'] >= 2
 
 
+def test_overhead_with_an_ema_keeps_the_plain_loops_model_and_average():
+    "--mode ema: the Trainer's ema callback against AveragedModel by hand; model and average equal bit for bit."
+    out = run(BENCH / 'overhead.py', '--contender=ml_suite', '--mode=ema', '--ema-decay=0.9', '--updates=30',
+              '--warmup=5', '--block=10', '--in-features=16', '--hidden=16')
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res['weights_equal_plain'] is True and res['ema_equal_plain'] is True and res['blocks'] >= 2
+    assert res['ema_sha256'] != res['weights_sha256']
+
+
 def test_checkpoint_benchmark_runs(tmp_path):
     out = run(BENCH / 'checkpoint.py', '--mb=2', '--rounds=1', f'--dir={tmp_path}', f'--json={tmp_path / "r.json"}')
     assert 'stall: Trainer.save / torch.save' in out
