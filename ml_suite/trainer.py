@@ -342,7 +342,7 @@ def save(self:Trainer, validated:bool=False):
     if self.dist.is_main: self._write(state, validated)
     self._fire('after_save')
 
-# %% ../nbs/09_trainer.ipynb #0a39a1a7
+# %% ../nbs/09_trainer.ipynb #99ede29f
 @patch
 def _write(self:Trainer, state:dict, validated:bool):
     "On rank 0: write `state` to latest.pt and the files the policy names (in the background, if it says so)."
@@ -381,7 +381,8 @@ def fit(self:Trainer)->'Trainer':
         # a signal during it stops the run at the first boundary, as during any validation
         if self.start_row_due and self.updates == 0: self.log_start()
         while self.updates < self.total_updates and self.ended is None:
-            if (watch or hpc.stop_requested() or guard.in_a_row or self.stop_request) and self._at_boundary(): break
+            ask = watch or hpc.stop_requested() or guard.in_a_row or self.stop_request
+            if ask and self._at_boundary(): break
             t0 = time.monotonic()
             self.train_step([next(self.train_data) for _ in range(self.grad_accum_steps)])
             tk.record('update', time.monotonic() - t0)
@@ -454,13 +455,13 @@ def _stop_for_nonfinite(self:Trainer):
     self.stopper.stop(StopAction.NONFINITE, reason)
     if self.dist.is_main: logger.error(msg)
 
-# %% ../nbs/09_trainer.ipynb #8d6d7061
+# %% ../nbs/09_trainer.ipynb #46a42fb3
 @patch
 def add_scalars(self:Trainer, scalars:dict):
     "Put `scalars` (name -> number or 0-dim tensor) in the next row: metrics.jsonl, the log line, the trackers."
     self.recorder.extra.update({k: float(v) for k, v in scalars.items()})
 
-# %% ../nbs/09_trainer.ipynb #9530ec7e
+# %% ../nbs/09_trainer.ipynb #fda9e9e5
 @patch
 def request_stop(self:Trainer, reason:str, exit_code:int=0):
     "Stop at the next boundary with a checkpoint; `exit_code` 0: the run has ended (a rerun says it finished)."
@@ -468,7 +469,7 @@ def request_stop(self:Trainer, reason:str, exit_code:int=0):
         raise ValueError(f"request_stop's exit_code is {exit_code!r}; give an int from 0 (the run has ended) to 255")
     if self.stop_request is None: self.stop_request = (str(reason), exit_code)
 
-# %% ../nbs/09_trainer.ipynb #d0ca4238
+# %% ../nbs/09_trainer.ipynb #90ad4992
 @patch
 def _stop_for_callback(self:Trainer):
     "Record the stop a callback asked for; with exit code 0 the run has ended."
@@ -477,7 +478,7 @@ def _stop_for_callback(self:Trainer):
     self.stopper.stop(StopAction.CALLBACK, reason, code)
     if code == 0: self.ended = reason
 
-# %% ../nbs/09_trainer.ipynb #8d495886
+# %% ../nbs/09_trainer.ipynb #c831daf6
 @patch
 def _fire(self:Trainer, event:str, *args):
     "Run `event` on the callbacks; one that raises: save a checkpoint first (where the last is not written yet)."
@@ -508,7 +509,7 @@ def gather_state(self:Trainer)->dict:
             # where the config's own modules were imported from
             'code_paths': ml_suite.core.code_paths(self.config)}
 
-# %% ../nbs/09_trainer.ipynb #3f6f6c5f
+# %% ../nbs/09_trainer.ipynb #2991ac46
 @patch
 def callback_state(self:Trainer)->dict:
     "The callbacks' part of the training state: their states, the weights to evaluate with, and `ended`."
