@@ -342,7 +342,7 @@ def save(self:Trainer, validated:bool=False):
     if self.dist.is_main: self._write(state, validated)
     self._fire('after_save')
 
-# %% ../nbs/09_trainer.ipynb #99ede29f
+# %% ../nbs/09_trainer.ipynb #b52699ca
 @patch
 def _write(self:Trainer, state:dict, validated:bool):
     "On rank 0: write `state` to latest.pt and the files the policy names (in the background, if it says so)."
@@ -455,13 +455,13 @@ def _stop_for_nonfinite(self:Trainer):
     self.stopper.stop(StopAction.NONFINITE, reason)
     if self.dist.is_main: logger.error(msg)
 
-# %% ../nbs/09_trainer.ipynb #46a42fb3
+# %% ../nbs/09_trainer.ipynb #3c9d9a96
 @patch
 def add_scalars(self:Trainer, scalars:dict):
     "Put `scalars` (name -> number or 0-dim tensor) in the next row: metrics.jsonl, the log line, the trackers."
     self.recorder.extra.update({k: float(v) for k, v in scalars.items()})
 
-# %% ../nbs/09_trainer.ipynb #fda9e9e5
+# %% ../nbs/09_trainer.ipynb #13fdf03f
 @patch
 def request_stop(self:Trainer, reason:str, exit_code:int=0):
     "Stop at the next boundary with a checkpoint; `exit_code` 0: the run has ended (a rerun says it finished)."
@@ -469,7 +469,7 @@ def request_stop(self:Trainer, reason:str, exit_code:int=0):
         raise ValueError(f"request_stop's exit_code is {exit_code!r}; give an int from 0 (the run has ended) to 255")
     if self.stop_request is None: self.stop_request = (str(reason), exit_code)
 
-# %% ../nbs/09_trainer.ipynb #90ad4992
+# %% ../nbs/09_trainer.ipynb #aa2256af
 @patch
 def _stop_for_callback(self:Trainer):
     "Record the stop a callback asked for; with exit code 0 the run has ended."
@@ -478,7 +478,7 @@ def _stop_for_callback(self:Trainer):
     self.stopper.stop(StopAction.CALLBACK, reason, code)
     if code == 0: self.ended = reason
 
-# %% ../nbs/09_trainer.ipynb #c831daf6
+# %% ../nbs/09_trainer.ipynb #ffabdae1
 @patch
 def _fire(self:Trainer, event:str, *args):
     "Run `event` on the callbacks; one that raises: save a checkpoint first (where the last is not written yet)."
@@ -499,7 +499,7 @@ def gather_state(self:Trainer)->dict:
     sched = self.scheduler.state_dict() if self.scheduler is not None else None
     data = self.train_data.state_dict() if hasattr(self.train_data, 'state_dict') else {}
     norm = self.normalizer.state_dict() if self.normalizer is not None else None
-    return {**self.callback_state(), 'format': 1, 'model': unwrap_model(self.model).state_dict(), 'optimizer': self.optimizer.state_dict(),
+    return {'format': 1, 'model': unwrap_model(self.model).state_dict(), 'optimizer': self.optimizer.state_dict(),
             'scheduler': sched, 'scaler': self.scaler.state_dict(),
             'updates': self.updates, 'samples': self.samples, 'best_val_loss': self.best_val_loss,
             'nonfinite': self.guard.state_dict(), 'data': data,
@@ -507,9 +507,9 @@ def gather_state(self:Trainer)->dict:
             'config': self.config, 'timekeeper': self.stopper.state_dict(), **self.recorder.state_dict(),
             'normalization': norm, 'versions': {'ml_suite': ml_suite.__version__, 'torch': str(torch.__version__)},
             # where the config's own modules were imported from
-            'code_paths': ml_suite.core.code_paths(self.config)}
+            'code_paths': ml_suite.core.code_paths(self.config), **self.callback_state()}
 
-# %% ../nbs/09_trainer.ipynb #2991ac46
+# %% ../nbs/09_trainer.ipynb #11b5e17c
 @patch
 def callback_state(self:Trainer)->dict:
     "The callbacks' part of the training state: their states, the weights to evaluate with, and `ended`."
