@@ -114,8 +114,9 @@ def check_weights(weights)->str:
 def weights_label(state:dict, use_eval:bool)->str:
     "The weights loaded from the checkpoint `state`, in words: 'EMA (eval_model)', 'eval_model' or 'trained (model)'."
     if not use_eval: return 'trained (model)'
+    # the keys of the callbacks' states: position and class, e.g. '0:EMA'
     names = [str(k).partition(':')[2] for k in state.get('callbacks') or {}]
-    return 'EMA (eval_model)' if 'ema' in names else 'eval_model'
+    return 'EMA (eval_model)' if 'EMA' in names else 'eval_model'
 
 # %% ../nbs/14_inference.ipynb #fcdc6ceb
 def load_model(
