@@ -332,7 +332,7 @@ def format_cli_table(res:dict)->str:
         f"{CLI} (subprocess) vs plain_loop.py (subprocess): {res['model']}; per update = slope between a {short}- and a "
         f"{long}-update run; {res['rounds']} rounds, medians [min, max]",
         '| contender | per update (wall) | per update (CPU) | ratio to plain (wall) | ratio to plain (CPU) '
-        f'| {short}-update run (wall) | weights == plain |',
+        f"| {short}-update run (wall) | weights{' and EMA' if 'EMA' in res['model'] else ''} == plain |",
         '|---|---|---|---|---|---|---|',
         f"| plain loop | {res['wall_plain_us']:.0f} us | {res['cpu_plain_us']:.0f} us | 1 | 1 | "
         f"{res['wall_plain_short_s']:.2f} s | True |",

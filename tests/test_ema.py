@@ -57,8 +57,10 @@ def test_validation_runs_on_the_average():
 
 
 def ema_config(**over):
-    return temp_run_config(total_updates=40, updates_per_epoch=10, log_every=10, progress=False,
-                           checkpoint={'save_every_epochs': 1}, callbacks=[{'name': 'ema', 'decay': 0.9}], **over)
+    "A tiny run in a temporary folder with an `ema` callback, keeping epoch_N.pt at each validation."
+    return temp_run_config(**{'total_updates': 40, 'updates_per_epoch': 10, 'log_every': 10, 'progress': False,
+                              'checkpoint': {'save_every_epochs': 1}, 'callbacks': [{'name': 'ema', 'decay': 0.9}],
+                              **over})
 
 
 def test_resume_from_update_20_ends_with_the_same_model_and_ema_bits():
