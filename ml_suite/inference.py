@@ -532,7 +532,7 @@ def predict_main(argv=None)->int:
         m = load_model(a.run_dir, a.checkpoint, a.device, a.weights)
         r = predict(m, a.inputs, a.out, batch_size=a.batch_size, amp=a.amp, compile=a.compile)
         print((f"wrote {len(r)} files to {a.out}" if isinstance(r, list) else f"wrote {r}")
-              + f" (weights: {m.weights_label})")
+              + f"; weights: {m.weights_label}")
     return _run(go, 'ml-suite-predict')
 
 def export_main(argv=None)->int:
@@ -549,9 +549,9 @@ def export_main(argv=None)->int:
         path = Path(a.out) if a.out else find_checkpoint(a.run_dir, a.checkpoint).with_suffix('.' + a.format)
         rep = export_model(a.run_dir, path, a.checkpoint, dynamic_batch=not a.static_batch, dynamic=a.dynamic,
                            weights=a.weights)
-        print(f"wrote {path} (input {rep['input_shape']}, weights: {rep['weights']}); checked on "
-              f"{rep['check']['inputs']} inputs: max abs error {rep['check']['max_abs_error']:.3g} (atol "
-              f"{rep['check']['atol']}, rtol {rep['check']['rtol']})")
+        print(f"wrote {path} (input {rep['input_shape']}); checked on {rep['check']['inputs']} inputs: max abs error "
+              f"{rep['check']['max_abs_error']:.3g} (atol {rep['check']['atol']}, rtol {rep['check']['rtol']}); "
+              f"weights: {rep['weights']}")
     return _run(go, 'ml-suite-export')
 
 # %% ../nbs/14_inference.ipynb #481ecbec
