@@ -1,0 +1,96 @@
+"Issue 18: `model.step` and `callbacks` in the config, checked when it loads (most of it before torch is imported)."
+import subprocess, sys
+import pytest
+from conftest import tiny_config, write_config, run_cli
+from ml_suite.config import load_config
+from ml_suite.core import ConfigError
+
+NO_TORCH = '''
+import sys
+from ml_suite.config import load_config
+from ml_suite.core import ConfigError
+try: load_config(sys.argv[1], names=False)
+except ConfigError as e: print(e)
+assert 'torch' not in sys.modules, 'load_config(names=False) imported torch'
+'''
+
+def stepped(step:str, **over)->dict:
+    "`tiny_config(**over)` with `model.step` and without the criterion that `tiny_config` writes."
+    cfg = tiny_config(model={'step': step}, **over)
+    del cfg['model']['criterion']
+    return cfg
+
+def _error(tmp_path, **over)->str:
+    "The message `load_config` raises for `tiny_config(**over)`, written to train.yml (names not resolved)."
+    path = write_config(tmp_path / 'train.yml', tiny_config(**over))
+    with pytest.raises(ConfigError) as e: load_config(path, names=False)
+    return str(e.value)
+
+def test_an_unknown_callback_keyword_exits_2_with_a_suggestion_before_torch(tmp_path):
+    "A misspelt early_stopping argument: exit 2, the callback, the key, its line, the accepted keys, a close match."
+    cbs = [{'name': 'ema', 'decay': 0.99}, {'name': 'early_stopping', 'patiense': 3}]
+    path = write_config(tmp_path / 'train.yml', tiny_config(callbacks=cbs))
+    line = next(i for i, l in enumerate(path.read_text().splitlines(), 1) if 'patiense' in l)
+    r = run_cli(path)
+    assert r.returncode == 2, r.stderr
+    words = (f"unknown key 'patiense' in callback 'early_stopping' (train.yml line {line}); did you mean 'patience'? "
+             f"early_stopping accepts: monitor, mode, patience, min_delta")
+    assert words in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    # the same check runs before torch is imported
+    r = subprocess.run([sys.executable, '-c', NO_TORCH, str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and words in r.stdout, r.stdout + r.stderr
+    assert not (tmp_path / 'metrics.jsonl').exists()
+
+def test_an_unknown_callback_name_and_a_bad_item(tmp_path):
+    msg = _error(tmp_path, callbacks=[{'name': 'early_stoping'}])
+    assert "unknown callback 'early_stoping' in callbacks[0] (train.yml line" in msg, msg
+    assert "did you mean 'early_stopping'?" in msg, msg
+    assert 'is a mapping without a name (its keys: patience)' in _error(tmp_path, callbacks=[{'patience': 3}])
+    assert "callbacks[0] (train.yml line" in _error(tmp_path, callbacks=['ema'])
+    msg = _error(tmp_path, callbacks=[{'name': 'ema', 'decay': 1.5}])
+    assert 'callbacks[0].decay (train.yml line' in msg and 'of ema must be in (0, 1)' in msg, msg
+    msg = _error(tmp_path, callbacks=[{'name': 'ema'}, {'name': 'ema'}])
+    assert 'callbacks[1] (train.yml line' in msg and 'is a second ema' in msg, msg
+
+def test_a_callback_class_of_your_own_is_checked_like_a_model(tmp_path):
+    (tmp_path / 'my_callbacks.py').write_text('class Counter:\n    def __init__(self, every:int=1): pass\n')
+    msg = _error(tmp_path, callbacks=[{'name': 'my_callbacks:Counter', 'evry': 2}])
+    assert "unknown key 'evry' in callback 'my_callbacks:Counter' (train.yml line" in msg, msg
+    assert "did you mean 'every'? Counter accepts: every" in msg, msg
+    path = write_config(tmp_path / 'ok.yml', tiny_config(callbacks=[{'name': 'my_callbacks:Counter', 'every': '2'}]))
+    assert load_config(path, names=False)[0].callbacks == [{'name': 'my_callbacks:Counter', 'every': 2}]
+
+def test_a_bad_step_path(tmp_path):
+    (tmp_path / 'steps.py').write_text('def my_step(model, batch): return model(batch).sum()\nLIMIT = 3\n')
+    msg = _error(tmp_path, model={'step': 'nosuchmodule:my_step'})
+    assert "model.step (train.yml line" in msg and "module 'nosuchmodule' cannot be imported" in msg, msg
+    assert 'which is a int, not a class or function' in _error(tmp_path, model={'step': 'steps:LIMIT'})
+    msg = _error(tmp_path, model={'step': 'model_los'})
+    assert "model.step (train.yml line" in msg and "did you mean 'model_loss'?" in msg, msg
+    path = write_config(tmp_path / 'ok.yml', stepped('steps:my_step'))
+    assert load_config(path, names=False)[0].model.step == 'steps:my_step'
+
+def test_a_criterion_with_a_step_that_computes_its_loss(tmp_path):
+    "A criterion written beside model_loss is refused; left out (its default), it is fine."
+    msg = _error(tmp_path, model={'step': 'model_loss', 'criterion': 'mse'})
+    assert "model.criterion (train.yml line" in msg and "which computes the loss itself" in msg, msg
+    assert load_config(write_config(tmp_path / 'ok.yml', stepped('model_loss')), names=False)[0].metrics == []
+    # a command-line override counts as written
+    with pytest.raises(ConfigError, match="command-line override 'model.criterion=mae'"):
+        load_config(tmp_path / 'ok.yml', ['model.criterion=mae'], names=False)
+
+def test_model_loss_with_metrics(tmp_path):
+    path = write_config(tmp_path / 'train.yml', stepped('model_loss', metrics=['mae']))
+    with pytest.raises(ConfigError) as e: load_config(path, names=False)
+    assert "metrics (train.yml line" in str(e.value) and "the model returns only its loss" in str(e.value), e.value
+    assert "'pred'" in str(e.value) and "'target'" in str(e.value)
+
+def test_a_monitor_that_validation_does_not_write(tmp_path):
+    msg = _error(tmp_path, metrics=['mae'], callbacks=[{'name': 'early_stopping', 'monitor': 'val_rmse'}])
+    assert "callbacks[0].monitor (train.yml line" in msg and "'val_rmse', which validation does not write" in msg, msg
+    assert "It writes val_loss, val_mae" in msg, msg
+    path = write_config(tmp_path / 'ok.yml', tiny_config(metrics=['mae'], callbacks=[
+        {'name': 'early_stopping', 'monitor': 'val_mae', 'mode': 'min', 'patience': 2}]))
+    assert load_config(path, names=False)[0].callbacks[0]['monitor'] == 'val_mae'
+    msg = _error(tmp_path, callbacks=[{'name': 'early_stopping', 'patience': 0}])
+    assert 'callbacks[0].patience (train.yml line' in msg and 'must be >= 1' in msg, msg
