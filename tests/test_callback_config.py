@@ -94,3 +94,36 @@ def test_a_monitor_that_validation_does_not_write(tmp_path):
     assert load_config(path, names=False)[0].callbacks[0]['monitor'] == 'val_mae'
     msg = _error(tmp_path, callbacks=[{'name': 'early_stopping', 'patience': 0}])
     assert 'callbacks[0].patience (train.yml line' in msg and 'must be >= 1' in msg, msg
+
+STOPPER = '''
+from ml_suite.callbacks import Callback
+
+class StopAt(Callback):
+    "Asks the run to stop after the validation at update `at`, with `code`."
+    def __init__(self, at:int=10, code:int=0): self.at, self.code = at, code
+    def after_validate(self, trainer, metrics):
+        if trainer.updates >= self.at: trainer.request_stop(f"stop asked at update {trainer.updates}", self.code)
+'''
+
+def test_a_run_a_callback_ended_exits_0_and_a_rerun_says_it_has_finished(tmp_path):
+    "Ended at the validation of update 10 of 40: exit 0; the rerun trains nothing, exit 0; the status says why."
+    from ml_suite.train import run_status, format_status, _main   # the command line's code, in this process
+    (tmp_path / 'stopper.py').write_text(STOPPER)
+    cfg = tiny_config(total_updates=40, updates_per_epoch=10, log_every=10, progress=False,
+                      callbacks=[{'name': 'stopper:StopAt', 'at': 10}])
+    path = write_config(tmp_path / 'train.yml', cfg)
+    assert _main([str(path)]) == 0
+    st = run_status(tmp_path)
+    assert (st['ended'], st['resume_update']) == ('stop asked at update 10', 10), st
+    assert 'stopped early at update 10: stop asked at update 10' in format_status(st)
+    rows = (tmp_path / 'metrics.jsonl').read_text()
+    assert _main([str(path), 'total_updates=80']) == 0
+    log = (tmp_path / 'training.log').read_text().splitlines()
+    assert 'the run has finished: a callback ended it at update 10: stop asked at update 10' in log[-1], log[-3:]
+    assert (tmp_path / 'metrics.jsonl').read_text() == rows
+    # another exit code: the process exits with it, and the run has not ended
+    b = tmp_path / 'b'
+    write_config(b / 'train.yml', {**cfg, 'callbacks': [{'name': 'stopper:StopAt', 'at': 10, 'code': 7}]})
+    (b / 'stopper.py').write_text(STOPPER)
+    assert _main([str(b / 'train.yml')]) == 7
+    assert (run_status(b)['ended'], run_status(b)['resume_update']) == (None, 10)
