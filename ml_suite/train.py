@@ -259,8 +259,9 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     from ml_suite.models import get_model
     from ml_suite.losses import LOSSES, resolve_metrics
     from ml_suite.optim import build_optimizer, build_lr_scheduler, param_groups
-    from ml_suite.evaluator import Evaluator, FirstBatches
+    from ml_suite.evaluator import Evaluator, FirstBatches, StepEvaluator
     from ml_suite.dist import get_device
+    from ml_suite.steps import resolve_step
     from ml_suite.trainer import Trainer, TrainSettings
     from ml_suite.tracking import mask_secrets
     where = lambda *p: src.where(p)
@@ -269,8 +270,10 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     # (a fractional train_split: one dataset, built once and split by a seeded permutation)
     splits = dataset_splits(cfg, ('train', 'val'), search_path=src.folder, src=src)
     frac = isinstance(cfg.dataset.train_split, float)
-    train_ds = CheckedDataset(splits['train'], 'train' if frac else cfg.dataset.train_split)
-    val_ds = CheckedDataset(splits['val'], 'val' if frac else cfg.dataset.val_split)
+    # supervised: (input, target) pairs; any other step: samples of any structure (not normalized)
+    pairs = cfg.model.step == 'supervised'
+    train_ds = CheckedDataset(splits['train'], 'train' if frac else cfg.dataset.train_split, pairs=pairs)
+    val_ds = CheckedDataset(splits['val'], 'val' if frac else cfg.dataset.val_split, pairs=pairs)
     # Statistics are computed on a fresh start only: a resume (or a start from weights) loads the ones the weights were
     # trained with, and a dry run does not need them; until then `norm` is the identity, with the samples' shapes.
     stats = cfg.dataset.normalize if compute_stats else False
@@ -279,8 +282,10 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     torch.manual_seed(cfg.seed)
     # as ml_suite.models.get_model builds it in a shell
     model = get_model(cfg, search_path=src.folder, src=src)
+    # None for supervised: criterion(model(x), y); else the step, which computes the loss itself
+    step = resolve_step(cfg.model.step, src.folder, where('model', 'step'))
     crit = resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', where('model', 'criterion'), src.folder)
-    criterion = _instantiate(crit)
+    criterion = _instantiate(crit) if step is None else None
     metrics = resolve_metrics(cfg.metrics, where('metrics'), src.folder)
     model.to(device)
     o = cfg.optimizer
@@ -298,8 +303,10 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     # the config saved in checkpoints: secrets as their ${NAME}
     saved = mask_secrets(config_to_dict(cfg), as_source=True)
     t = Trainer(model, criterion, opt, sched, stream, val, None, TrainSettings.from_config(cfg, device),
-                build_parts(cfg, run_dir, dist, start_time, src), dist, saved, norm)
-    t.evaluator = Evaluator(criterion, metrics, device, autocast=t.autocast)
+                build_parts(cfg, run_dir, dist, start_time, src), dist, saved, norm, step=step)
+    # validation runs the training step without gradients (the metrics read its `pred` and `target`)
+    t.evaluator = (Evaluator(criterion, metrics, device, autocast=t.autocast) if step is None else
+                   StepEvaluator(step, metrics, device, autocast=t.autocast))
     return t
 
 # %% ../nbs/10_train.ipynb #17309c0f
@@ -618,20 +625,32 @@ def train(
     return trainer
 
 # %% ../nbs/10_train.ipynb #bd3e0964
+def _dry_batch(t)->tuple:
+    "One training batch through `t`'s step (or criterion), forward and backward: `(loss, the batch's shape)`."
+    from ml_suite.steps import to_device, checked_step, split_output, describe_batch
+    from ml_suite.trainer import first_batch_loss
+    batch = next(t.train_data)
+    with t.autocast():
+        if t.step is None:
+            x, y = batch
+            loss = first_batch_loss(t.model, t.criterion, x.to(t.device), y.to(t.device), t.raw_model)
+        else: loss = split_output(checked_step(t.step, t.model, to_device(batch, t.device)))[0]
+    loss.backward()
+    return loss, (tuple(batch[0].shape) if t.step is None else describe_batch(batch))
+
+# %% ../nbs/10_train.ipynb #19552792
 def dry_run(config, overrides=(), out=print)->dict:
     "Check that `config` can train: build everything, one forward/backward pass; print a summary; write nothing."
     import torch, warnings
     from ml_suite.optim import build_lr_scheduler, without_dynamo_import
-    from ml_suite.trainer import first_batch_loss
     with without_dynamo_import():   # no optimizer steps here: the compiler's import would double the start-up
         cfg, src = load_config(config, overrides)
         # a dry run writes nothing: a run directory that training would refuse is reported, and the checks go on
         try: run_dir = str(resolve_run_dir(cfg, src))
         except ConfigError as e: run_dir = f"none usable: {e}"
-        t = build_trainer(cfg, src, run_dir=None, compute_stats=False)   # statistics: at the start of training
-        x, y = next(t.train_data)
-        with t.autocast(): loss = first_batch_loss(t.model, t.criterion, x.to(t.device), y.to(t.device), t.raw_model)
-        loss.backward()
+        # statistics: at the start of training; the callbacks are built too (their refusals show here)
+        t = build_trainer(cfg, src, run_dir=None, compute_stats=False)
+        loss, shape = _dry_batch(t)
         val = {}
         if t.evaluator is not None and t.val_data is not None:   # one validation batch: the criterion and metrics
             vb = next(iter(t.val_data), None)
@@ -648,7 +667,7 @@ def dry_run(config, overrides=(), out=print)->dict:
     marks = sorted({0, n // 4, n // 2, 3 * n // 4, n - 1})
     info = {'run_dir': run_dir, 'model': type(t.raw_model).__name__, 'parameters': sum(p.numel() for p in params),
             'size_mb': sum(p.numel() * p.element_size() for p in params) / 1e6, 'device': str(t.device),
-            'input_shape': tuple(x.shape), 'loss': loss.item(),
+            'input_shape': shape, 'loss': loss.item(), 'callbacks': [c['name'] for c in cfg.callbacks],
             'effective_batch': cfg.batch_size * cfg.grad_accum_steps,
             'total_updates': cfg.total_updates, 'lr_at': {u: lrs[u] for u in marks}, 'validation': val}
     out(f"dry run of {src.file or 'a dict config'}: nothing trained, nothing written\n"
@@ -660,7 +679,8 @@ def dry_run(config, overrides=(), out=print)->dict:
         + f"\n  effective batch {cfg.batch_size} x {cfg.grad_accum_steps} accumulation = "
         f"{info['effective_batch']} per process (x processes under torchrun)\n  updates         {cfg.total_updates}, "
         f"validation every {cfg.updates_per_epoch or cfg.total_updates}\n  learning rate   "
-        + ', '.join(f"{v:.3g} at {u}" for u, v in info['lr_at'].items()))
+        + ', '.join(f"{v:.3g} at {u}" for u, v in info['lr_at'].items())
+        + (f"\n  callbacks       {', '.join(info['callbacks'])} (built)" if info['callbacks'] else ''))
     return info
 
 # %% ../nbs/10_train.ipynb #dcc099c0

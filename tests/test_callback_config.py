@@ -127,3 +127,47 @@ def test_a_run_a_callback_ended_exits_0_and_a_rerun_says_it_has_finished(tmp_pat
     (b / 'stopper.py').write_text(STOPPER)
     assert _main([str(b / 'train.yml')]) == 7
     assert (run_status(b)['ended'], run_status(b)['resume_update']) == (None, 10)
+
+LM = '''
+import torch
+from ml_suite.steps import Count
+
+class Chars(torch.utils.data.Dataset):
+    "Windows of a repeating sequence as (idx, targets): the next character is the current one plus one."
+    def __init__(self, split:str='train', n:int=64, block:int=8):
+        self.seq, self.n, self.block = torch.arange(n + block + 1) % 16, n, block
+    def __len__(self): return self.n
+    def __getitem__(self, i): return self.seq[i:i + self.block], self.seq[i + 1:i + self.block + 1]
+
+class CharLM(torch.nn.Module):
+    "nanoGPT's shape: forward(idx, targets) -> (logits, loss)."
+    def __init__(self, vocab:int=16, width:int=16):
+        super().__init__()
+        self.emb, self.head = torch.nn.Embedding(vocab, width), torch.nn.Linear(width, vocab)
+    def forward(self, idx, targets):
+        logits = self.head(self.emb(idx))
+        return logits, torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+def lm_step(model, batch):
+    logits, loss = model(*batch)
+    return loss, {'ppl': loss.exp().detach(), 'tokens': Count(batch[0].numel())}
+'''
+
+def test_the_step_from_the_config_trains_and_validates(tmp_path):
+    "model_loss and a step of your own, from the config alone: val_loss is the step's; its scalars land in the rows."
+    from ml_suite.train import train, dry_run
+    for d in ('a', 'b'): write_config(tmp_path / d / 'lm.py', {}).write_text(LM)
+    cfg = dict(dataset={'name': 'lm:Chars'}, model={'type': 'lm:CharLM', 'step': 'model_loss'}, batch_size=8,
+               total_updates=20, updates_per_epoch=10, log_every=10, progress=False,
+               optimizer={'name': 'AdamW', 'learning_rate': 3e-2})
+    t = train(write_config(tmp_path / 'a' / 'train.yml', cfg))
+    rows = [r for r in t.history if 'val_loss' in r]
+    assert [r['update'] for r in rows] == [10, 20] and rows[1]['val_loss'] < rows[0]['val_loss'] < 2.8, rows
+    assert not any(k.startswith('val_') and k != 'val_loss' for k in rows[-1]), rows[-1]
+    own = {**cfg, 'model': {'type': 'lm:CharLM', 'step': 'lm:lm_step'}}
+    info = dry_run(write_config(tmp_path / 'b' / 'train.yml', own), out=lambda s: None)
+    assert 'val_ppl' in info['validation'] and 'int64' in info['input_shape'], info
+    t = train(tmp_path / 'b' / 'train.yml')
+    last = t.history[-1]
+    assert {'train_ppl', 'val_ppl', 'tokens_per_s'} <= set(last), last
+    assert abs(last['val_ppl'] - 2.718281828 ** last['val_loss']) < 0.5, last
