@@ -216,9 +216,11 @@ def build_callbacks(cfg:Config, src:Source=Source())->list:
         try: out.append(cls(**kw))
         except Exception as e:   # whatever the constructor raises says that these arguments are refused
             args = ', '.join(f"{k}={v!r}" for k, v in kw.items())
+            plain = isinstance(e, (ConfigError, ValueError, TypeError))
+            why = str(e).rstrip('.') if plain else f"{type(e).__name__}: {e}"
             raise ConfigError(f"callback '{name}'{src.where(('callbacks', i))} is refused by "
-                              f"{getattr(cls, '__qualname__', cls)}({args}): {type(e).__name__}: {e}. Fix the value "
-                              f"it names (or the class); the original traceback is chained to this error.") from e
+                              f"{getattr(cls, '__qualname__', cls)}({args}): {why}. Fix the value it names (or the "
+                              f"class); the original traceback is chained to this error.") from e
     return out
 
 # %% ../nbs/10_train.ipynb #0786f658
@@ -742,7 +744,8 @@ def format_status(st:dict)->str:
 def status_main(argv=None)->int:
     "`ml-suite-status RUN_DIR ...`: where each run stands."
     p = argparse.ArgumentParser(prog='ml-suite-status', description='Show where runs stand: updates, best validation '
-                                'loss, newest checkpoint, and whether a process is training in the run directory.')
+                                'loss, newest checkpoint, whether a process is training in the run directory, and '
+                                'whether a callback (early_stopping) ended the run, at which update and why.')
     p.add_argument('run_dirs', nargs='+')
     code = 0
     for d in p.parse_args(argv).run_dirs:
