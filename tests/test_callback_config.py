@@ -171,3 +171,19 @@ def test_the_step_from_the_config_trains_and_validates(tmp_path):
     last = t.history[-1]
     assert {'train_ppl', 'val_ppl', 'tokens_per_s'} <= set(last), last
     assert abs(last['val_ppl'] - 2.718281828 ** last['val_loss']) < 0.5, last
+
+def test_early_stopping_from_the_config_ends_the_run(tmp_path):
+    "The built-in, named in the config: exit 0 before total_updates; ml-suite-status and a rerun say it ended."
+    pytest.importorskip('ml_suite.early_stopping')
+    from ml_suite.train import run_status, format_status, _main
+    # mode max on a falling val_loss: the second validation does not improve on the first, and the run ends
+    cfg = tiny_config(total_updates=40, updates_per_epoch=5, log_every=5, progress=False,
+                      callbacks=[{'name': 'early_stopping', 'monitor': 'val_loss', 'mode': 'max', 'patience': 1}])
+    path = write_config(tmp_path / 'train.yml', cfg)
+    assert _main([str(path)]) == 0
+    st = run_status(tmp_path)
+    assert st['ended'] and st['resume_update'] == 10, st
+    assert f"stopped early at update 10: {st['ended']}" in format_status(st)
+    assert _main([str(path)]) == 0
+    assert 'the run has finished: a callback ended it at update 10' in (tmp_path / 'training.log').read_text()
+    assert run_status(tmp_path)['updates'] == 10
