@@ -570,6 +570,17 @@ def _check_splits(ds:DatasetConfig, src:Source):
                           f"({tr}) validation gets the samples that train_split and test_split leave; remove "
                           f"val_split.")
 
+# %% ../nbs/05_config.ipynb #05844927
+def _default(cls, name:str):
+    "The default of the field `name` of the dataclass `cls`."
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+# %% ../nbs/05_config.ipynb #963be691
+def _written(src:Source, path:tuple, value, default)->bool:
+    "Whether the config sets the key `path` itself (`Source.gives`); where `src` cannot tell: is it not `default`?"
+    return src.gives(path) or (not src.given and value != default)
+
 # %% ../nbs/05_config.ipynb #f489be89
 STEPS = ('supervised', 'model_loss')   # the built-in steps; `model.step` may also be an import path
 
@@ -583,12 +594,12 @@ def _check_step(cfg:Config, src:Source):
                           f"returns the loss or (loss, {{name: scalar tensor}}).")
     if ':' in m.step: _callable(resolve_object(m.step, {}, 'model.step', w, src.folder), 'model.step', w, m.step)
     if m.step == 'supervised': return
-    if src.gives(('model', 'criterion')):
+    if _written(src, ('model', 'criterion'), m.criterion, ModelConfig.criterion):
         raise ConfigError(f"model.criterion{src.where(('model', 'criterion'))} is {m.criterion!r}, but model.step{w} "
                           f"is {m.step!r}, which computes the loss itself, so the criterion would never be used. "
                           f"Remove model.criterion, or use step: supervised for criterion(model(x), y).")
-    if not src.gives(('metrics',)): cfg.metrics = []
-    if m.step == 'model_loss' and cfg.metrics:
+    if not _written(src, ('metrics',), cfg.metrics, _default(Config, 'metrics')): cfg.metrics = []
+    if m.step == 'model_loss' and cfg.metrics:   # written (else it is [] now)
         raise ConfigError(f"metrics{src.where(('metrics',))} is {cfg.metrics}, but model.step{w} is model_loss: the "
                           f"model returns only its loss, and metrics need predictions. Remove metrics; or write a "
                           f"step of your own (model.step: 'my_module:my_step') that returns (loss, {{'pred': "
@@ -968,6 +979,8 @@ def config_to_dict(cfg)->dict:
     out = {}
     for f in fields(cfg):
         v = getattr(cfg, f.name)
+        # a step that computes its own loss takes no criterion (`load_config` refuses one beside it)
+        if isinstance(cfg, ModelConfig) and f.name == 'criterion' and cfg.step != 'supervised': continue
         if f.name == 'kwargs': out.update(copy.deepcopy(v))
         elif is_dataclass(v): out[f.name] = config_to_dict(v)
         else: out[f.name] = copy.deepcopy(v)

@@ -164,6 +164,12 @@ def test_the_step_from_the_config_trains_and_validates(tmp_path):
     rows = [r for r in t.history if 'val_loss' in r]
     assert [r['update'] for r in rows] == [10, 20] and rows[1]['val_loss'] < rows[0]['val_loss'] < 2.8, rows
     assert not any(k.startswith('val_') and k != 'val_loss' for k in rows[-1]), rows[-1]
+    # the saved config has no criterion (the step computes the loss) and loads back, as ml-suite-eval loads it
+    import torch, yaml
+    from ml_suite.inference import checkpoint_config
+    assert 'criterion' not in yaml.safe_load((tmp_path / 'a' / 'resolved_config.yml').read_text())['model']
+    saved = checkpoint_config(torch.load(tmp_path / 'a' / 'latest.pt', weights_only=False), tmp_path / 'a' / 'latest.pt')
+    assert (saved.model.step, saved.metrics) == ('model_loss', [])
     own = {**cfg, 'model': {'type': 'lm:CharLM', 'step': 'lm:lm_step'}}
     info = dry_run(write_config(tmp_path / 'b' / 'train.yml', own), out=lambda s: None)
     assert 'val_ppl' in info['validation'] and 'int64' in info['input_shape'], info
