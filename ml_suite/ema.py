@@ -30,18 +30,21 @@ def paired_groups(averaged:list, current:list)->list[tuple[list, list]]:
 def _check_args(decay, start, every, use_for_eval):
     "A `ConfigError` for an `EMA` argument out of range: the value, the rule, the fix."
     def bad(name, v, rule, fix):
-        raise ConfigError(f"callback 'ema': {name}={v!r} {rule}; {fix}.")
+        raise ConfigError(f"{name}={v!r} {rule}; {fix}.")
     is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
     is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
     if not is_num(decay) or not 0 <= decay <= 1:
-        bad('decay', decay, 'is not a number from 0 to 1 (the weight the average keeps at each update)',
+        bad('decay', decay, 'is not a number from 0 to 1 (the share of itself the EMA keeps at each update)',
             'give e.g. decay: 0.999 (about the last 1000 updates) or 0.99 (the last 100)')
     if not is_int(start) or start < 0:
-        bad('start', start, 'is not a whole number of updates of at least 0', 'give e.g. start: 0 or start: 1000')
+        bad('start', start, 'is not a whole number of at least 0 (the first update the EMA averages)',
+            'give e.g. start: 0 or start: 1000')
     if not is_int(every) or every < 1:
-        bad('every', every, 'is not a whole number of updates of at least 1', 'give e.g. every: 1 (every update)')
+        bad('every', every, 'is not a whole number of at least 1 (the EMA averages every this many updates)',
+            'give e.g. every: 1 (every update)')
     if not isinstance(use_for_eval, bool):
-        bad('use_for_eval', use_for_eval, 'is not true or false', 'give use_for_eval: true or use_for_eval: false')
+        bad('use_for_eval', use_for_eval, 'is not true or false (do validation and inference use the EMA?)',
+            'give use_for_eval: true or use_for_eval: false')
 
 # %% ../nbs/09g_ema.ipynb #471845f1
 class EMA(Callback):

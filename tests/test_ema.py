@@ -125,3 +125,15 @@ def test_load_model_module_is_the_users_class(tmp_path, monkeypatch):
     assert type(m.module).__name__ == 'Net' and m.weights == 'eval'
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad(): torch.testing.assert_close(m.module.twice(x), 2 * m.module(x))
+
+
+def test_the_config_builds_the_ema_and_refuses_a_decay_out_of_range():
+    import inspect
+    from ml_suite.callbacks import BUILTIN_ARGS, BUILTIN_CALLBACKS
+    from ml_suite.core import ConfigError
+    from ml_suite.train import train
+    assert BUILTIN_CALLBACKS['ema'] == 'ml_suite.ema:EMA'
+    assert {k: p.default for k, p in inspect.signature(EMA).parameters.items()} == BUILTIN_ARGS['ema']
+    with pytest.raises(ConfigError, match=r"decay.*1\.5") as e:
+        train(ema_config(callbacks=[{'name': 'ema', 'decay': 1.5}]))
+    assert e.value.exit_code == 2
