@@ -210,9 +210,8 @@ def evaluate(
     total = all_reduce_sum(torch.stack([m.state for m in allm.values()]))   # one collective for everything
     res = {n: m.compute(s) for (n, m), s in zip(allm.items(), total)}
     out = {'checkpoint': str(model.checkpoint), 'updates': model.updates, 'weights': model.weights_label,
-           'split': split,
-           'samples': int(total[0][1].item()), 'processes': dist.world_size, 'batch_size': loader.batch_size,
-           'metrics': res}
+           'split': split, 'samples': int(total[0][1].item()), 'processes': dist.world_size,
+           'batch_size': loader.batch_size, 'metrics': res}
     if write and dist.is_main and model.checkpoint is not None:
         p = Path(model.checkpoint).with_name(f'eval_{Path(model.checkpoint).stem}_{split}.json')
         p.write_text(json.dumps(out, indent=1) + '\n'); out['written'] = str(p)
