@@ -53,8 +53,8 @@ class EMA(Callback):
 
     def __init__(self,
                  decay:float=0.999,        # the weight of the average at each update: 0.999 ~ the last 1000 updates
-                 start:int=0,              # the first update averaged (the count after it, as `trainer.updates`)
-                 every:int=1,              # average every this many updates
+                 start:int=0,              # average at the updates start, start + every, ... (0: from update `every`)
+                 every:int=1,              # (counted as `trainer.updates`, the count after an update)
                  use_for_eval:bool=True):  # validation, best.pt, eval, predict and export use the average
         _check_args(decay, start, every, use_for_eval)
         self.decay = float(decay)
