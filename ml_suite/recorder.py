@@ -30,6 +30,10 @@ class RunRecorder:
         self.loss_sum = torch.zeros(())
         self.loss_total = 0.0             # per-update losses already read back (numbers), added up as they come
         self.loss_n = 0                   # applied updates in the window (skipped ones are not in the mean)
+        self.scalars = {}                 # a step's extra scalars, summed over the window's applied updates
+        self.counts = {}                  # a step's item counts (`Count`s), summed over the window
+        self.extra = {}                   # entries for the next row from callbacks (`Trainer.add_scalars`)
+        self.shown = ()                   # the keys of the last row that the log line shows besides the usual
         self.lr = None                    # the LR of the last update before a row (the trainer sets it)
         self.grad_norm = None             # the gradient norm of that update, where computed
         self.tick = time.monotonic()      # when the window began
@@ -73,12 +77,38 @@ def add_loss(self:RunRecorder, loss):
         self.losses.append(loss)
         if len(self.losses) >= 64: self.sum_losses()
 
+# %% ../nbs/09c_recorder.ipynb #932ce079
+@patch
+def add_scalars(self:RunRecorder, scalars:dict, counts:dict):
+    "One applied update's extra scalars (tensors or numbers, summed) and item counts (numbers, summed)."
+    for k, v in scalars.items(): self.scalars[k] = self.scalars[k] + v if k in self.scalars else v
+    for k, v in counts.items(): self.counts[k] = self.counts[k] + v if k in self.counts else v
+
 # %% ../nbs/09c_recorder.ipynb #51bda265
 @patch
 def begin(self:RunRecorder, updates:int):
     "A `fit` starts at `updates`: throughput counts from now."
     self.tick = time.monotonic()
     self.tick_updates = updates
+
+# %% ../nbs/09c_recorder.ipynb #a401e539
+@patch
+def window_sums(self:RunRecorder)->tuple:
+    "Collective: `(loss sum, applied updates, {scalar: sum}, {count: sum})` of the window, over all ranks."
+    self.sum_losses()
+    n = self.loss_n
+    names, cnames = list(self.scalars), list(self.counts)
+    if self.dist.distributed:
+        dev = self.loss_sum.device
+        parts = [self.loss_sum.double() + self.loss_total, torch.tensor(float(n), device=dev, dtype=torch.float64)]
+        parts += [torch.as_tensor(v, device=dev).double() for v in [*self.scalars.values(), *self.counts.values()]]
+        # one all-reduce for all of them
+        total, n_all, *rest = all_reduce_sum(torch.stack(parts)).tolist()
+    # one process: one read of the sum, and no tensors built at every row
+    else:
+        total, n_all = self.loss_sum.item() + self.loss_total, n
+        rest = [float(v) for v in [*self.scalars.values(), *self.counts.values()]]
+    return total, n_all, dict(zip(names, rest[:len(names)])), dict(zip(cnames, rest[len(names):]))
 
 # %% ../nbs/09c_recorder.ipynb #1b82597b
 @patch
@@ -89,18 +119,20 @@ def reduce_row(self:RunRecorder,
                val:dict|None=None,     # validation metrics, if this update validated
               )->dict:
     "Collective (all-reduces the loss window over ranks): the row of update `updates`, kept in `history`."
-    self.sum_losses()
+    total, n_all, scalars, counts = self.window_sums()
     n = self.loss_n
-    if self.dist.distributed:
-        count = torch.tensor(float(n), device=self.loss_sum.device, dtype=torch.float64)
-        total, n_all = all_reduce_sum(torch.stack([self.loss_sum.double() + self.loss_total, count])).tolist()
-    # one process: one read of the sum, and no tensors built at every row
-    else: total, n_all = self.loss_sum.item() + self.loss_total, n
     now = time.monotonic()
+    secs = max(now - self.tick, 1e-9)
     row = {'update': updates, 'train_loss': total / n_all if n else None, 'lr': self.lr,
            'grad_norm': float(self.grad_norm) if self.grad_norm is not None else None, 'epoch': epoch,
-           'samples': samples, 'updates_per_s': (updates - self.tick_updates) / max(now - self.tick, 1e-9),
+           'samples': samples, 'updates_per_s': (updates - self.tick_updates) / secs,
            'skipped_nonfinite': skipped, **(val or {})}
+    # a step's own numbers, and what callbacks added
+    extra = {**{f'train_{k}': v / n_all if n else None for k, v in scalars.items()},
+             **{f'{k}_per_s': v / secs for k, v in counts.items()}, **self.extra}
+    row.update(extra)
+    self.shown = tuple(extra)
+    self.extra = {}
     row['samples_per_s'] = row['updates_per_s'] * samples / max(updates, 1)
     row['eta_s'] = (total_updates - updates) / max(row['updates_per_s'], 1e-9)
     if self.loss_sum.device.type == 'cuda':
@@ -109,9 +141,14 @@ def reduce_row(self:RunRecorder,
     self.loss_sum.zero_()
     self.loss_total = 0.0
     self.loss_n = 0
+    self.scalars = dict.fromkeys(self.scalars, 0.0)
+    self.counts = dict.fromkeys(self.counts, 0)
     self.begin(updates)
     self.history.append(row)
     return row
+
+# %% ../nbs/09c_recorder.ipynb #ac3d847d
+def _num(v)->str: return f"{v:.5g}" if isinstance(v, (int, float)) else str(v)
 
 # %% ../nbs/09c_recorder.ipynb #a64c6d55
 @patch
@@ -121,7 +158,8 @@ def write(self:RunRecorder, row:dict, total_updates:int, val:dict|None=None):
     if self.metrics_log: self.metrics_log.write(row)
     if self.trackers: self.unsent.append(row)
     if self.progress: self.progress.update(row['update'], row)
-    val_txt = ''.join(f" {k} {v:.5g}" for k, v in (val or {}).items())
+    val_txt = ''.join(f" {k} {_num(v)}" for k, v in (val or {}).items())
+    val_txt += ''.join(f" {k} {_num(row[k])}" for k in self.shown if k in row)
     tl = f"{row['train_loss']:.5g}" if row['train_loss'] is not None else 'n/a'
     skipped = f" skipped_nonfinite {row['skipped_nonfinite']}" if row['skipped_nonfinite'] else ''
     logger.info(f"update {row['update']}/{total_updates} train_loss {tl} lr {row['lr']:.3g} "

@@ -31,6 +31,7 @@ class StopAction(str, enum.Enum):
     EXIT = 'exit'             # an exit signal (SIGTERM): save, exit 3
     INTERRUPT = 'interrupt'   # Ctrl-C: save, exit 130
     NONFINITE = 'nonfinite'   # too many non-finite updates in a row: save the last good weights, exit 5
+    CALLBACK = 'callback'     # a callback asked (`Trainer.request_stop`): save, exit with its code (0: ended)
     def __str__(self): return self.value
 
 # %% ../nbs/09b_stopping.ipynb #2b3e8acf
@@ -50,6 +51,7 @@ class StopController:
         self.action = None          # a `StopAction` once the run decided to stop early
         self.reason = None          # its words, for the log
         self.requeued = False       # the launcher requeued the job after the stop
+        self.exit_code = None       # a callback's stop: the exit code it asked for
         self.last_save = time.monotonic()
 
     @classmethod
@@ -71,10 +73,11 @@ class StopController:
 
 # %% ../nbs/09b_stopping.ipynb #8bff9830
 @patch
-def stop(self:StopController, action:StopAction, reason:str):
-    "Record the decision to stop early with `action`, for `reason`."
+def stop(self:StopController, action:StopAction, reason:str, exit_code:int|None=None):
+    "Record the decision to stop early with `action`, for `reason` (a callback's stop: with its `exit_code`)."
     self.action = StopAction(action)
     self.reason = reason
+    self.exit_code = exit_code
 
 # %% ../nbs/09b_stopping.ipynb #f7569489
 @patch

@@ -20,6 +20,7 @@ from .nonfinite import NonFiniteGuard, NonFiniteError, read_loss
 from .stopping import StopController, StopAction, stop_on_signals
 from .recorder import RunRecorder
 from .cadence import CheckpointPolicy, is_validation, next_event
+from .callbacks import Callbacks, CallbackError
 
 # %% auto #0
 __all__ = ['track_modules', 'failing_layer', 'forward_error', 'first_batch_loss', 'TrainSettings', 'TrainerParts', 'wrap_model',
@@ -127,6 +128,7 @@ class TrainerParts:
     recorder:RunRecorder|None = None        # rows, metrics.jsonl, log line, progress, trackers
     policy:CheckpointPolicy|None = None     # which checkpoint files are due at which update
     checkpointer:Checkpointer|None = None   # writes them (None: no checkpoints)
+    callbacks:list|None = None              # `Callback`s, in the order their events run
 
     @classmethod
     def in_run_dir(cls, run_dir, dist:DistInfo=DistInfo(), keep_last:int=0, **kw)->'TrainerParts':
@@ -192,11 +194,15 @@ class Trainer:
         self.recorder = (p.recorder if p.recorder is not None else RunRecorder(None, dist)).to(self.device)
         self.policy = p.policy if p.policy is not None else CheckpointPolicy(self.updates_per_epoch)
         self.checkpointer = p.checkpointer
+        self.run_dir = p.checkpointer.run_dir if p.checkpointer is not None else None
+        self.callbacks = Callbacks(p.callbacks or [])
         self.updates = 0
         self.samples = 0
         self.best_val_loss = math.inf
         self.improved = False                       # the last validation set a new best
         self.start_row_due = s.validate_at_start    # validate at update 0 (a resume, which had it, sets it off)
+        self.ended = None                           # why a callback ended the run before total_updates, if it did
+        self.stop_request = None                    # a callback's `request_stop`: (reason, exit code), until done
         self._checked = False                       # the first update of `fit` runs through `first_batch_loss`
         self._next_event = self._event_after(0)     # the next update after which `fit` logs, validates or saves
         self.recorder.lr = optimizer.param_groups[0]['lr']
@@ -225,7 +231,8 @@ class Trainer:
     metrics_log = property(lambda self: self.recorder.metrics_log, doc="metrics.jsonl's writer (None: not written).")
     trackers = property(lambda self: self.recorder.trackers, doc="The trackers the rows go to (`RunRecorder.attach`).")
     progress = property(lambda self: self.recorder.progress, doc="The progress display (`RunRecorder.attach`).")
-    finished = property(lambda self: self.updates >= self.total_updates, doc="Are `total_updates` done?")
+    finished = property(lambda self: self.updates >= self.total_updates or self.ended is not None,
+                        doc="Are `total_updates` done, or did a callback end the run?")
 
 # %% ../nbs/09_trainer.ipynb #f45a6126
 def grad_norm(params:list, one_kind:bool=False)->torch.Tensor:
@@ -298,11 +305,14 @@ def validate(self:Trainer,
     self.improved = False
     if self.evaluator is None or self.val_data is None: return {}
     t0 = time.monotonic()
-    res = self.evaluator.evaluate(self.model, self.val_data)
+    # a callback's weights (the EMA's) where it keeps some, else the trained ones
+    model = self.callbacks.eval_model(self) if self.callbacks else None
+    res = self.evaluator.evaluate(model if model is not None else self.model, self.val_data)
     self.stopper.timekeeper.record('validate', time.monotonic() - t0)
     # NaN is never best
     self.improved = best and math.isfinite(res['val_loss']) and res['val_loss'] < self.best_val_loss
     if self.improved: self.best_val_loss = res['val_loss']
+    self._fire('after_validate', res)
     return res
 
 # %% ../nbs/09_trainer.ipynb #efb7d1b8
@@ -310,6 +320,8 @@ def validate(self:Trainer,
 def log(self:Trainer, val:dict|None=None)->dict:
     "Collective (every rank calls it: the loss is all-reduced): write one row to the log, metrics.jsonl and trackers."
     epoch = self.train_data.state_dict().get('epoch') if hasattr(self.train_data, 'state_dict') else None
+    # a callback asked to stop: the row says why
+    if self.stop_request: self.recorder.extra['stopped'] = self.stop_request[0]
     row = self.recorder.reduce_row(self.updates, self.total_updates, self.samples, self.guard.skipped, epoch, val)
     self.recorder.write(row, self.total_updates, val)
     return row
@@ -327,7 +339,13 @@ def save(self:Trainer, validated:bool=False):
         raise
     state = self.gather_state()
     self.stopper.saved()
-    if not self.dist.is_main: return
+    if self.dist.is_main: self._write(state, validated)
+    self._fire('after_save')
+
+# %% ../nbs/09_trainer.ipynb #b52699ca
+@patch
+def _write(self:Trainer, state:dict, validated:bool):
+    "On rank 0: write `state` to latest.pt and the files the policy names (in the background, if it says so)."
     # the previous checkpoint is durable before the next starts; the fsync and rename finish in the background
     self.wait_for_save()
     files = self.policy.files(self.updates, validated, self.improved)
@@ -356,14 +374,19 @@ def fit(self:Trainer)->'Trainer':
     rec.begin(self.updates)
     self._next_event = self._event_after(self.updates)
     watch = stopper.watching
+    per_update = self.callbacks.per_update                     # does a callback run after every update?
+    if self.ended is not None: logger.info(f"the run has ended ({self.ended}): nothing to train")
     with stopper.signals():
+        self._fire('on_fit_start')
         # a signal during it stops the run at the first boundary, as during any validation
         if self.start_row_due and self.updates == 0: self.log_start()
-        while self.updates < self.total_updates:
-            if (watch or hpc.stop_requested() or guard.in_a_row) and self._at_boundary(): break
+        while self.updates < self.total_updates and self.ended is None:
+            ask = watch or hpc.stop_requested() or guard.in_a_row or self.stop_request
+            if ask and self._at_boundary(): break
             t0 = time.monotonic()
             self.train_step([next(self.train_data) for _ in range(self.grad_accum_steps)])
             tk.record('update', time.monotonic() - t0)
+            if per_update: self._fire('after_update')
             if rec.progress: rec.progress.update(self.updates)
             if self.updates < self._next_event: continue       # most updates end here
             if is_validation(self.updates, self.updates_per_epoch, self.total_updates):
@@ -382,14 +405,20 @@ def _end_fit(self:Trainer):
     "Record a NaN stop that the last update made due, save if stopped early, and wait until the save is durable."
     # the last update was the K-th skipped one in a row
     if self.stopper.action is None and self.guard.stop_due(): self._stop_for_nonfinite()
-    if self.updates < self.total_updates:
-        logger.info(f"stopping at update {self.updates}/{self.total_updates} ({self.stop_reason}); saving a checkpoint")
+    # a callback's request at the last update, or after the loop's last boundary
+    if self.stop_request and self.updates < self.total_updates: self._stop_for_callback()
+    if self.updates < self.total_updates and self.stopper.action is not None:
+        self._fire('before_stop', self.stop_reason)
+        what = 'ending the run' if self.ended is not None else 'stopping'
+        logger.info(f"{what} at update {self.updates}/{self.total_updates} ({self.stop_reason}); saving a checkpoint")
         self.save(validated=False)
-    else: logger.info(f"finished {self.total_updates} updates; best val_loss {self.best_val_loss:.6g}")
+    elif self.updates >= self.total_updates:
+        logger.info(f"finished {self.total_updates} updates; best val_loss {self.best_val_loss:.6g}")
     hpc.clear_stop_requests()
     # the last checkpoint is durable before `fit` returns
     self.wait_for_save()
     self.recorder.flush()
+    self._fire('on_fit_end')
 
 # %% ../nbs/09_trainer.ipynb #a2ee31a4
 @patch
@@ -408,6 +437,10 @@ def log_start(self:Trainer)->dict:
 @patch
 def _at_boundary(self:Trainer)->bool:
     "Collective: agree with every rank whether to stop before the next update; save first if a timed save is due."
+    # decided alike on every rank (callbacks decide from reduced numbers)
+    if self.stop_request:
+        self._stop_for_callback()
+        return True
     due = is_validation(self.updates + 1, self.updates_per_epoch, self.total_updates)
     action, save_now = self.stopper.agree_to_stop(due, self.guard.stop_due())
     if action is StopAction.NONFINITE: self._stop_for_nonfinite()
@@ -421,6 +454,42 @@ def _stop_for_nonfinite(self:Trainer):
     reason, msg = self.guard.stop_message(self.updates)
     self.stopper.stop(StopAction.NONFINITE, reason)
     if self.dist.is_main: logger.error(msg)
+
+# %% ../nbs/09_trainer.ipynb #3c9d9a96
+@patch
+def add_scalars(self:Trainer, scalars:dict):
+    "Put `scalars` (name -> number or 0-dim tensor) in the next row: metrics.jsonl, the log line, the trackers."
+    self.recorder.extra.update({k: float(v) for k, v in scalars.items()})
+
+# %% ../nbs/09_trainer.ipynb #13fdf03f
+@patch
+def request_stop(self:Trainer, reason:str, exit_code:int=0):
+    "Stop at the next boundary with a checkpoint; `exit_code` 0: the run has ended (a rerun says it finished)."
+    if not isinstance(exit_code, int) or isinstance(exit_code, bool) or not 0 <= exit_code <= 255:
+        raise ValueError(f"request_stop's exit_code is {exit_code!r}; give an int from 0 (the run has ended) to 255")
+    if self.stop_request is None: self.stop_request = (str(reason), exit_code)
+
+# %% ../nbs/09_trainer.ipynb #aa2256af
+@patch
+def _stop_for_callback(self:Trainer):
+    "Record the stop a callback asked for; with exit code 0 the run has ended."
+    reason, code = self.stop_request
+    self.stop_request = None
+    self.stopper.stop(StopAction.CALLBACK, reason, code)
+    if code == 0: self.ended = reason
+
+# %% ../nbs/09_trainer.ipynb #ffabdae1
+@patch
+def _fire(self:Trainer, event:str, *args):
+    "Run `event` on the callbacks; one that raises: save a checkpoint first (where the last is not written yet)."
+    if not self.callbacks: return
+    try: self.callbacks.fire(event, self, *args)
+    except CallbackError as e:
+        if event in ('after_save', 'on_fit_end') or self.checkpointer is None: raise
+        try: self.save()
+        except Exception: raise e from e.__cause__
+        raise CallbackError(f"{e} A checkpoint of update {self.updates} was written first: fix the callback and "
+                            f"rerun the same command to continue from it.") from e.__cause__
 
 # %% ../nbs/09_trainer.ipynb #e0f31e32
 @patch
@@ -438,7 +507,16 @@ def gather_state(self:Trainer)->dict:
             'config': self.config, 'timekeeper': self.stopper.state_dict(), **self.recorder.state_dict(),
             'normalization': norm, 'versions': {'ml_suite': ml_suite.__version__, 'torch': str(torch.__version__)},
             # where the config's own modules were imported from
-            'code_paths': ml_suite.core.code_paths(self.config)}
+            'code_paths': ml_suite.core.code_paths(self.config), **self.callback_state()}
+
+# %% ../nbs/09_trainer.ipynb #11b5e17c
+@patch
+def callback_state(self:Trainer)->dict:
+    "The callbacks' part of the training state: their states, the weights to evaluate with, and `ended`."
+    if not self.callbacks: return {'ended': self.ended}
+    em = self.callbacks.eval_model(self)
+    return {'callbacks': self.callbacks.state_dict(), 'ended': self.ended,
+            **({'eval_model': unwrap_model(em).state_dict()} if em is not None else {})}
 
 # %% ../nbs/09_trainer.ipynb #e1c736db
 @patch
@@ -497,6 +575,9 @@ def load_state_dict(self:Trainer, sd:dict,
     self.recorder.lr = self.optimizer.param_groups[0]['lr']
     self._next_event = self._event_after(self.updates)
     self.recorder.resume_at(self.updates)
+    self.ended = sd.get('ended')
+    for note in self.callbacks.load_state_dict(sd.get('callbacks')):
+        if self.dist.is_main: logger.info(note)
 
 # %% ../nbs/09_trainer.ipynb #d93c8857
 @patch
