@@ -1,0 +1,53 @@
+"Issue 18: `profiler` writes a trace that Perfetto and TensorBoard open, logs the top operations, profiles once."
+import json, logging
+import torch
+from ml_suite.testing import trainer_for
+from ml_suite.trainer import TrainerParts
+from ml_suite.profiler import Profiler
+
+def small_trainer(run_dir, total_updates, callbacks):
+    "A linear model on random batches (an endless stream with a position), validated never; rows every 2 updates."
+    from ml_suite.data import BatchStream
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8, generator=g), torch.randn(64, 1, generator=g))
+    torch.manual_seed(0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    parts = TrainerParts.in_run_dir(run_dir, callbacks=callbacks)
+    return trainer_for(torch.nn.Linear(8, 1), BatchStream(data, 8, seed=0), parts=parts,
+                       total_updates=total_updates, log_every=2)
+
+def test_profiler_writes_a_trace_and_logs_the_top_operations(tmp_path, caplog):
+    "Updates 3 to 5 profiled: one valid Chrome trace in run_dir/profile with a step per update; the log has the table."
+    caplog.set_level(logging.INFO, logger='ml_suite')
+    p = Profiler(start=2, updates=3)
+    small_trainer(tmp_path, 8, [p]).fit()
+    traces = sorted((tmp_path / 'profile').glob('*.pt.trace.json'))
+    assert traces == [tmp_path / 'profile' / 'rank0.3.pt.trace.json'] == [p.trace], traces
+    events = json.loads(traces[0].read_text())['traceEvents']
+    steps = {e['name'] for e in events if e.get('name', '').startswith('ProfilerStep#')}
+    assert steps == {'ProfilerStep#0', 'ProfilerStep#1', 'ProfilerStep#2'}, steps
+    assert any(e.get('name') == 'aten::addmm' for e in events)   # the linear layer's forward
+    log = caplog.text
+    assert 'profiler: profiling updates 3 to 5 on rank 0' in log, log
+    assert f'profiler: updates 3 to 5 profiled; trace {traces[0]}: open it in https://ui.perfetto.dev' in log, log
+    table = log[log.index('Top operations'):].splitlines()[1:12]
+    assert table[0].split() == ['self', 'ms', 'calls', 'us/call', 'operation'], table
+    assert any(line.split()[-1] == 'aten::addmm' for line in table[1:]), table
+    sd = torch.load(tmp_path / 'latest.pt', weights_only=False)
+    assert list(sd['callbacks'].values()) == [{'done': True}]
+
+def test_no_profile_when_resumed_past_the_window_or_before_it(tmp_path, caplog):
+    "A run resumed after its window closed writes no second trace; a run that ends before the window writes none."
+    caplog.set_level(logging.INFO, logger='ml_suite')
+    small_trainer(tmp_path / 'short', 4, [Profiler(start=6, updates=2)]).fit()
+    assert not (tmp_path / 'short' / 'profile').exists() and 'profiler:' not in caplog.text
+    small_trainer(tmp_path, 8, [Profiler(start=2, updates=2)]).fit()
+    first = sorted((tmp_path / 'profile').iterdir())
+    assert len(first) == 1, first
+    caplog.clear()
+    t = small_trainer(tmp_path, 12, [Profiler(start=2, updates=2)])
+    t.load_state_dict(torch.load(tmp_path / 'latest.pt', weights_only=False))
+    assert t.callbacks[0].done
+    t.fit()
+    assert t.updates == 12 and sorted((tmp_path / 'profile').iterdir()) == first
+    assert 'profiler:' not in caplog.text, caplog.text
