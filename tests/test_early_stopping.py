@@ -75,3 +75,12 @@ def test_a_monitor_that_is_not_a_metric_stops_the_run_and_names_it(tmp_path):
     t = linear_trainer(tmp_path, 10, [EarlyStopping(monitor='val_acc')])
     with pytest.raises(RunError, match=r"early_stopping monitors 'val_acc', but the validation metrics are val_loss"):
         t.fit()
+
+def test_the_builtin_table_names_the_signature():
+    "callbacks.BUILTIN_ARGS['early_stopping'] (read by the config check) is EarlyStopping's signature; bad values: exit 2."
+    import inspect
+    from ml_suite.callbacks import BUILTIN_ARGS, BUILTIN_CALLBACKS
+    from ml_suite.core import ConfigError
+    sig = {k: p.default for k, p in inspect.signature(EarlyStopping).parameters.items()}
+    assert BUILTIN_ARGS['early_stopping'] == sig and BUILTIN_CALLBACKS['early_stopping'].endswith(':EarlyStopping')
+    with pytest.raises(ConfigError, match="mode is 'lowest'; it must be 'min'"): EarlyStopping(mode='lowest')

@@ -51,3 +51,12 @@ def test_no_profile_when_resumed_past_the_window_or_before_it(tmp_path, caplog):
     t.fit()
     assert t.updates == 12 and sorted((tmp_path / 'profile').iterdir()) == first
     assert 'profiler:' not in caplog.text, caplog.text
+
+def test_the_builtin_table_names_the_signature():
+    "callbacks.BUILTIN_ARGS['profiler'] (read by the config check) is Profiler's signature; bad values: exit 2."
+    import inspect, pytest
+    from ml_suite.callbacks import BUILTIN_ARGS, BUILTIN_CALLBACKS
+    from ml_suite.core import ConfigError
+    sig = {k: p.default for k, p in inspect.signature(Profiler).parameters.items()}
+    assert BUILTIN_ARGS['profiler'] == sig and BUILTIN_CALLBACKS['profiler'] == 'ml_suite.profiler:Profiler'
+    with pytest.raises(ConfigError, match="updates is 0; it must be a whole number"): Profiler(updates=0)
