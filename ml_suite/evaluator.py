@@ -12,9 +12,11 @@ import torch
 from .core import ModelError, describe_tensor
 from .dist import all_reduce_sum
 from .losses import MeanLoss, METRICS, Metric
+from fastcore.basics import patch
+from .steps import to_device, batch_size, checked_step, split_output, step_name, Count, RESERVED
 
 # %% auto #0
-__all__ = ['Evaluator', 'FirstBatches']
+__all__ = ['Evaluator', 'FirstBatches', 'StepEvaluator']
 
 # %% ../nbs/06_evaluator.ipynb #a398dac6
 class Evaluator:
@@ -67,3 +69,57 @@ class FirstBatches:
 
     def __iter__(self): return islice(iter(self.loader), self.n)
     def __len__(self)->int: return min(self.n, len(self.loader))
+
+# %% ../nbs/06_evaluator.ipynb #b745c0f9
+def _add(sums:dict, k:str, v):
+    sums[k] = sums[k] + v if k in sums else v
+
+# %% ../nbs/06_evaluator.ipynb #4d06672e
+class StepEvaluator:
+    "`val_loss` and the extras of a custom step over a loader, weighted by batch size and reduced over processes."
+    def __init__(self,
+                 step,                    # `step(model, batch) -> loss | (loss, {name: scalar})`
+                 metrics:dict|None=None,  # name -> Metric class, fed from the step's `pred` and `target`
+                 device='cpu',
+                 autocast=nullcontext,
+                 prefix:str='val_'):
+        self.step, self.device, self.autocast, self.prefix = step, torch.device(device), autocast, prefix
+        self.metric_types = dict(metrics or {})
+
+    @torch.no_grad()
+    def evaluate(self, model, loader)->dict:
+        "`{prefix+'loss': ..., prefix+name: ...}` over every batch of `loader` (and of the other ranks' loaders)."
+        ms = {n: c() for n, c in self.metric_types.items()}
+        # an empty share of the split still joins the reduction
+        sums, was_training = {'n': 0.0, 'loss': 0.0}, model.training
+        model.eval()
+        try:
+            for i, batch in enumerate(loader):
+                batch = to_device(batch, self.device)
+                with self.autocast():
+                    out = self.step(model, batch) if i else checked_step(self.step, model, batch, training=False)
+                self.add_batch(sums, ms, *split_output(out), batch_size(batch))
+        finally: model.train(was_training)
+        names = list(sums)
+        total = all_reduce_sum(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=self.device)
+                                            for k in names] + [m.state.to(self.device) for m in ms.values()]))
+        w = total[0].item()
+        # no sample on any rank: NaN, never a best
+        res = {self.prefix + k: total[j].item() / w if w else float('nan') for j, k in enumerate(names) if j}
+        return {**res, **{self.prefix + n: m.compute(s) for (n, m), s in zip(ms.items(), total[len(names):])}}
+
+# %% ../nbs/06_evaluator.ipynb #02e721ee
+@patch
+def add_batch(self:StepEvaluator, sums:dict, ms:dict, loss, named:dict, bs:int):
+    "Add one batch's loss and extras (weighted by its `bs` samples) to `sums`, and its pred/target to the metrics."
+    _add(sums, 'n', float(bs))
+    _add(sums, 'loss', loss.detach().double() * bs)
+    for k, v in named.items():
+        if k in RESERVED or isinstance(v, Count): continue
+        _add(sums, k, (v.detach().double() if isinstance(v, torch.Tensor) else float(v)) * bs)
+    if not ms: return
+    if 'pred' not in named or 'target' not in named:
+        raise ModelError(f"the metrics {', '.join(ms)} compare predictions with targets, but the step "
+                         f"{step_name(self.step)} returned no 'pred' and 'target': return `loss, {{'pred': pred, "
+                         f"'target': y}}` from it in validation, or set `metrics: []`.")
+    for n, m in ms.items(): m.update(named['pred'].float(), named['target'])

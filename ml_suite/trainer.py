@@ -21,6 +21,7 @@ from .stopping import StopController, StopAction, stop_on_signals
 from .recorder import RunRecorder
 from .cadence import CheckpointPolicy, is_validation, next_event
 from .callbacks import Callbacks, CallbackError
+from .steps import to_device, batch_size, checked_step, split_output, Count, RESERVED
 
 # %% auto #0
 __all__ = ['track_modules', 'failing_layer', 'forward_error', 'first_batch_loss', 'TrainSettings', 'TrainerParts', 'wrap_model',
@@ -161,7 +162,8 @@ class Trainer:
                  parts:TrainerParts|None=None,       # guard, stopper, recorder, checkpoint policy, checkpointer
                  dist:DistInfo=DistInfo(),
                  config:dict|None=None,              # the resolved config, saved in checkpoints
-                 normalizer=None):                   # the data's `Normalization`, saved in checkpoints
+                 normalizer=None,                    # the data's `Normalization`, saved in checkpoints
+                 step=None):                         # `step(model, batch) -> loss` (None: criterion(model(x), y))
         s = settings if settings is not None else TrainSettings()
         p = parts if parts is not None else TrainerParts()
         self.device = torch.device(s.device)
@@ -174,6 +176,7 @@ class Trainer:
         # DDP: gradients of all but the last micro-batch stay local (`no_sync`); asked once, not at every update
         self.can_defer_sync = hasattr(self.model, 'no_sync')
         self.criterion = criterion
+        self.step = step
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.amp and s.precision == 'float16')
@@ -251,16 +254,22 @@ def train_step(self:Trainer, batches:list)->None:
     n = len(batches)
     fp16 = self.scaler.is_enabled()                            # fp16: the gradient scaler takes part
     total = None                                               # the update's loss: its micro-batches' summed
-    for i, (x, y) in enumerate(batches):
-        if x.device != self.device: x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    extras = ({}, {}) if self.step is not None else None       # a custom step's scalars and counts
+    for i, batch in enumerate(batches):
         defer = i < n - 1 and self.can_defer_sync             # DDP all-reduces on the last micro-batch only
         with (self.model.no_sync() if defer else _NO_CONTEXT), self.autocast():
-            loss = (self.criterion(self.model(x), y) if self._checked
-                    else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
+            if extras is not None: loss, bs = self._step_loss(batch, n, extras)   # your step (`model.step`)
+            else:
+                x, y = batch
+                if x.device != self.device:
+                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                loss = (self.criterion(self.model(x), y) if self._checked
+                        else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
+                bs = x.shape[0]
             if n > 1: loss = loss / n
         (self.scaler.scale(loss) if fp16 else loss).backward()
         total = loss.detach() if total is None else total + loss.detach()
-        self.samples += x.shape[0] * self.dist.world_size
+        self.samples += bs * self.dist.world_size
     self._checked = True
     if fp16: self.scaler.unscale_(self.optimizer)              # true gradients for clipping and the logged norm
     norm = None
@@ -279,7 +288,25 @@ def train_step(self:Trainer, batches:list)->None:
     if self.scheduler is not None: self.scheduler.step()
     self.updates += 1
     rec.add_loss(total)                                        # a number, or (unchecked) a tensor: no sync
+    if extras and (extras[0] or extras[1]): rec.add_scalars(*extras)
     guard.in_a_row = 0
+
+# %% ../nbs/09_trainer.ipynb #ac075892
+@patch
+def _step_loss(self:Trainer, batch, n:int, extras:tuple)->tuple:
+    "`(loss, samples)` of the custom step on `batch`; its extras added into `extras` (scalars over `n`, counts)."
+    batch = to_device(batch, self.device)
+    out = self.step(self.model, batch) if self._checked else checked_step(self.step, self.model, batch)
+    loss, named = split_output(out)
+    if named:
+        scalars, counts = extras
+        for k, v in named.items():
+            if k in RESERVED: continue
+            if isinstance(v, Count): counts[k] = counts.get(k, 0) + v.n
+            else:
+                v = (v.detach().float() if isinstance(v, torch.Tensor) else float(v)) / n
+                scalars[k] = scalars[k] + v if k in scalars else v
+    return loss, batch_size(batch)
 
 # %% ../nbs/09_trainer.ipynb #1c733c01
 @patch
@@ -342,7 +369,7 @@ def save(self:Trainer, validated:bool=False):
     if self.dist.is_main: self._write(state, validated)
     self._fire('after_save')
 
-# %% ../nbs/09_trainer.ipynb #b52699ca
+# %% ../nbs/09_trainer.ipynb #68b7532a
 @patch
 def _write(self:Trainer, state:dict, validated:bool):
     "On rank 0: write `state` to latest.pt and the files the policy names (in the background, if it says so)."
@@ -455,13 +482,13 @@ def _stop_for_nonfinite(self:Trainer):
     self.stopper.stop(StopAction.NONFINITE, reason)
     if self.dist.is_main: logger.error(msg)
 
-# %% ../nbs/09_trainer.ipynb #3c9d9a96
+# %% ../nbs/09_trainer.ipynb #cc913132
 @patch
 def add_scalars(self:Trainer, scalars:dict):
     "Put `scalars` (name -> number or 0-dim tensor) in the next row: metrics.jsonl, the log line, the trackers."
     self.recorder.extra.update({k: float(v) for k, v in scalars.items()})
 
-# %% ../nbs/09_trainer.ipynb #13fdf03f
+# %% ../nbs/09_trainer.ipynb #b5cea30c
 @patch
 def request_stop(self:Trainer, reason:str, exit_code:int=0):
     "Stop at the next boundary with a checkpoint; `exit_code` 0: the run has ended (a rerun says it finished)."
@@ -469,7 +496,7 @@ def request_stop(self:Trainer, reason:str, exit_code:int=0):
         raise ValueError(f"request_stop's exit_code is {exit_code!r}; give an int from 0 (the run has ended) to 255")
     if self.stop_request is None: self.stop_request = (str(reason), exit_code)
 
-# %% ../nbs/09_trainer.ipynb #aa2256af
+# %% ../nbs/09_trainer.ipynb #a8d8fca2
 @patch
 def _stop_for_callback(self:Trainer):
     "Record the stop a callback asked for; with exit code 0 the run has ended."
@@ -478,7 +505,7 @@ def _stop_for_callback(self:Trainer):
     self.stopper.stop(StopAction.CALLBACK, reason, code)
     if code == 0: self.ended = reason
 
-# %% ../nbs/09_trainer.ipynb #ffabdae1
+# %% ../nbs/09_trainer.ipynb #103c798f
 @patch
 def _fire(self:Trainer, event:str, *args):
     "Run `event` on the callbacks; one that raises: save a checkpoint first (where the last is not written yet)."
@@ -509,7 +536,7 @@ def gather_state(self:Trainer)->dict:
             # where the config's own modules were imported from
             'code_paths': ml_suite.core.code_paths(self.config), **self.callback_state()}
 
-# %% ../nbs/09_trainer.ipynb #11b5e17c
+# %% ../nbs/09_trainer.ipynb #d725f6c5
 @patch
 def callback_state(self:Trainer)->dict:
     "The callbacks' part of the training state: their states, the weights to evaluate with, and `ended`."
