@@ -34,9 +34,9 @@ class Profiler(Callback):
         self.updates = updates
         # the window is over (profiled, or passed): saved in checkpoints
         self.done = False
-        # while profiling: the `torch.profiler.profile`, and the update it began after
-        self.prof = None
+        # the update after which the window opened (None: not open), and on rank 0 the `torch.profiler.profile`
         self.began = None
+        self.prof = None
         # the trace written, and the folder a trainer without a run directory writes into
         self.trace = None
         self.tmp = None
@@ -78,37 +78,37 @@ def on_fit_start(self:Profiler, trainer):
 def after_update(self:Profiler, trainer):
     "Open the window after update `start`; mark each profiled update; close it after update `start + updates`."
     u = trainer.updates
-    if self.prof is None:
-        if u == self.start and not self.done: self.begin(trainer)
-        elif u >= self.end: self.done = True
+    if self.done: return
+    if self.began is None:
+        if u == self.start: self.begin(trainer)
         return
     if u >= self.end: self.finish(trainer)
     # one ProfilerStep range per update in the trace
-    else: self.prof.step()
+    elif self.prof is not None: self.prof.step()
 
 # %% ../nbs/09i_profiler.ipynb #5daed141
 @patch
 def before_stop(self:Profiler, trainer, reason:str):
     "A stop inside the window: write the trace of the updates profiled so far."
-    if self.prof is not None: self.finish(trainer, f"the run stops ({reason})")
+    if self.began is not None and not self.done: self.finish(trainer, f"the run stops ({reason})")
 
 # %% ../nbs/09i_profiler.ipynb #940362aa
 @patch
 def on_fit_end(self:Profiler, trainer):
     "The end of the run inside the window: write the trace of the updates profiled so far."
-    if self.prof is not None: self.finish(trainer, 'the run ended')
+    if self.began is not None and not self.done: self.finish(trainer, 'the run ended')
 
 # %% ../nbs/09i_profiler.ipynb #43373b91
 @patch
 def begin(self:Profiler, trainer):
-    "Start `torch.profiler` on rank 0: CPU activity, and CUDA when the trainer's device is a GPU."
+    "Open the window; on rank 0, start `torch.profiler`: CPU activity, and CUDA when the trainer's device is a GPU."
+    self.began = trainer.updates
     if not trainer.dist.is_main: return
     from torch.profiler import profile, ProfilerActivity, ProfilerAction
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == 'cuda' else [])
     # a schedule that always records: no warm-up steps, and ProfilerStep#N ranges that mark the updates
     self.prof = profile(activities=acts, schedule=lambda step: ProfilerAction.RECORD)
     self.prof.start()
-    self.began = trainer.updates
     logger.info(f"profiler: profiling updates {self.began + 1} to {self.end} on rank 0")
 
 # %% ../nbs/09i_profiler.ipynb #7b963933
@@ -123,10 +123,11 @@ def trace_folder(self:Profiler, trainer)->Path:
 # %% ../nbs/09i_profiler.ipynb #a76473b8
 @patch
 def finish(self:Profiler, trainer, cut:str|None=None):
-    "Stop the profiler, write its trace and log the top operations; `cut`: why the window ended early."
+    "Close the window; on rank 0, stop the profiler, write its trace and log the top operations (`cut`: why early)."
     prof = self.prof
     self.prof = None
     self.done = True
+    if prof is None: return
     prof.stop()
     first, last = self.began + 1, trainer.updates
     folder = self.trace_folder(trainer)
