@@ -7,6 +7,7 @@ Docs: https://ml-suite.github.io/ml_suite/data.html.md"""
 # %% ../nbs/01_data.ipynb #2c50fe95
 from __future__ import annotations
 import hashlib, math, re
+from collections.abc import Mapping
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from fastcore.basics import patch
@@ -222,7 +223,7 @@ def die_with_parent(worker_id:int=0):
 class BatchStream:
     "Endless batches over epochs of `dataset`, whose position can be saved and restored exactly."
     def __init__(self,
-                 dataset:Dataset,       # yields `(input, target)`
+                 dataset:Dataset,       # yields samples: `(input, target)` or any structure of tensors
                  batch_size:int,        # per process
                  seed:int=0,            # the training seed: the order depends on it
                  dist:DistInfo=DistInfo(),
@@ -348,6 +349,21 @@ def _is_field(v)->bool:
     "Whether a sample's part is a field to normalize: a floating-point tensor (class labels are not)."
     return torch.is_tensor(v) and v.is_floating_point() and v.ndim >= 1
 
+# %% ../nbs/01_data.ipynb #dd7a36c3
+def _check_normalizable(dataset:Dataset, s=None):
+    "Raise a `ConfigError` unless `dataset` reads pairs and its sample `s` (if given) is one: only pairs normalize."
+    reads_pairs = getattr(dataset, 'pairs', True) is not False   # False: a `CheckedDataset(pairs=False)`
+    if reads_pairs and (s is None or isinstance(s, (tuple, list)) and len(s) == 2): return
+    cls = type(dataset.base if hasattr(type(dataset), 'base') else dataset).__name__
+    what = (f"a dict with keys {list(s)[:6]}" if isinstance(s, dict) else
+            f"a {type(s).__name__} of {len(s)} items" if isinstance(s, (tuple, list)) else f"a {type(s).__name__}")
+    seen = (f"{cls} sample 0 is {what}" if reads_pairs else
+            f"this run reads the samples of {cls} as they are (for a model.step other than supervised)")
+    raise ConfigError(f"dataset.normalize asks for normalization, but {seen}; normalization applies only to samples "
+                      f"(input, target) of the supervised step. Set dataset.normalize: false (and normalize inside "
+                      f"the dataset or the model if needed), or use model.step: supervised with a dataset whose "
+                      f"__getitem__ returns `x, y`.")
+
 # %% ../nbs/01_data.ipynb #a27d57c3
 def compute_normalization(
     dataset:Dataset,           # the training split, yielding `(input, target)` tensors
@@ -359,7 +375,9 @@ def compute_normalization(
     min_std:float=1e-8,        # a channel with a smaller spread (a constant) gets std 1
 )->Normalization:
     "Per-channel mean and standard deviation of inputs (and targets) over `dataset`, the same on any number of ranks."
-    x0, y0 = dataset[0]
+    s = dataset[0]
+    _check_normalizable(dataset, s)
+    x0, y0 = s
     do_y = targets and _is_field(y0)
     n = len(dataset)
     idx = torch.arange(n) if n <= max_samples else torch.linspace(0, n - 1, max_samples).round().long().unique()
@@ -391,11 +409,15 @@ def dataset_normalization(
     **kwargs,                   # passed to `compute_normalization`
 )->Normalization:
     "The `Normalization` a dataset asks for: declared by `normalization_stats()`, else computed, else the identity."
-    if normalize is None: normalize = bool(getattr(dataset, 'normalize', False))
-    x0, y0 = dataset[0]
-    shapes = dict(x_shape=tuple(x0.shape) if torch.is_tensor(x0) else None,
-                  y_shape=tuple(y0.shape) if torch.is_tensor(y0) else None)
+    # a dataset read as samples of any structure (`CheckedDataset(pairs=False)`) is normalized only when asked to
+    if normalize is None:
+        normalize = getattr(dataset, 'pairs', True) is not False and bool(getattr(dataset, 'normalize', False))
+    s = dataset[0]
+    pair = isinstance(s, (tuple, list)) and len(s) == 2
+    shapes = dict(x_shape=tuple(s[0].shape) if pair and torch.is_tensor(s[0]) else None,
+                  y_shape=tuple(s[1].shape) if pair and torch.is_tensor(s[1]) else None)
     if not normalize: return Normalization(**shapes)
+    _check_normalizable(dataset, s)
     if hasattr(dataset, 'normalization_stats'):
         declared = dict(dataset.normalization_stats())
         unknown = [k for k in declared if k not in Normalization.keys]
@@ -432,13 +454,50 @@ def _describe(v)->str:
         return f"shape {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
     return f"a {type(v).__name__}"
 
+# %% ../nbs/01_data.ipynb #c5e98415
+def _kind(v)->str:
+    "What a part of a sample is, for messages: `a dict`, `a tuple of 3 items`, `a Tensor of shape (2,) float32`, ..."
+    if isinstance(v, Mapping): return 'a dict'
+    if isinstance(v, (tuple, list)): return f"a {type(v).__name__} of {len(v)} items"
+    if hasattr(v, 'shape') and hasattr(v, 'dtype'): return f"a {type(v).__name__} of {_describe(v)}"
+    return f"a {type(v).__name__}"
+
+# %% ../nbs/01_data.ipynb #24a6e8da
+def _difference(ref, v, leaves:bool=True, path:tuple=())->tuple|None:
+    "`(path, what v has, what ref has)` at the first part where `v` differs from `ref` in structure (or leaf), or None."
+    seq = lambda a: isinstance(a, (tuple, list))
+    if isinstance(ref, Mapping) != isinstance(v, Mapping) or seq(ref) != seq(v):
+        return path, f"is {_kind(v)}", f"is {_kind(ref)}"
+    if isinstance(ref, Mapping):
+        if ref.keys() != v.keys(): return path, f"has keys {list(v)[:8]}", f"has {list(ref)[:8]}"
+        parts = [(k, ref[k], v[k]) for k in ref]
+    elif seq(ref):
+        if len(ref) != len(v): return path, f"is {_kind(v)}", f"is a {type(ref).__name__} of {len(ref)}"
+        parts = list(zip(range(len(ref)), ref, v))
+    else:
+        # a leaf: tensors and arrays must agree in shape and dtype; numbers of any kind batch together
+        array = lambda a: hasattr(a, 'shape') and hasattr(a, 'dtype')
+        number = lambda a: isinstance(a, (int, float, complex))
+        if not leaves or (number(ref) and number(v)): return None
+        if array(ref) or array(v):
+            if _describe(ref) == _describe(v): return None
+            return path, (f"has {_describe(v)}" if array(v) else f"is {_kind(v)}"), f"has {_describe(ref)}"
+        return None if type(ref) is type(v) else (path, f"is {_kind(v)}", f"is {_kind(ref)}")
+    for k, a, b in parts:
+        d = _difference(a, b, leaves, path + (k,))
+        if d is not None: return d
+    return None
+
 # %% ../nbs/01_data.ipynb #76a7ce1d
 class CheckedDataset(NormalizedDataset):
     "`dataset`'s samples, checked and normalized: a fault raises a `DataError` naming the dataset, split and index."
     def __init__(self,
-                 dataset:Dataset,   # the user's dataset, yielding `(input, target)`
+                 dataset:Dataset,   # the user's dataset
                  split:str='train', # its split, for messages
-                 norm:Normalization|None=None):  # applied to each sample (None: the identity; it can change in place)
+                 norm:Normalization|None=None,  # applied to each pair (None: the identity; it can change in place)
+                 pairs:bool=True):  # True: a sample must be `(input, target)`; False: any structure, not normalized
+        # a sample must be a pair (the supervised step), or may be any structure (any other step)
+        self.pairs = pairs
         super().__init__(dataset, Normalization() if norm is None else norm)
         self.split = split
         # the indices of the batch being read, for `collate_fn`'s messages
@@ -447,9 +506,20 @@ class CheckedDataset(NormalizedDataset):
         self._first_checked = False
 
     def __getattr__(self, name):  # the wrapped dataset's own attributes: `normalize`, `normalization_stats`, ...
-        if name.startswith('__') or name in ('dataset', 'norm', 'split', '_batch_indices', '_first_checked'):
+        if name.startswith('__') or name in ('dataset', 'norm', '_norm', 'pairs', 'split', '_batch_indices',
+                                             '_first_checked'):
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+    @property
+    def norm(self)->Normalization:
+        "The normalization of pairs; with `pairs=False` it must stay the identity (it may hold the samples' shapes)."
+        return self._norm
+
+    @norm.setter
+    def norm(self, norm:Normalization):
+        if not self.pairs and not norm.is_identity: _check_normalizable(self)
+        self._norm = norm
 
     @property
     def base(self)->Dataset:
@@ -491,17 +561,22 @@ def _check_pair(self:CheckedDataset, s, i:int):
 # %% ../nbs/01_data.ipynb #bf49be50
 @patch
 def _read(self:CheckedDataset, i:int):
-    "Sample `i` as the dataset gives it, checked: it must be read without an error, and be a pair."
+    "Sample `i` as the dataset gives it, checked: it must be read without an error, and be a pair (if `pairs`)."
     try: s = self.dataset[i]
     except DataError: raise
     except Exception as e: raise self._read_failed(i, e) from e
-    self._check_pair(s, i)
+    if self.pairs: self._check_pair(s, i)
     return s
 
 # %% ../nbs/01_data.ipynb #eb43e5db
 @patch
 def __getitem__(self:CheckedDataset, i):
-    x, y = self._read(i)
+    s = self._read(i)
+    if not self.pairs:
+        # statistics loaded in place (a resume of a run that normalized) cannot apply to samples of any structure
+        if not self.norm.is_identity: _check_normalizable(self)
+        return s
+    x, y = s
     return self.norm.input(x), (self.norm.target(y) if _is_field(y) else y)
 
 # %% ../nbs/01_data.ipynb #e1905729
@@ -520,19 +595,88 @@ def __getitems__(self:CheckedDataset, indices:list)->list:
     except Exception as e: raise self._read_failed(indices[len(out)], e) from e
     return out
 
+# %% ../nbs/01_data.ipynb #561fb482
+@patch
+def _batch_positions(self:CheckedDataset, samples:list)->list|None:
+    "The indices into the user's dataset of `samples`, the batch being read (None: not known)."
+    idx = self._batch_indices
+    return [self.index(i) for i in idx] if idx is not None and len(idx) == len(samples) else None
+
+# %% ../nbs/01_data.ipynb #c5dfcfb2
+def _has_dict(s)->bool:
+    "Whether sample `s` holds a dict anywhere."
+    return isinstance(s, Mapping) or isinstance(s, (tuple, list)) and any(map(_has_dict, s))
+
+# %% ../nbs/01_data.ipynb #df4e0c30
+def _same_keys(ref, v)->bool:
+    "Whether the dicts in sample `v` have the keys of those in `ref` (a fast `_difference(ref, v, leaves=False)`)."
+    if isinstance(ref, Mapping):
+        return isinstance(v, Mapping) and ref.keys() == v.keys() and all(_same_keys(ref[k], v[k]) for k in ref)
+    if isinstance(ref, (tuple, list)): return isinstance(v, (tuple, list)) and all(map(_same_keys, ref, v))
+    return True
+
+# %% ../nbs/01_data.ipynb #05f2039d
+@patch
+def _own_collate(self:CheckedDataset):
+    "The user's dataset's own `collate_fn` (a method or a function), or None: `default_collate` batches its samples."
+    fn = getattr(self.base, 'collate_fn', None)
+    return fn if callable(fn) else None
+
+# %% ../nbs/01_data.ipynb #bbc09edb
+@patch
+def _collate(self:CheckedDataset, samples:list):
+    "`samples` batched by the dataset's own `collate_fn`, else by `default_collate`; a failure names the sample."
+    own = self._own_collate()
+    if own is not None:
+        try: return own(samples)
+        except DataError: raise
+        except Exception as e:
+            if self.pairs: self._check_samples(samples)
+            raise DataError(self._collate_failed(samples, e)) from e
+    try: b = default_collate(samples)
+    except Exception as e:
+        if self.pairs: self._check_samples(samples)
+        raise DataError(self._mismatch(samples, e)) from e
+    # samples of any structure: every one must have the first's keys (the ~1 us per sample is paid for dicts only)
+    if not self.pairs and _has_dict(samples[0]) and not all(_same_keys(samples[0], s) for s in samples):
+        raise DataError(self._mismatch(samples))
+    return b
+
 # %% ../nbs/01_data.ipynb #c98c11af
 @patch
 def collate_fn(self:CheckedDataset, samples:list):
-    "Stack `samples` into a normalized batch; when they cannot be stacked, say which sample is wrong, and how."
-    try: b = default_collate(samples)
-    except Exception as e:
+    "Batch `samples` (normalized, for pairs); when they cannot be batched, say which sample is wrong, and how."
+    b = self._collate(samples)
+    if not self.pairs:
+        if not self.norm.is_identity: _check_normalizable(self)   # statistics loaded in place (a resume)
+        return b
+    if not isinstance(b, (tuple, list)) or len(b) != 2:
         self._check_samples(samples)
-        raise DataError(self._mismatch(samples, e)) from e
-    if not isinstance(b, (tuple, list)) or len(b) != 2: self._check_samples(samples)
+        raise DataError(self._not_a_pair(b))
     if self.norm.is_identity: return b
     x, y = b
     # the batch's channels are on axis 1; a target is a field (normalized) when one sample's was a float tensor
     return type(b)((self.norm.input(x, 1), self.norm.target(y, 1) if _is_field(y) and y.ndim >= 2 else y))
+
+# %% ../nbs/01_data.ipynb #b74408a9
+@patch
+def _not_a_pair(self:CheckedDataset, b)->str:
+    "The message for a batch of pairs that was batched into something other than a pair (by the dataset's own way)."
+    cls, own = type(self.base).__name__, self._own_collate() is not None
+    by = f"{cls}.collate_fn returned" if own else "default_collate made"
+    return (f"{self.name}: {by} {_kind(b)} from samples (input, target); a batch of the supervised step must be a "
+            f"pair (input, target). Make {cls}.collate_fn return `x, y`, or use a model.step that takes this batch.")
+
+# %% ../nbs/01_data.ipynb #388028ff
+@patch
+def _collate_failed(self:CheckedDataset, samples:list, e:Exception)->str:
+    "The message for the dataset's own `collate_fn`, which raised `e` on `samples`."
+    cls, msg, idx = type(self.base).__name__, ' '.join(str(e).split()), self._batch_positions(samples)
+    which = f"the samples {idx[:8]}{' ...' if len(idx) > 8 else ''}" if idx is not None else f"{len(samples)} samples"
+    return (f"{self.name}: {cls}.collate_fn raised {type(e).__name__}: {msg[:300] or '(no message)'} (batching "
+            f"{which}). The fault is in the dataset's own collate_fn (the original traceback is chained to this "
+            f"error); reproduce it with `ds.collate_fn([ds[i] for i in {idx[:8] if idx else '...'}])` on "
+            f"`ds = {cls}(split='{'train' if isinstance(self.dataset, SplitDataset) else self.split}', ...)`.")
 
 # %% ../nbs/01_data.ipynb #3ac3be05
 @patch
@@ -541,14 +685,32 @@ def _check_samples(self:CheckedDataset, samples:list):
     idx = self._batch_indices if self._batch_indices is not None and len(self._batch_indices) == len(samples) else None
     for j, s in enumerate(samples): self._check_pair(s, idx[j] if idx is not None else j)
 
+# %% ../nbs/01_data.ipynb #cf663f18
+@patch
+def _differs(self:CheckedDataset, samples:list, leaves:bool=True)->str|None:
+    "The message for the first of `samples` whose structure (or, with `leaves`, a tensor) differs from the first's."
+    idx, cls = self._batch_positions(samples), type(self.base).__name__
+    at = lambda j: f"sample {idx[j]}" if idx is not None else f"entry {j} of the batch"
+    for j, s in enumerate(samples[1:], 1):
+        d = _difference(samples[0], s, leaves)
+        if d is None: continue
+        path, has, ref_has = d
+        p = ''.join(f'[{k!r}]' for k in path)
+        here, there = (f"{at(j)}'s {p}", f"{at(0)}'s") if path else (at(j), at(0))
+        return (f"{self.name}: {here} {has} but {there} {ref_has}; the samples of a batch must have one structure "
+                f"(the same keys and lengths) and, at each place, tensors of one shape and dtype to be stacked. Make "
+                f"{cls}.__getitem__ return samples of one structure and shape (crop, pad or resize them), or give "
+                f"{cls} a collate_fn method that batches them (e.g. pads them).")
+    return None
+
 # %% ../nbs/01_data.ipynb #88534dbf
 @patch
-def _mismatch(self:CheckedDataset, samples:list, e:Exception)->str:
-    "The message for pairs that cannot be stacked: the first sample whose input or target differs from the first's."
-    idx = self._batch_indices if self._batch_indices is not None and len(self._batch_indices) == len(samples) else None
-    if idx is not None: idx = [self.index(i) for i in idx]   # indices into the user's dataset
+def _mismatch(self:CheckedDataset, samples:list, e:Exception|None=None)->str:
+    "The message for samples that cannot be stacked (`e`: what stacking raised): the first sample that differs."
+    idx = self._batch_positions(samples)
     at = lambda j: f"sample {idx[j]}" if idx is not None else f"entry {j} of the batch"
-    for part, word in ((0, 'input'), (1, 'target')):
+    # pairs: the first sample whose input or target differs from the first sample's, as a whole
+    for part, word in ((0, 'input'), (1, 'target')) if self.pairs else ():
         ref = _describe(samples[0][part])
         for j, s in enumerate(samples):
             if _describe(s[part]) != ref:
@@ -556,5 +718,10 @@ def _mismatch(self:CheckedDataset, samples:list, e:Exception)->str:
                         f"samples of a batch must have one shape and dtype to be stacked. Make "
                         f"{type(self.base).__name__}.__getitem__ return {word}s of one shape (crop, pad or resize "
                         f"them) and one dtype.")
-    return (f"{self.name}: the samples {list(idx[:8]) if idx is not None else ''} cannot be stacked into a batch: "
-            f"{type(e).__name__}: {' '.join(str(e).split())[:300]}.")
+    # any structure (or parts of pairs that are themselves structures): the path to the first part that differs
+    msg = self._differs(samples, leaves=e is not None)
+    if msg is not None: return msg
+    err = f": {type(e).__name__}: {' '.join(str(e).split())[:300]}" if e is not None else ''
+    hint = '' if self.pairs else f" Give {type(self.base).__name__} a collate_fn method that batches them."
+    return (f"{self.name}: the samples {list(idx[:8]) if idx is not None else ''} cannot be stacked into a "
+            f"batch{err}.{hint}")

@@ -70,11 +70,11 @@ class FirstBatches:
     def __iter__(self): return islice(iter(self.loader), self.n)
     def __len__(self)->int: return min(self.n, len(self.loader))
 
-# %% ../nbs/06_evaluator.ipynb #b745c0f9
+# %% ../nbs/06_evaluator.ipynb #278a7d19
 def _add(sums:dict, k:str, v):
     sums[k] = sums[k] + v if k in sums else v
 
-# %% ../nbs/06_evaluator.ipynb #4d06672e
+# %% ../nbs/06_evaluator.ipynb #c3faf9df
 class StepEvaluator:
     "`val_loss` and the extras of a custom step over a loader, weighted by batch size and reduced over processes."
     def __init__(self,
@@ -101,14 +101,16 @@ class StepEvaluator:
                 self.add_batch(sums, ms, *split_output(out), batch_size(batch))
         finally: model.train(was_training)
         names = list(sums)
-        total = all_reduce_sum(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=self.device)
-                                            for k in names] + [m.state.to(self.device) for m in ms.values()]))
+        # one collective for the sums and every metric's (sum, count)
+        parts = [torch.as_tensor(sums[k], dtype=torch.float64, device=self.device).reshape(1) for k in names]
+        total = all_reduce_sum(torch.cat(parts + [m.state.to(self.device) for m in ms.values()]))
         w = total[0].item()
         # no sample on any rank: NaN, never a best
         res = {self.prefix + k: total[j].item() / w if w else float('nan') for j, k in enumerate(names) if j}
-        return {**res, **{self.prefix + n: m.compute(s) for (n, m), s in zip(ms.items(), total[len(names):])}}
+        states = total[len(names):].reshape(-1, 2).cpu()
+        return {**res, **{self.prefix + n: m.compute(s) for (n, m), s in zip(ms.items(), states)}}
 
-# %% ../nbs/06_evaluator.ipynb #02e721ee
+# %% ../nbs/06_evaluator.ipynb #0d8d96eb
 @patch
 def add_batch(self:StepEvaluator, sums:dict, ms:dict, loss, named:dict, bs:int):
     "Add one batch's loss and extras (weighted by its `bs` samples) to `sums`, and its pred/target to the metrics."
