@@ -132,7 +132,8 @@ def finish(self:Profiler, trainer, cut:str|None=None):
     first, last = self.began + 1, trainer.updates
     folder = self.trace_folder(trainer)
     folder.mkdir(parents=True, exist_ok=True)
-    self.trace = folder / f"rank0.{first}.pt.trace.json"
+    # the rank in the name: the trace of a rank that should not have profiled would show
+    self.trace = folder / f"rank{trainer.dist.rank}.{first}.pt.trace.json"
     prof.export_chrome_trace(str(self.trace))
     where = ('' if getattr(trainer, 'run_dir', None) is not None
              else ' (the trainer has no run directory: a temporary folder)')

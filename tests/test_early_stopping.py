@@ -54,7 +54,7 @@ def test_early_stopping_stops_at_the_validation_it_should(tmp_path):
     assert list(sd['callbacks'].values()) == [es.state_dict()]
 
 def test_a_resumed_patience_counter_stops_at_the_same_update(tmp_path):
-    "A run stopped partway with the counter above 0, then resumed from latest.pt, stops where an uninterrupted one does."
+    "A run cut partway with the counter above 0, resumed from latest.pt, stops where an uninterrupted one does."
     whole = linear_trainer(tmp_path / 'whole', 80, [EarlyStopping(patience=3, min_delta=1e-3)]).fit()
     vals = val_losses(whole)
     # the first validation after which the counter is 1 or 2: the run is cut there
@@ -77,10 +77,29 @@ def test_a_monitor_that_is_not_a_metric_stops_the_run_and_names_it(tmp_path):
         t.fit()
 
 def test_the_builtin_table_names_the_signature():
-    "callbacks.BUILTIN_ARGS['early_stopping'] (read by the config check) is EarlyStopping's signature; bad values: exit 2."
+    "BUILTIN_ARGS['early_stopping'] (read by the config check) is EarlyStopping's signature; bad values: exit 2."
     import inspect
     from ml_suite.callbacks import BUILTIN_ARGS, BUILTIN_CALLBACKS
     from ml_suite.core import ConfigError
     sig = {k: p.default for k, p in inspect.signature(EarlyStopping).parameters.items()}
     assert BUILTIN_ARGS['early_stopping'] == sig and BUILTIN_CALLBACKS['early_stopping'].endswith(':EarlyStopping')
     with pytest.raises(ConfigError, match="mode is 'lowest'; it must be 'min'"): EarlyStopping(mode='lowest')
+
+def test_train_with_early_stopping_ends_and_a_rerun_says_it_has_finished(tmp_path):
+    "From a config: ended at update 20 of 80 (patience 1, nothing beats the best by 1e9), exit 0; a rerun: finished."
+    from conftest import tiny_config, write_config
+    from ml_suite.train import _main, run_status
+    cfg = tiny_config(total_updates=80, updates_per_epoch=10, log_every=10, progress=False,
+                      callbacks=[{'name': 'early_stopping', 'patience': 1, 'min_delta': 1e9}])
+    path = write_config(tmp_path / 'train.yml', cfg)
+    assert _main([str(path)]) == 0
+    reason = "early_stopping: val_loss did not improve by more than 1000000000.0 for 1 validations (best "
+    st = run_status(tmp_path)
+    assert st['ended'].startswith(reason) and st['ended'].endswith(' at update 10)') and st['resume_update'] == 20, st
+    log = (tmp_path / 'training.log').read_text()
+    assert f"ending the run at update 20/80 ({reason}" in log, log
+    rows = (tmp_path / 'metrics.jsonl').read_text()
+    assert _main([str(path)]) == 0
+    last = (tmp_path / 'training.log').read_text().splitlines()[-1]
+    assert f'the run has finished: a callback ended it at update 20: {reason}' in last, last
+    assert (tmp_path / 'metrics.jsonl').read_text() == rows

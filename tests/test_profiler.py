@@ -1,5 +1,6 @@
 "Issue 18: `profiler` writes a trace that Perfetto and TensorBoard open, logs the top operations, profiles once."
 import json, logging
+import pytest
 import torch
 from ml_suite.testing import trainer_for
 from ml_suite.trainer import TrainerParts
@@ -54,9 +55,48 @@ def test_no_profile_when_resumed_past_the_window_or_before_it(tmp_path, caplog):
 
 def test_the_builtin_table_names_the_signature():
     "callbacks.BUILTIN_ARGS['profiler'] (read by the config check) is Profiler's signature; bad values: exit 2."
-    import inspect, pytest
+    import inspect
     from ml_suite.callbacks import BUILTIN_ARGS, BUILTIN_CALLBACKS
     from ml_suite.core import ConfigError
     sig = {k: p.default for k, p in inspect.signature(Profiler).parameters.items()}
     assert BUILTIN_ARGS['profiler'] == sig and BUILTIN_CALLBACKS['profiler'] == 'ml_suite.profiler:Profiler'
     with pytest.raises(ConfigError, match="updates is 0; it must be a whole number"): Profiler(updates=0)
+
+def test_train_with_the_profiler_writes_the_trace_and_the_table_into_the_run(tmp_path):
+    "From a config: the trace in run_dir/profile, its path and the top operations in training.log; a rerun: no more."
+    from conftest import tiny_config, write_config
+    from ml_suite.train import _main
+    cfg = tiny_config(total_updates=6, updates_per_epoch=6, log_every=2, progress=False,
+                      callbacks=[{'name': 'profiler', 'start': 2, 'updates': 2}])
+    path = write_config(tmp_path / 'train.yml', cfg)
+    assert _main([str(path)]) == 0
+    trace = tmp_path / 'profile' / 'rank0.3.pt.trace.json'
+    assert sorted((tmp_path / 'profile').iterdir()) == [trace]
+    assert json.loads(trace.read_text())['traceEvents']
+    log = (tmp_path / 'training.log').read_text()
+    assert f'profiler: updates 3 to 4 profiled; trace {trace}: open it in https://ui.perfetto.dev' in log, log
+    table = log[log.index('Top operations by their own CPU time:'):].splitlines()[1:12]
+    assert table[0].split() == ['self', 'ms', 'calls', 'us/call', 'operation'] and len(table) == 11, table
+    assert all(float(line.split()[0]) >= 0 for line in table[1:]), table
+    assert _main([str(path), 'total_updates=10']) == 0
+    assert sorted((tmp_path / 'profile').iterdir()) == [trace]
+    assert (tmp_path / 'training.log').read_text().count('profiler: profiling updates') == 1
+
+@pytest.mark.slow
+def test_two_processes_end_alike_and_only_rank_0_profiles(tmp_path):
+    "torchrun, 2 processes: early_stopping ends the run at update 20 (exit 0); one trace, rank 0's; done saved."
+    import os, subprocess, sys
+    from conftest import tiny_config, write_config
+    cfg = tiny_config(total_updates=80, updates_per_epoch=10, log_every=10, progress=False,
+                      callbacks=[{'name': 'early_stopping', 'patience': 1, 'min_delta': 1e9},
+                                 {'name': 'profiler', 'start': 2, 'updates': 2}])
+    path = write_config(tmp_path / 'train.yml', cfg)
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        '-m', 'ml_suite.train', str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [p.name for p in (tmp_path / 'profile').iterdir()] == ['rank0.3.pt.trace.json']
+    sd = torch.load(tmp_path / 'latest.pt', weights_only=False)
+    assert sd['updates'] == 20 and sd['ended'].startswith('early_stopping: val_loss did not improve')
+    assert list(sd['callbacks'].values())[1] == {'done': True}
