@@ -130,3 +130,35 @@ def test_gradient_accumulation_under_ddp_equals_the_full_batch(tmp_path):
     assert run_cli(one, cwd=tmp_path, env={'OMP_NUM_THREADS': '1'}).returncode == 0
     a, b = weights(tmp_path / 'acc' / 'latest.pt'), weights(tmp_path / 'one' / 'latest.pt')
     for k in a: torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
+
+RANKED = '''
+import os, torch
+from ml_suite.steps import model_loss, Count
+from ml_suite.models import UNet
+
+def ranked(model, batch):
+    "The supervised loss, and the rank as an extra: a row's mean over the ranks of two processes is 0.5."
+    x, y = batch
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    rank = float(os.environ.get('RANK', 0))
+    return loss, {'rank': torch.tensor(rank), 'samples_seen': Count(x.shape[0])}
+'''
+
+@pytest.mark.slow
+def test_a_steps_extras_are_averaged_over_ranks_and_ema_with_early_stopping_run_under_ddp(tmp_path):
+    "Two processes: train_rank is 0.5 in every row, counts add up over ranks, the EMA and early stopping run."
+    (tmp_path / 'ranked.py').write_text(RANKED)
+    cfg = tiny_config(total_updates=20, updates_per_epoch=10, log_every=5,
+                      callbacks=[{'name': 'ema', 'decay': 0.9}, {'name': 'early_stopping', 'patience': 3}])
+    cfg['model'] = {**cfg['model'], 'step': 'ranked:ranked'}
+    del cfg['model']['criterion']
+    path = write_config(tmp_path / 'run' / 'train.yml', cfg)
+    r = torchrun('--standalone', '--nproc_per_node=2', '-m', 'ml_suite.train', path, cwd=tmp_path,
+                 env={'PYTHONPATH': str(tmp_path)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = read_rows(tmp_path / 'run')
+    assert [x['update'] for x in rows] == [5, 10, 15, 20] and all(x['train_rank'] == 0.5 for x in rows), rows
+    # both ranks' samples: the count's rate equals samples_per_s
+    assert all(x['samples_seen_per_s'] == pytest.approx(x['samples_per_s'], rel=1e-3) for x in rows), rows
+    ck = torch.load(tmp_path / 'run' / 'latest.pt', weights_only=True)
+    assert ck['callbacks']['0:EMA']['n_averaged'] == 20 and 'eval_model' in ck
