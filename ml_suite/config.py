@@ -14,7 +14,7 @@ import yaml
 from .core import ConfigError, RunError, did_you_mean, resolve_object, check_kwargs, call_style, stage_lengths
 
 # %% auto #0
-__all__ = ['REQUIRED', 'RESERVED', 'FACTORY_HINT', 'BUILTIN_TABLES', 'DatasetConfig', 'ModelConfig', 'FactoriesConfig',
+__all__ = ['REQUIRED', 'STEPS', 'RESERVED', 'FACTORY_HINT', 'BUILTIN_TABLES', 'DatasetConfig', 'ModelConfig', 'FactoriesConfig',
            'OptimizerConfig', 'StageConfig', 'SchedulerConfig', 'CheckpointConfig', 'PreemptionConfig',
            'NonfiniteConfig', 'WandbConfig', 'Config', 'Source', 'read_yaml', 'read_dotenv', 'dotenv_paths',
            'load_dotenv', 'expand_env', 'apply_overrides', 'from_dict', 'parse_time_limit', 'stages', 'check_values',
@@ -39,6 +39,8 @@ class ModelConfig:
     "Which model and training criterion; other keys go to the model's constructor."
     type:str = REQUIRED           # built-in name or 'package.module:Class' (or a name for factories.model)
     criterion:str = 'mse'         # built-in loss name or 'package.module:Class'
+    # supervised: criterion(model(x), y); model_loss: the model returns its loss; or 'package.module:my_step'
+    step:str = 'supervised'
     kwargs:dict = field(default_factory=dict)
 
 @dataclass
@@ -122,7 +124,8 @@ class Config:
     grad_accum_steps:int = 1              # micro-batches per update
     num_workers:int = 0                   # data loader worker processes
     val_batch_size:Optional[int] = None   # default: batch_size
-    metrics:list = field(default_factory=lambda: ['mae', 'rmse'])  # validation metrics besides val_loss
+    # validation metrics besides val_loss (default with a step other than supervised: [])
+    metrics:list = field(default_factory=lambda: ['mae', 'rmse'])
     amp:bool = False                      # mixed precision (autocast)
     precision:Literal['bfloat16', 'float16'] = 'bfloat16'
     compile:bool = False                  # torch.compile the model
@@ -141,6 +144,8 @@ class Config:
     val_batches:Optional[int] = None      # validate on the first N batches of each rank's share (default: all of it)
     validate_at_start:bool = False        # a fresh run validates before its first update: a row at update 0
     progress:bool = True                  # a progress bar on a terminal, a live plot in Jupyter (never in log files)
+    # {name: ema|early_stopping|profiler|'package.module:Class', **its arguments}, run in this order
+    callbacks:list = field(default_factory=list)
 
 _SCHEMA = (DatasetConfig, ModelConfig, FactoriesConfig, OptimizerConfig, StageConfig, SchedulerConfig, CheckpointConfig,
            PreemptionConfig, NonfiniteConfig, WandbConfig, Config)   # ml_suite's own sections (not users' dataclasses)
@@ -153,6 +158,7 @@ class Source:
     lines:dict = field(default_factory=dict)       # ('optimizer', 'learning_rate') -> line number
     overrides:dict = field(default_factory=dict)   # key path -> the override as typed
     dotenv:list = field(default_factory=list)      # the .env files looked for, in order of precedence
+    given:set = field(default_factory=set)         # every key path the config gives (file or dict, and overrides)
 
     def where(self, path)->str:
         "' (train.yml line 14)' for a key path, naming an override if one set it."
@@ -164,18 +170,38 @@ class Source:
             if path[:n] in self.lines: return f" ({name} line {self.lines[path[:n]]})"
         return f" ({name})"
 
+    def gives(self, path)->bool:
+        "Whether the config's file or dict, or an override, sets the key path `path` (rather than its default)."
+        path = tuple(path)
+        return path in self.given or path in self.lines or path in self.overrides
+
     @property
     def folder(self)->Optional[Path]: return self.file.parent if self.file else None
 
+# %% ../nbs/05_config.ipynb #502e0291
+def _key_paths(data:dict, path:tuple=())->set:
+    "Every key path in the nested mappings of `data`: what a config gives (its file or dict, and the overrides)."
+    out = set()
+    for k, v in data.items():
+        out.add(path + (k,))
+        if isinstance(v, dict): out |= _key_paths(v, path + (k,))
+    return out
+
 # %% ../nbs/05_config.ipynb #cb878725
 def _walk_lines(node, path, lines, fname):
+    # a list's items by position, e.g. ('callbacks', 1, 'patience')
+    if isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            lines[path + (i,)] = v.start_mark.line + 1
+            _walk_lines(v, path + (i,), lines, fname)
     if isinstance(node, yaml.MappingNode):
         seen = {}
         for k, v in node.value:
             key = k.value
             if key in seen:
-                raise ConfigError(f"duplicate key '{'.'.join(path + (key,))}' in {fname} lines {seen[key]} and "
-                                  f"{k.start_mark.line + 1}; YAML keeps only the last one. Delete one of them.")
+                dotted = '.'.join(map(str, path + (key,)))
+                raise ConfigError(f"duplicate key '{dotted}' in {fname} lines {seen[key]} and {k.start_mark.line + 1}; "
+                                  f"YAML keeps only the last one. Delete one of them.")
             seen[key] = k.start_mark.line + 1
             lines[path + (key,)] = k.start_mark.line + 1
             _walk_lines(v, path + (key,), lines, fname)
@@ -544,6 +570,129 @@ def _check_splits(ds:DatasetConfig, src:Source):
                           f"({tr}) validation gets the samples that train_split and test_split leave; remove "
                           f"val_split.")
 
+# %% ../nbs/05_config.ipynb #05844927
+def _default(cls, name:str):
+    "The default of the field `name` of the dataclass `cls`."
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+# %% ../nbs/05_config.ipynb #963be691
+def _written(src:Source, path:tuple, value, default)->bool:
+    "Whether the config sets the key `path` itself (`Source.gives`); where `src` cannot tell: is it not `default`?"
+    return src.gives(path) or (not src.given and value != default)
+
+# %% ../nbs/05_config.ipynb #f489be89
+STEPS = ('supervised', 'model_loss')   # the built-in steps; `model.step` may also be an import path
+
+def _check_step(cfg:Config, src:Source):
+    "`model.step` a built-in step or an import path; one that computes the loss itself takes no criterion."
+    m, w = cfg.model, src.where(('model', 'step'))
+    if ':' not in m.step and m.step not in STEPS:
+        raise ConfigError(f"model.step{w} is {m.step!r}{did_you_mean(m.step, STEPS) or '.'} Use supervised "
+                          f"(criterion(model(x), y), the default), model_loss (the model computes its own loss from "
+                          f"the batch) or an import path 'my_module:my_step' to a function step(model, batch) that "
+                          f"returns the loss or (loss, {{name: scalar tensor}}).")
+    if ':' in m.step: _callable(resolve_object(m.step, {}, 'model.step', w, src.folder), 'model.step', w, m.step)
+    if m.step == 'supervised': return
+    if _written(src, ('model', 'criterion'), m.criterion, ModelConfig.criterion):
+        raise ConfigError(f"model.criterion{src.where(('model', 'criterion'))} is {m.criterion!r}, but model.step{w} "
+                          f"is {m.step!r}, which computes the loss itself, so the criterion would never be used. "
+                          f"Remove model.criterion, or use step: supervised for criterion(model(x), y).")
+    if not _written(src, ('metrics',), cfg.metrics, _default(Config, 'metrics')): cfg.metrics = []
+    if m.step == 'model_loss' and cfg.metrics:   # written (else it is [] now)
+        raise ConfigError(f"metrics{src.where(('metrics',))} is {cfg.metrics}, but model.step{w} is model_loss: the "
+                          f"model returns only its loss, and metrics need predictions. Remove metrics; or write a "
+                          f"step of your own (model.step: 'my_module:my_step') that returns (loss, {{'pred': "
+                          f"prediction, 'target': target}}): validation feeds those two to the metrics.")
+
+# %% ../nbs/05_config.ipynb #207448b7
+def _callback_name(item, i:int, src:Source)->str:
+    "The `name` of the item `item` at position `i` of `callbacks`: a built-in or an import path."
+    from ml_suite.callbacks import BUILTIN_CALLBACKS
+    builtins = ', '.join(BUILTIN_CALLBACKS)
+    if not isinstance(item, dict) or not isinstance(item.get('name'), str) or not item['name']:
+        what = (f"a mapping without a name (its keys: {', '.join(map(str, item))})" if isinstance(item, dict) else
+                _describe(item))
+        raise ConfigError(f"callbacks[{i}]{src.where(('callbacks', i))} is {what}; each item of callbacks is a "
+                          f"mapping with the callback's name and its arguments, e.g. {{name: early_stopping, "
+                          f"patience: 5}} (built-ins: {builtins}) or {{name: 'my_module:MyCallback', some_arg: 3}}.")
+    name = item['name']
+    if ':' not in name and name not in BUILTIN_CALLBACKS:
+        raise ConfigError(f"unknown callback '{name}' in callbacks[{i}]{src.where(('callbacks', i, 'name'))}"
+                          f"{did_you_mean(name, BUILTIN_CALLBACKS) or '.'} Use a built-in ({builtins}) or an import "
+                          f"path 'my_module:MyCallback' to a class of your own.")
+    return name
+
+# %% ../nbs/05_config.ipynb #3fe39f2e
+def _builtin_callback_args(name:str, item:dict, path:tuple, src:Source)->dict:
+    "The arguments of the built-in callback `name` in `item`, each a key it knows, of its default's type (converted)."
+    from ml_suite.callbacks import BUILTIN_ARGS
+    defaults = BUILTIN_ARGS[name]
+    out = {}
+    for k, v in item.items():
+        if k == 'name': continue
+        if k not in defaults:
+            raise ConfigError(f"unknown key '{k}' in callback '{name}'{src.where(path + (k,))}"
+                              f"{did_you_mean(k, defaults) or '.'} {name} accepts: {', '.join(defaults)} (and name).")
+        d = defaults[k]
+        out[k] = v if d is None else _coerce(v, type(d), path + (k,), src)
+    return out
+
+# %% ../nbs/05_config.ipynb #863240c7
+def _check_monitor(monitor:str, path:tuple, cfg:Config, src:Source):
+    "`monitor` of an early stopping at `path` a number that validation writes, as `metrics` and `model.step` say."
+    names = ['val_loss'] + [f"val_{str(m).rsplit(':', 1)[-1].lower()}" for m in cfg.metrics]
+    own = ':' in cfg.model.step
+    if monitor in names or (own and monitor.startswith('val_')): return
+    also = f", or val_<name> for a scalar that model.step {cfg.model.step!r} returns" if own else ''
+    raise ConfigError(f"callbacks[{path[1]}].monitor{src.where(path + ('monitor',))} of early_stopping is "
+                      f"{monitor!r}, which validation does not write{did_you_mean(monitor, names) or '.'} It writes "
+                      f"{', '.join(names)} (val_loss, and val_ with each of metrics{src.where(('metrics',))}){also}. "
+                      f"Monitor one of them, or add the metric to metrics.")
+
+# %% ../nbs/05_config.ipynb #fc93e5c7
+def _check_callback_values(name:str, kw:dict, path:tuple, cfg:Config, src:Source):
+    "The ranges of a built-in callback's arguments `kw` (the others at their defaults)."
+    from ml_suite.callbacks import BUILTIN_ARGS
+    a = {**BUILTIN_ARGS[name], **kw}
+    def bad(k, rule): return ConfigError(f"callbacks[{path[1]}].{k}{src.where(path + (k,))} of {name} must be {rule}, "
+                                         f"got {a[k]!r}.")
+    if name == 'ema':
+        if not 0 < a['decay'] < 1: raise bad('decay', "in (0, 1): the average's weight at each step, e.g. 0.999")
+        if a['every'] < 1: raise bad('every', ">= 1: the average is updated every this many updates")
+        if a['start'] < 0: raise bad('start', ">= 0: the update the average starts at")
+    if name == 'early_stopping':
+        if a['mode'] not in ('min', 'max'): raise bad('mode', "min (lower is better, as for a loss) or max")
+        if a['patience'] < 1: raise bad('patience', ">= 1: validations without improvement before the run ends")
+        if a['min_delta'] < 0: raise bad('min_delta', ">= 0: the least change that counts as an improvement")
+        _check_monitor(a['monitor'], path, cfg, src)
+    if name == 'profiler':
+        if a['start'] < 0: raise bad('start', ">= 0: the update the profiled window starts after")
+        if a['updates'] < 1: raise bad('updates', ">= 1: the updates the profiled window holds")
+
+# %% ../nbs/05_config.ipynb #bd4b4d84
+def _check_callbacks(cfg:Config, src:Source):
+    "Each item of `callbacks` a built-in or an import path, with arguments it takes (converted in place)."
+    first = {}
+    for i, item in enumerate(cfg.callbacks):
+        name, path = _callback_name(item, i, src), ('callbacks', i)
+        kw = {k: v for k, v in item.items() if k != 'name'}
+        if ':' in name:
+            key, where = f'callbacks[{i}].name', src.where(path + ('name',))
+            cls = _callable(resolve_object(name, {}, key, where, src.folder), key, where, name)
+            check_kwargs(cls, kw, f"callback '{name}'", lambda k: src.where(path + (k,)) if k else src.where(path),
+                         reserved=('name',))
+            kw = _check_types(cls, kw, path, src)
+        else:
+            kw = _builtin_callback_args(name, item, path, src)
+            _check_callback_values(name, kw, path, cfg, src)
+        if name == 'ema' and name in first:
+            raise ConfigError(f"callbacks[{i}]{src.where(path)} is a second ema (the first is callbacks[{first[name]}]"
+                              f"{src.where(('callbacks', first[name]))}); a run keeps one average of the weights. "
+                              f"Remove one of them.")
+        first.setdefault(name, i)
+        cfg.callbacks[i] = {'name': name, **kw}
+
 # %% ../nbs/05_config.ipynb #b5980819
 def check_values(cfg:Config, src:Source)->Config:
     "Check ranges, the rules between keys and import paths of `cfg`, without importing torch."
@@ -552,6 +701,8 @@ def check_values(cfg:Config, src:Source)->Config:
     _check_signals(cfg.preemption, src)
     _check_schedule(cfg, src)
     _check_splits(cfg.dataset, src)
+    _check_step(cfg, src)
+    _check_callbacks(cfg, src)
     _check_import_paths(cfg, src)
     return cfg
 
@@ -621,7 +772,8 @@ def takes_param(fn, name:str)->bool:
     return name in ps or any(p.kind is p.VAR_KEYWORD for p in ps.values())
 
 # %% ../nbs/05_config.ipynb #cfe52e7d
-RESERVED = {'model': ('type', 'criterion'), 'dataset': ('name', 'train_split', 'val_split', 'test_split', 'normalize')}
+RESERVED = {'model': ('type', 'criterion', 'step'),
+            'dataset': ('name', 'train_split', 'val_split', 'test_split', 'normalize')}
 
 def check_section(fn, cfg:Config, src:Source, which:str):
     "Check `cfg`'s `model` or `dataset` section against `fn`, as it will be built (converting the values it passes on)."
@@ -817,6 +969,7 @@ def load_config(
     load_dotenv(src.folder, environ)
     data = apply_overrides(data, overrides, src)
     data = expand_env(data, (), src, environ)
+    src.given = _key_paths(data)
     cfg = from_dict(Config, data, (), src)
     return (validate_config if names else check_values)(cfg, src), src
 
@@ -826,6 +979,8 @@ def config_to_dict(cfg)->dict:
     out = {}
     for f in fields(cfg):
         v = getattr(cfg, f.name)
+        # a step that computes its own loss takes no criterion (`load_config` refuses one beside it)
+        if isinstance(cfg, ModelConfig) and f.name == 'criterion' and cfg.step != 'supervised': continue
         if f.name == 'kwargs': out.update(copy.deepcopy(v))
         elif is_dataclass(v): out[f.name] = config_to_dict(v)
         else: out[f.name] = copy.deepcopy(v)

@@ -6,12 +6,13 @@ Docs: https://ml-suite.github.io/ml_suite/dist.html.md"""
 
 # %% ../nbs/00a_dist.ipynb #a389a18f
 from __future__ import annotations
-import datetime, os, subprocess
+import datetime, os, re, subprocess
 from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['DistInfo', 'is_main_process', 'get_device', 'first_slurm_node', 'init_process_group', 'destroy_process_group',
-           'new_control_group', 'all_reduce_sum', 'agree', 'broadcast_object', 'all_gather_object']
+__all__ = ['PEAK_TFLOPS', 'DistInfo', 'is_main_process', 'get_device', 'peak_tflops', 'device_peak_tflops', 'first_slurm_node',
+           'init_process_group', 'destroy_process_group', 'new_control_group', 'all_reduce_sum', 'agree',
+           'broadcast_object', 'all_gather_object']
 
 # %% ../nbs/00a_dist.ipynb #78f39f6c
 @dataclass(frozen=True)
@@ -49,6 +50,34 @@ def get_device(name:str='auto', dist:DistInfo=DistInfo()):
     if name == 'auto': name = 'cuda' if torch.cuda.is_available() else 'cpu'
     if name == 'cuda': name = f'cuda:{dist.local_rank}'
     return torch.device(name)
+
+# %% ../nbs/00a_dist.ipynb #b1c0893c
+# dense bf16 (fp16 on V100, T4) tensor-core TFLOP/s per GPU, from the vendors' spec sheets; first whole-word match wins
+PEAK_TFLOPS = [
+    ('GB200', 2500.0), ('B200', 2250.0),                       # Blackwell datasheets (dense: half the sparse)
+    ('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H100', 989.0), ('H200 NVL', 835.0), ('H200', 989.0), ('H800', 989.0),
+    ('A100', 312.0), ('A800', 312.0),
+    ('L40S', 362.0), ('L40', 181.0), ('L4', 121.0),
+    ('A10G', 125.0), ('A10', 125.0),                            # A10G: AWS gives no figure; the A10's, approximately
+    ('RTX 6000 Ada', 364.0), ('RTX A6000', 155.0),
+    ('RTX 4090', 165.0), ('RTX 3090', 71.0),                    # fp32 accumulate (Ada, Ampere GA102 whitepapers)
+    ('V100', 125.0), ('T4', 65.0),                              # fp16: no bf16 tensor cores
+    ('MI300X', 1307.0), ('MI250X', 383.0),
+]
+
+# %% ../nbs/00a_dist.ipynb #29b9bebb
+def peak_tflops(device_name:str)->float|None:
+    "The dense 16-bit peak TFLOP/s of a device named `device_name` (`torch.cuda.get_device_name()`); None: unknown."
+    # a whole word of the name: 'A10' is not the 'RTX A1000', 'L4' not the 'L40S'
+    whole = lambda key: re.search(rf'(?<![a-z0-9]){re.escape(key.lower())}(?![a-z0-9])', device_name.lower())
+    return next((tf for key, tf in PEAK_TFLOPS if whole(key)), None)
+
+# %% ../nbs/00a_dist.ipynb #d4cea81c
+def device_peak_tflops(device)->float|None:
+    "The peak TFLOP/s of `device` (a `torch.device`) from `PEAK_TFLOPS`; None on a CPU or a GPU not in the table."
+    import torch
+    if device.type != 'cuda': return None
+    return peak_tflops(torch.cuda.get_device_name(device))
 
 # %% ../nbs/00a_dist.ipynb #5a9a86b3
 def first_slurm_node()->str:

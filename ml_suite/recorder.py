@@ -7,11 +7,12 @@ Docs: https://ml-suite.github.io/ml_suite/recorder.html.md"""
 # %% ../nbs/09c_recorder.ipynb #3f2ea03a
 from __future__ import annotations
 import time
+from contextlib import contextmanager
 from pathlib import Path
 import torch
 from fastcore.basics import patch
 from .core import DistInfo
-from .dist import all_reduce_sum
+from .dist import all_reduce_sum, device_peak_tflops
 from .tracking import MetricsLog, logger, format_eta
 
 # %% auto #0
@@ -36,6 +37,8 @@ class RunRecorder:
         self.shown = ()                   # the keys of the last row that the log line shows besides the usual
         self.lr = None                    # the LR of the last update before a row (the trainer sets it)
         self.grad_norm = None             # the gradient norm of that update, where computed
+        self.flops = None                 # FLOPs of one update on this process (`counting_flops`); None: not counted
+        self.peak_tflops = None           # the device's peak TFLOP/s (`device_peak_tflops`); None: unknown
         self.tick = time.monotonic()      # when the window began
         self.tick_updates = 0             # the update count then
         self.trackers = []                # attached (and closed) by the launcher
@@ -45,12 +48,17 @@ class RunRecorder:
         self.covered = []                 # rows whose checkpoint is being made durable
 
     def to(self, device)->'RunRecorder':
-        "Keep the loss window on `device` (the trainer's)."
+        "Keep the loss window on `device` (the trainer's), and take its peak FLOP/s for the MFU."
         self.loss_sum = self.loss_sum.to(device)
+        # None on a CPU or a GPU not in the table
+        self.peak_tflops = device_peak_tflops(torch.device(device))
         return self
 
-    def state_dict(self)->dict: return {'wandb_id': self.wandb_id}
-    def load_state_dict(self, sd:dict): self.wandb_id = sd.get('wandb_id')
+    def state_dict(self)->dict: return {'wandb_id': self.wandb_id, 'flops': self.flops}
+    def load_state_dict(self, sd:dict):
+        self.wandb_id = sd.get('wandb_id')
+        # counted at the run's first update, in the process that made it (None: a checkpoint from before the count)
+        self.flops = sd.get('flops')
     def detach(self):
         "Stop writing to the trackers and the progress display (their opener closes them)."
         self.trackers = []
@@ -77,7 +85,7 @@ def add_loss(self:RunRecorder, loss):
         self.losses.append(loss)
         if len(self.losses) >= 64: self.sum_losses()
 
-# %% ../nbs/09c_recorder.ipynb #932ce079
+# %% ../nbs/09c_recorder.ipynb #9a9de021
 @patch
 def add_scalars(self:RunRecorder, scalars:dict, counts:dict):
     "One applied update's extra scalars (tensors or numbers, summed) and item counts (numbers, summed)."
@@ -91,7 +99,16 @@ def begin(self:RunRecorder, updates:int):
     self.tick = time.monotonic()
     self.tick_updates = updates
 
-# %% ../nbs/09c_recorder.ipynb #a401e539
+# %% ../nbs/09c_recorder.ipynb #564b1f2b
+@patch
+@contextmanager
+def counting_flops(self:RunRecorder):
+    "While inside, count FLOPs with `FlopCounterMode`; on leaving, they are `flops` (the trainer: one update's)."
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc: yield fc
+    self.flops = fc.get_total_flops()
+
+# %% ../nbs/09c_recorder.ipynb #d2ebc713
 @patch
 def window_sums(self:RunRecorder)->tuple:
     "Collective: `(loss sum, applied updates, {scalar: sum}, {count: sum})` of the window, over all ranks."
@@ -135,6 +152,10 @@ def reduce_row(self:RunRecorder,
     self.extra = {}
     row['samples_per_s'] = row['updates_per_s'] * samples / max(updates, 1)
     row['eta_s'] = (total_updates - updates) / max(row['updates_per_s'], 1e-9)
+    # achieved FLOP/s of every rank (equal batches: one rank's count times their number), and the share of the peak
+    if self.flops and updates > self.tick_updates:
+        row['tflops'] = self.flops * self.dist.world_size * row['updates_per_s'] / 1e12
+        if self.peak_tflops: row['mfu'] = row['tflops'] / (self.peak_tflops * self.dist.world_size)
     if self.loss_sum.device.type == 'cuda':
         row['gpu_mem_gb'] = torch.cuda.max_memory_allocated(self.loss_sum.device) / 1e9
         torch.cuda.reset_peak_memory_stats(self.loss_sum.device)
@@ -147,7 +168,7 @@ def reduce_row(self:RunRecorder,
     self.history.append(row)
     return row
 
-# %% ../nbs/09c_recorder.ipynb #ac3d847d
+# %% ../nbs/09c_recorder.ipynb #c92d5701
 def _num(v)->str: return f"{v:.5g}" if isinstance(v, (int, float)) else str(v)
 
 # %% ../nbs/09c_recorder.ipynb #a64c6d55
@@ -162,8 +183,10 @@ def write(self:RunRecorder, row:dict, total_updates:int, val:dict|None=None):
     val_txt += ''.join(f" {k} {_num(row[k])}" for k in self.shown if k in row)
     tl = f"{row['train_loss']:.5g}" if row['train_loss'] is not None else 'n/a'
     skipped = f" skipped_nonfinite {row['skipped_nonfinite']}" if row['skipped_nonfinite'] else ''
+    # where the device's peak is known (a GPU): the FLOP/s and MFU; a CPU's line is without them
+    mfu = f" {row['tflops']:.3g} TFLOP/s MFU {row['mfu']:.1%}" if 'mfu' in row else ''
     logger.info(f"update {row['update']}/{total_updates} train_loss {tl} lr {row['lr']:.3g} "
-                f"{row['samples_per_s']:.1f} samples/s ETA {format_eta(row['eta_s'])}{val_txt}{skipped}")
+                f"{row['samples_per_s']:.1f} samples/s{mfu} ETA {format_eta(row['eta_s'])}{val_txt}{skipped}")
 
 # %% ../nbs/09c_recorder.ipynb #6cfab9f0
 @patch

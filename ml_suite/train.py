@@ -19,10 +19,10 @@ from .stopping import StopAction
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_NONFINITE', 'EXIT_INTERRUPTED',
            'TEMPLATES_MARKER', 'OWNER_FILE', 'REFUSED_ON_RESUME', 'SCHEDULE_KEYS', 'ABSENT', 'resolve_run_dir',
            'check_run_dir', 'config_owner', 'check_owner', 'plan_start', 'flatten_config', 'config_changes', 'is_under',
-           'check_resume_config', 'set_mem_budget', 'build_parts', 'short_val_split', 'build_trainer', 'oom_advice',
-           'StartPlan', 'resume_no_decay', 'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore',
-           'open_records', 'fit_run', 'finish', 'train', 'dry_run', 'run_status', 'format_status', 'status_main',
-           'main', 'quick_exit', 'cli']
+           'check_resume_config', 'set_mem_budget', 'build_callbacks', 'build_parts', 'short_val_split',
+           'build_trainer', 'oom_advice', 'StartPlan', 'resume_no_decay', 'read_start', 'claim_run_dir', 'open_run',
+           'resume_schedule', 'restore', 'open_records', 'fit_run', 'finish', 'train', 'dry_run', 'run_status',
+           'format_status', 'status_main', 'main', 'quick_exit', 'cli']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -203,8 +203,28 @@ def set_mem_budget(budget:float):
     import torch._functorch.config
     torch._functorch.config.activation_memory_budget = budget
 
+# %% ../nbs/10_train.ipynb #745c8aeb
+def build_callbacks(cfg:Config, src:Source=Source())->list:
+    "The callbacks that `cfg.callbacks` names, built in order (`ConfigError` naming one that its constructor refuses)."
+    from ml_suite.callbacks import BUILTIN_CALLBACKS
+    out = []
+    for i, item in enumerate(cfg.callbacks):
+        name = item['name']
+        kw = {k: v for k, v in item.items() if k != 'name'}
+        key, where = f'callbacks[{i}].name', src.where(('callbacks', i, 'name'))
+        cls = resolve_object(BUILTIN_CALLBACKS.get(name, name), {}, key, where, src.folder)
+        try: out.append(cls(**kw))
+        except Exception as e:   # whatever the constructor raises says that these arguments are refused
+            args = ', '.join(f"{k}={v!r}" for k, v in kw.items())
+            plain = isinstance(e, (ConfigError, ValueError, TypeError))
+            why = str(e).rstrip('.') if plain else f"{type(e).__name__}: {e}"
+            raise ConfigError(f"callback '{name}'{src.where(('callbacks', i))} is refused by "
+                              f"{getattr(cls, '__qualname__', cls)}({args}): {why}. Fix the value it names (or the "
+                              f"class); the original traceback is chained to this error.") from e
+    return out
+
 # %% ../nbs/10_train.ipynb #0786f658
-def build_parts(cfg:Config, run_dir:Path|None=None, dist:DistInfo=DistInfo(), start_time=None):
+def build_parts(cfg:Config, run_dir:Path|None=None, dist:DistInfo=DistInfo(), start_time=None, src:Source=Source()):
     "The trainer's parts, each from its section of the config (collective under torchrun: makes the control group)."
     from ml_suite.dist import new_control_group
     from ml_suite.trainer import TrainerParts
@@ -216,6 +236,7 @@ def build_parts(cfg:Config, run_dir:Path|None=None, dist:DistInfo=DistInfo(), st
     from ml_suite.timekeeper import TimeKeeper
     keeper = TimeKeeper(parse_time_limit(cfg.time_limit), start_time)
     return TrainerParts(
+        callbacks=build_callbacks(cfg, src),
         guard=NonFiniteGuard.from_config(cfg.nonfinite),
         stopper=StopController.from_config(cfg.preemption, cfg.checkpoint, keeper, new_control_group()),
         recorder=RunRecorder(run_dir, dist),
@@ -240,8 +261,9 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     from ml_suite.models import get_model
     from ml_suite.losses import LOSSES, resolve_metrics
     from ml_suite.optim import build_optimizer, build_lr_scheduler, param_groups
-    from ml_suite.evaluator import Evaluator, FirstBatches
+    from ml_suite.evaluator import Evaluator, FirstBatches, StepEvaluator
     from ml_suite.dist import get_device
+    from ml_suite.steps import resolve_step
     from ml_suite.trainer import Trainer, TrainSettings
     from ml_suite.tracking import mask_secrets
     where = lambda *p: src.where(p)
@@ -250,8 +272,10 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     # (a fractional train_split: one dataset, built once and split by a seeded permutation)
     splits = dataset_splits(cfg, ('train', 'val'), search_path=src.folder, src=src)
     frac = isinstance(cfg.dataset.train_split, float)
-    train_ds = CheckedDataset(splits['train'], 'train' if frac else cfg.dataset.train_split)
-    val_ds = CheckedDataset(splits['val'], 'val' if frac else cfg.dataset.val_split)
+    # supervised: (input, target) pairs; any other step: samples of any structure (not normalized)
+    pairs = cfg.model.step == 'supervised'
+    train_ds = CheckedDataset(splits['train'], 'train' if frac else cfg.dataset.train_split, pairs=pairs)
+    val_ds = CheckedDataset(splits['val'], 'val' if frac else cfg.dataset.val_split, pairs=pairs)
     # Statistics are computed on a fresh start only: a resume (or a start from weights) loads the ones the weights were
     # trained with, and a dry run does not need them; until then `norm` is the identity, with the samples' shapes.
     stats = cfg.dataset.normalize if compute_stats else False
@@ -260,8 +284,10 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     torch.manual_seed(cfg.seed)
     # as ml_suite.models.get_model builds it in a shell
     model = get_model(cfg, search_path=src.folder, src=src)
+    # None for supervised: criterion(model(x), y); else the step, which computes the loss itself
+    step = resolve_step(cfg.model.step, src.folder, where('model', 'step'))
     crit = resolve_object(cfg.model.criterion, LOSSES, 'model.criterion', where('model', 'criterion'), src.folder)
-    criterion = _instantiate(crit)
+    criterion = _instantiate(crit) if step is None else None
     metrics = resolve_metrics(cfg.metrics, where('metrics'), src.folder)
     model.to(device)
     o = cfg.optimizer
@@ -279,8 +305,10 @@ def build_trainer(cfg:Config, src:Source=Source(), run_dir:Path|None=None, dist:
     # the config saved in checkpoints: secrets as their ${NAME}
     saved = mask_secrets(config_to_dict(cfg), as_source=True)
     t = Trainer(model, criterion, opt, sched, stream, val, None, TrainSettings.from_config(cfg, device),
-                build_parts(cfg, run_dir, dist, start_time), dist, saved, norm)
-    t.evaluator = Evaluator(criterion, metrics, device, autocast=t.autocast)
+                build_parts(cfg, run_dir, dist, start_time, src), dist, saved, norm, step=step)
+    # validation runs the training step without gradients (the metrics read its `pred` and `target`)
+    t.evaluator = (Evaluator(criterion, metrics, device, autocast=t.autocast) if step is None else
+                   StepEvaluator(step, metrics, device, autocast=t.autocast))
     return t
 
 # %% ../nbs/10_train.ipynb #17309c0f
@@ -441,7 +469,11 @@ def _resume(trainer, plan:StartPlan, cfg:Config, src:Source):
     settings = any(is_under(k, ('optimizer',)) and not is_under(k, SCHEDULE_KEYS) for k, *_ in plan.changes)
     trainer.load_state_dict(plan.state, schedule=not new_schedule, settings=settings)
     logger.info(f"resumed from {plan.ckpt} at update {trainer.updates}/{cfg.total_updates}")
-    if trainer.finished:
+    if plan.state.get('ended'):
+        logger.info(f"the run has finished: a callback ended it at update {trainer.updates}: {plan.state['ended']}. "
+                    f"Nothing to train; to train on from its weights, start a new run (another run_dir) with "
+                    f"checkpoint.path={plan.run_dir} and checkpoint.restart=false")
+    elif trainer.finished:
         logger.warning(f"total_updates {cfg.total_updates}{_where(src, 'total_updates')} is not above the "
                        f"{trainer.updates} updates done: nothing to train; raise it to train on")
     elif new_schedule:
@@ -588,25 +620,39 @@ def train(
         # -- nothing was written before this point --
         run.enter_context(open_run(trainer, cfg, plan))
         restore(trainer, plan, cfg, src, start)
+        # a run that a callback ended (early stopping): `_resume` said so, and there is nothing to train
+        if plan.mode == 'resume' and (plan.state or {}).get('ended'): return trainer
         with open_records(trainer, cfg, src, plan.run_dir, start): job = fit_run(trainer, cfg, start)
         finish(trainer, cfg, plan.run_dir, job)
     return trainer
 
 # %% ../nbs/10_train.ipynb #bd3e0964
+def _dry_batch(t)->tuple:
+    "One training batch through `t`'s step (or criterion), forward and backward: `(loss, the batch's shape)`."
+    from ml_suite.steps import to_device, checked_step, split_output, describe_batch
+    from ml_suite.trainer import first_batch_loss
+    batch = next(t.train_data)
+    with t.autocast():
+        if t.step is None:
+            x, y = batch
+            loss = first_batch_loss(t.model, t.criterion, x.to(t.device), y.to(t.device), t.raw_model)
+        else: loss = split_output(checked_step(t.step, t.model, to_device(batch, t.device)))[0]
+    loss.backward()
+    return loss, (tuple(batch[0].shape) if t.step is None else describe_batch(batch))
+
+# %% ../nbs/10_train.ipynb #19552792
 def dry_run(config, overrides=(), out=print)->dict:
     "Check that `config` can train: build everything, one forward/backward pass; print a summary; write nothing."
     import torch, warnings
     from ml_suite.optim import build_lr_scheduler, without_dynamo_import
-    from ml_suite.trainer import first_batch_loss
     with without_dynamo_import():   # no optimizer steps here: the compiler's import would double the start-up
         cfg, src = load_config(config, overrides)
         # a dry run writes nothing: a run directory that training would refuse is reported, and the checks go on
         try: run_dir = str(resolve_run_dir(cfg, src))
         except ConfigError as e: run_dir = f"none usable: {e}"
-        t = build_trainer(cfg, src, run_dir=None, compute_stats=False)   # statistics: at the start of training
-        x, y = next(t.train_data)
-        with t.autocast(): loss = first_batch_loss(t.model, t.criterion, x.to(t.device), y.to(t.device), t.raw_model)
-        loss.backward()
+        # statistics: at the start of training; the callbacks are built too (their refusals show here)
+        t = build_trainer(cfg, src, run_dir=None, compute_stats=False)
+        loss, shape = _dry_batch(t)
         val = {}
         if t.evaluator is not None and t.val_data is not None:   # one validation batch: the criterion and metrics
             vb = next(iter(t.val_data), None)
@@ -623,7 +669,7 @@ def dry_run(config, overrides=(), out=print)->dict:
     marks = sorted({0, n // 4, n // 2, 3 * n // 4, n - 1})
     info = {'run_dir': run_dir, 'model': type(t.raw_model).__name__, 'parameters': sum(p.numel() for p in params),
             'size_mb': sum(p.numel() * p.element_size() for p in params) / 1e6, 'device': str(t.device),
-            'input_shape': tuple(x.shape), 'loss': loss.item(),
+            'input_shape': shape, 'loss': loss.item(), 'callbacks': [c['name'] for c in cfg.callbacks],
             'effective_batch': cfg.batch_size * cfg.grad_accum_steps,
             'total_updates': cfg.total_updates, 'lr_at': {u: lrs[u] for u in marks}, 'validation': val}
     out(f"dry run of {src.file or 'a dict config'}: nothing trained, nothing written\n"
@@ -635,7 +681,8 @@ def dry_run(config, overrides=(), out=print)->dict:
         + f"\n  effective batch {cfg.batch_size} x {cfg.grad_accum_steps} accumulation = "
         f"{info['effective_batch']} per process (x processes under torchrun)\n  updates         {cfg.total_updates}, "
         f"validation every {cfg.updates_per_epoch or cfg.total_updates}\n  learning rate   "
-        + ', '.join(f"{v:.3g} at {u}" for u, v in info['lr_at'].items()))
+        + ', '.join(f"{v:.3g} at {u}" for u, v in info['lr_at'].items())
+        + (f"\n  callbacks       {', '.join(info['callbacks'])} (built)" if info['callbacks'] else ''))
     return info
 
 # %% ../nbs/10_train.ipynb #dcc099c0
@@ -662,17 +709,20 @@ def run_status(run_dir)->dict:
             'best_val_loss': best['val_loss'] if best else None, 'best_update': best['update'] if best else None,
             'last_checkpoint': ckpts[-1].name if ckpts else None,
             'last_checkpoint_time': when,
-            'running': holder is not None, 'holder': holder, 'resumes_from': resume[0], 'resume_update': resume[1]}
+            'running': holder is not None, 'holder': holder, 'resumes_from': resume[0], 'resume_update': resume[1],
+            'ended': resume[2]}
 
 # %% ../nbs/10_train.ipynb #a29c7286
-def _resume_point(run_dir:Path)->tuple[str|None, int|None]:
-    "The checkpoint a rerun resumes from and its update, read cheaply (memory-mapped, tensors not read)."
+def _resume_point(run_dir:Path)->tuple[str|None, int|None, str|None]:
+    "The checkpoint a rerun resumes from, its update and why a callback ended the run (or None), read cheaply."
     import torch
     from ml_suite.checkpoint import Checkpointer
     for p in Checkpointer(run_dir).candidates('latest'):
-        try: return p.name, int(torch.load(p, map_location='cpu', weights_only=True, mmap=True)['updates'])
+        # memory-mapped: its tensors are not read
+        try: state = torch.load(p, map_location='cpu', weights_only=True, mmap=True)
         except Exception: continue   # damaged: a rerun skips it too
-    return None, None
+        return p.name, int(state['updates']), state.get('ended')
+    return None, None, None
 
 # %% ../nbs/10_train.ipynb #5c380851
 def format_status(st:dict)->str:
@@ -682,6 +732,10 @@ def format_status(st:dict)->str:
     last = f"{st['last_checkpoint']} ({st['last_checkpoint_time']})" if st['last_checkpoint'] else 'none yet'
     resume = (f"a rerun resumes from update {st['resume_update']} ({st['resumes_from']})" if st.get('resumes_from')
               else 'no checkpoint: a rerun starts over')
+    if st.get('ended'):
+        resume = f"ended ({st['resumes_from']}): a rerun trains no further"
+        run = f"stopped early at update {st['resume_update']}: {st['ended']}; {run}"
+
     return (f"{st['run_dir']}\n  updates          {st['updates']}/{st['total_updates']} (last row); {resume}\n"
             f"  best val_loss    {best}\n"
             f"  last checkpoint  {last}\n  status           {run}")
@@ -690,7 +744,8 @@ def format_status(st:dict)->str:
 def status_main(argv=None)->int:
     "`ml-suite-status RUN_DIR ...`: where each run stands."
     p = argparse.ArgumentParser(prog='ml-suite-status', description='Show where runs stand: updates, best validation '
-                                'loss, newest checkpoint, and whether a process is training in the run directory.')
+                                'loss, newest checkpoint, whether a process is training in the run directory, and '
+                                'whether a callback (early_stopping) ended the run, at which update and why.')
     p.add_argument('run_dirs', nargs='+')
     code = 0
     for d in p.parse_args(argv).run_dirs:
@@ -705,8 +760,9 @@ def _parser():
         epilog="examples:\n  ml-suite-train configs/quickstart.yml run_dir=runs/quickstart\n"
                "  ml-suite-train train.yml optimizer.learning_rate=3e-4 total_updates=500\n"
                "  torchrun --standalone --nproc_per_node=4 -m ml_suite.train train.yml\n\n"
-               "exit codes: 0 finished, 1 error, 2 bad config or usage, 3 stopped early (rerun to continue), "
-               "4 run directory in use, 5 stopped on NaN/Inf losses, 130 Ctrl-C")
+               "exit codes: 0 finished (or ended early by a callback such as early_stopping), 1 error, 2 bad config "
+               "or usage, 3 stopped early (rerun to continue), 4 run directory in use, 5 stopped on NaN/Inf losses, "
+               "130 Ctrl-C; a callback may ask for another code")
     p.add_argument('args', nargs='*', metavar='CONFIG [key=value ...]',
                    help='the config file, then dotted-key overrides')
     p.add_argument('--config_path', '--config-path', dest='config_path',
@@ -757,6 +813,8 @@ def _main(argv=None)->int:
               "last complete one. Rerun the same command to continue from it.", file=sys.stderr)
         return EXIT_INTERRUPTED
     if t.stop_action == 'nonfinite': return EXIT_NONFINITE
+    # a callback's request: 0 when it ended the run (early stopping), else the code it asked for
+    if t.stop_action == 'callback': return t.stopper.exit_code
     if t.finished or t.requeued: return EXIT_OK   # requeued: the job goes on (torchrun: no failure)
     return EXIT_INTERRUPTED if t.stop_action == 'interrupt' else EXIT_STOPPED
 

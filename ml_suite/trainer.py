@@ -173,6 +173,7 @@ class Trainer:
         self.params = list(self.raw_model.parameters())
         self.params_one_kind = len({(p.device, p.dtype) for p in self.params}) == 1
         self.model = wrap_model(self.raw_model, self.device, dist, s.compile)
+        self.compiled = s.compile
         # DDP: gradients of all but the last micro-batch stay local (`no_sync`); asked once, not at every update
         self.can_defer_sync = hasattr(self.model, 'no_sync')
         self.criterion = criterion
@@ -255,21 +256,23 @@ def train_step(self:Trainer, batches:list)->None:
     fp16 = self.scaler.is_enabled()                            # fp16: the gradient scaler takes part
     total = None                                               # the update's loss: its micro-batches' summed
     extras = ({}, {}) if self.step is not None else None       # a custom step's scalars and counts
-    for i, batch in enumerate(batches):
-        defer = i < n - 1 and self.can_defer_sync             # DDP all-reduces on the last micro-batch only
-        with (self.model.no_sync() if defer else _NO_CONTEXT), self.autocast():
-            if extras is not None: loss, bs = self._step_loss(batch, n, extras)   # your step (`model.step`)
-            else:
-                x, y = batch
-                if x.device != self.device:
-                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                loss = (self.criterion(self.model(x), y) if self._checked
-                        else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
-                bs = x.shape[0]
-            if n > 1: loss = loss / n
-        (self.scaler.scale(loss) if fp16 else loss).backward()
-        total = loss.detach() if total is None else total + loss.detach()
-        self.samples += bs * self.dist.world_size
+    # the run's first update: its FLOPs are counted as its passes run
+    with (_NO_CONTEXT if self._checked or self.updates else self._flop_count()):
+        for i, batch in enumerate(batches):
+            defer = i < n - 1 and self.can_defer_sync             # DDP all-reduces on the last micro-batch only
+            with (self.model.no_sync() if defer else _NO_CONTEXT), self.autocast():
+                if extras is not None: loss, bs = self._step_loss(batch, n, extras)   # your step (`model.step`)
+                else:
+                    x, y = batch
+                    if x.device != self.device:
+                        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    loss = (self.criterion(self.model(x), y) if self._checked
+                            else first_batch_loss(self.model, self.criterion, x, y, self.raw_model))
+                    bs = x.shape[0]
+                if n > 1: loss = loss / n
+            (self.scaler.scale(loss) if fp16 else loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+            self.samples += bs * self.dist.world_size
     self._checked = True
     if fp16: self.scaler.unscale_(self.optimizer)              # true gradients for clipping and the logged norm
     norm = None
@@ -291,7 +294,7 @@ def train_step(self:Trainer, batches:list)->None:
     if extras and (extras[0] or extras[1]): rec.add_scalars(*extras)
     guard.in_a_row = 0
 
-# %% ../nbs/09_trainer.ipynb #ac075892
+# %% ../nbs/09_trainer.ipynb #0f693b5a
 @patch
 def _step_loss(self:Trainer, batch, n:int, extras:tuple)->tuple:
     "`(loss, samples)` of the custom step on `batch`; its extras added into `extras` (scalars over `n`, counts)."
@@ -307,6 +310,16 @@ def _step_loss(self:Trainer, batch, n:int, extras:tuple)->tuple:
                 v = (v.detach().float() if isinstance(v, torch.Tensor) else float(v)) / n
                 scalars[k] = scalars[k] + v if k in scalars else v
     return loss, batch_size(batch)
+
+# %% ../nbs/09_trainer.ipynb #13daa8b9
+@patch
+def _flop_count(self:Trainer):
+    "The context of the run's first forward and backward passes: count their FLOPs (not when compiled)."
+    if not self.compiled: return self.recorder.counting_flops()
+    if self.dist.is_main:
+        logger.info("FLOPs per update are not counted with compile: true (a compiled model does not run compiled "
+                    "while torch's FlopCounterMode counts); the rows have no tflops or mfu")
+    return _NO_CONTEXT
 
 # %% ../nbs/09_trainer.ipynb #1c733c01
 @patch
@@ -369,7 +382,7 @@ def save(self:Trainer, validated:bool=False):
     if self.dist.is_main: self._write(state, validated)
     self._fire('after_save')
 
-# %% ../nbs/09_trainer.ipynb #68b7532a
+# %% ../nbs/09_trainer.ipynb #97bcd51b
 @patch
 def _write(self:Trainer, state:dict, validated:bool):
     "On rank 0: write `state` to latest.pt and the files the policy names (in the background, if it says so)."
@@ -482,13 +495,13 @@ def _stop_for_nonfinite(self:Trainer):
     self.stopper.stop(StopAction.NONFINITE, reason)
     if self.dist.is_main: logger.error(msg)
 
-# %% ../nbs/09_trainer.ipynb #cc913132
+# %% ../nbs/09_trainer.ipynb #c5c33040
 @patch
 def add_scalars(self:Trainer, scalars:dict):
     "Put `scalars` (name -> number or 0-dim tensor) in the next row: metrics.jsonl, the log line, the trackers."
     self.recorder.extra.update({k: float(v) for k, v in scalars.items()})
 
-# %% ../nbs/09_trainer.ipynb #b5cea30c
+# %% ../nbs/09_trainer.ipynb #c037f2ff
 @patch
 def request_stop(self:Trainer, reason:str, exit_code:int=0):
     "Stop at the next boundary with a checkpoint; `exit_code` 0: the run has ended (a rerun says it finished)."
@@ -496,7 +509,7 @@ def request_stop(self:Trainer, reason:str, exit_code:int=0):
         raise ValueError(f"request_stop's exit_code is {exit_code!r}; give an int from 0 (the run has ended) to 255")
     if self.stop_request is None: self.stop_request = (str(reason), exit_code)
 
-# %% ../nbs/09_trainer.ipynb #a8d8fca2
+# %% ../nbs/09_trainer.ipynb #442278bd
 @patch
 def _stop_for_callback(self:Trainer):
     "Record the stop a callback asked for; with exit code 0 the run has ended."
@@ -505,7 +518,7 @@ def _stop_for_callback(self:Trainer):
     self.stopper.stop(StopAction.CALLBACK, reason, code)
     if code == 0: self.ended = reason
 
-# %% ../nbs/09_trainer.ipynb #103c798f
+# %% ../nbs/09_trainer.ipynb #7419d24d
 @patch
 def _fire(self:Trainer, event:str, *args):
     "Run `event` on the callbacks; one that raises: save a checkpoint first (where the last is not written yet)."
@@ -536,7 +549,7 @@ def gather_state(self:Trainer)->dict:
             # where the config's own modules were imported from
             'code_paths': ml_suite.core.code_paths(self.config), **self.callback_state()}
 
-# %% ../nbs/09_trainer.ipynb #d725f6c5
+# %% ../nbs/09_trainer.ipynb #c3bf9213
 @patch
 def callback_state(self:Trainer)->dict:
     "The callbacks' part of the training state: their states, the weights to evaluate with, and `ended`."

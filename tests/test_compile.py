@@ -33,7 +33,11 @@ def test_quickstart_trains_to_the_end_compiled_with_half_the_memory_budget(tmp_p
     rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()]
     vals = [x['val_loss'] for x in rows if x.get('val_loss') is not None]
     assert rows[-1]['update'] == 500 and vals[-1] < vals[0] / 2, vals
-    assert 'finished 500 updates' in (run / 'training.log').read_text()
+    log = (run / 'training.log').read_text()
+    assert 'finished 500 updates' in log
+    # a compiled model is not counted (under a dispatch mode it would run eagerly): said once, no tflops in rows
+    assert log.count('FLOPs per update are not counted with compile: true') == 1, log[-3000:]
+    assert not any('tflops' in x for x in rows), rows[-1]
 
 
 PROBE = """
