@@ -12,6 +12,15 @@ process. Peak resident memory comes from separate processes that run one contend
     uv run python benchmarks/overhead.py                       # train only, 5 rounds
     uv run python benchmarks/overhead.py --mode val --every 100  # with validation every 100 updates
     uv run python benchmarks/overhead.py --mode ckpt --every 100 # with a checkpoint every 100 updates
+    uv run python benchmarks/overhead.py --mode ema --contenders plain,ml_suite  # with an EMA of the weights
+
+In `--mode ema` both keep an exponential moving average of the weights (`--ema-decay`, 0.999) after every update:
+the plain loop by hand, with `torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))`
+and `update_parameters(model)` after each `opt.step()`, the ml_suite Trainer with its `ema` callback
+(`ml_suite.ema.EMA(decay)` in `TrainerParts(callbacks=...)`). The final weights of the model and of the average are
+both compared with the plain loop's, bit for bit. With `--contenders ml-suite-train`, the command line gets
+`callbacks: [{name: ema, decay: ...}]` and plain_loop.py `--ema-decay`; the run's `eval_model` is compared with the
+plain loop's average. (Lightning is left out of this mode.)
 
 On the path users run (`--contenders ml-suite-train`, in the default set): the `ml-suite-train` command in a
 subprocess, with a user's model and dataset given by import path (`user_mlp.py`: an MLP 256-256-256-1 and a tensor
@@ -50,15 +59,20 @@ def make_setup(seed:int, in_features:int, hidden:int, outputs:int, batch:int, n_
     return model, opt, torch.nn.MSELoss(), data, val
 
 
-def plain_steps(model, opt, crit, data, val, mode, every, ckpt_dir, stamps):
-    "The hand-written loop, as a generator that pauses after each update."
+def plain_steps(model, opt, crit, data, val, mode, every, ckpt_dir, stamps, keep=None, decay=0.999):
+    "The hand-written loop, as a generator that pauses after each update (`mode` ema: its average in `keep['ema']`)."
     import torch
     model.train()
+    if mode == 'ema':
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        if keep is not None: keep['ema'] = ema.module
     for step, (x, y) in enumerate(data, 1):
         loss = crit(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if mode == 'ema': ema.update_parameters(model)
         if mode == 'val' and step % every == 0:
             model.eval()
             with torch.no_grad(): vl = sum(crit(model(vx), vy).item() * len(vx) for vx, vy in val) / sum(len(vx) for vx, _ in val)
@@ -69,8 +83,10 @@ def plain_steps(model, opt, crit, data, val, mode, every, ckpt_dir, stamps):
         yield
 
 
-def run_plain(*args):
-    for _ in plain_steps(*args): pass
+def run_plain(*args, decay=0.999):
+    keep = {}
+    for _ in plain_steps(*args, keep=keep, decay=decay): pass
+    return keep.get('ema')
 
 
 class Interleaved:
@@ -94,7 +110,7 @@ class _Stamps:
     def close(self): pass
 
 
-def run_ml_suite(model, opt, crit, data, val, mode, every, ckpt_dir, stamps):
+def run_ml_suite(model, opt, crit, data, val, mode, every, ckpt_dir, stamps, decay=0.999):
     from ml_suite.trainer import Trainer, TrainSettings, TrainerParts
     from ml_suite.cadence import CheckpointPolicy
     from ml_suite.evaluator import Evaluator
@@ -104,13 +120,17 @@ def run_ml_suite(model, opt, crit, data, val, mode, every, ckpt_dir, stamps):
     settings = TrainSettings(total_updates=n, updates_per_epoch=per_epoch, log_every=n + 1)
     policy = CheckpointPolicy(per_epoch, every_updates=every if mode == 'ckpt' else 0)
     parts = TrainerParts.in_run_dir(ckpt_dir, policy=policy) if mode == 'ckpt' else TrainerParts(policy=policy)
+    if mode == 'ema':
+        from ml_suite.ema import EMA
+        parts.callbacks = [EMA(decay)]
     t = Trainer(model, crit, opt, None, iter(data), val if mode == 'val' else None,
                 Evaluator(crit) if mode == 'val' else None, settings, parts)
     t.recorder.attach(progress=_Stamps(stamps))
     t.fit()
+    return parts.callbacks[0].module if mode == 'ema' else None
 
 
-def run_lightning(model, opt, crit, data, val, mode, every, ckpt_dir, stamps):
+def run_lightning(model, opt, crit, data, val, mode, every, ckpt_dir, stamps, decay=None):
     import logging, warnings
     import torch, lightning as L
     for name in ('lightning', 'lightning.pytorch', 'lightning.fabric'): logging.getLogger(name).setLevel(logging.ERROR)
@@ -169,20 +189,21 @@ def one(a)->dict:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n = a.warmup + a.updates
     model, opt, crit, data, val = make_setup(a.seed, a.in_features, a.hidden, a.outputs, a.batch, n, a.val_batches)
-    own, base = [], []
+    own, base, keep = [], [], {}
     with tempfile.TemporaryDirectory() as d:
         if a.alone: run_fn, feed = RUN[a.contender], data
         else:
             pm, po, _, pdata, _ = make_setup(a.seed, a.in_features, a.hidden, a.outputs, a.batch, n, a.val_batches)
             Path(d, 'plain').mkdir()
-            baseline = plain_steps(pm, po, crit, pdata, val, a.mode, a.every, Path(d, 'plain'), base)
+            baseline = plain_steps(pm, po, crit, pdata, val, a.mode, a.every, Path(d, 'plain'), base, keep, a.ema_decay)
             run_fn, feed = RUN[a.contender], Interleaved(data, a.block, baseline, own, base)
-        run_fn(model, opt, crit, feed, val, a.mode, a.every, d, own)
+        ema = run_fn(model, opt, crit, feed, val, a.mode, a.every, d, own, decay=a.ema_decay)
         if base: 
             for _ in baseline: pass   # the plain loop finishes its updates too
     res = {'contender': a.contender, 'alone': a.alone,
            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'rss_before_mb': rss0 / 1024,
            'weights_sha256': sha(model)}
+    if a.mode == 'ema': res['ema_sha256'] = sha(ema)
     real = [t for t in own if t is not None]
     assert len(real) == n, f"{a.contender} recorded {len(real)} updates, expected {n}"
     if base:
@@ -195,6 +216,7 @@ def one(a)->dict:
                         pre + 'mean_ratio': statistics.median(statistics.fmean(o) / statistics.fmean(b) for o, b in zip(ob, bb))})
             res[pre + 'median_ratio'] = res[pre + 'median_s'] / res[pre + 'base_median_s']
         res.update(blocks=min(len(ob), len(bb)), weights_equal_plain=sha(model) == sha(pm))
+        if a.mode == 'ema': res['ema_equal_plain'] = res['ema_sha256'] == sha(keep['ema'])
     return res
 
 
@@ -205,7 +227,8 @@ def cli_config(run_dir:Path, updates:int, a)->str:
     return (f"dataset: {{name: 'user_mlp:TensorData', num_samples: {a.cli_samples}, in_features: {a.cli_width}}}\n"
             f"model: {{type: 'user_mlp:MLP', criterion: mse, in_features: {a.cli_width}, hidden: {a.cli_width}}}\n"
             f"batch_size: {a.batch}\ntotal_updates: {updates}\nlog_every: {a.log_every}\nseed: {a.seed}\n"
-            f"optimizer: {{name: AdamW, learning_rate: 1.0e-3}}\nrun_dir: {run_dir}\n")
+            f"optimizer: {{name: AdamW, learning_rate: 1.0e-3}}\nrun_dir: {run_dir}\n"
+            + (f"callbacks: [{{name: ema, decay: {a.ema_decay}}}]\n" if a.mode == 'ema' else ''))
 
 
 def timed(cmd:list, env:dict, cwd:Path)->tuple[float, float]:
@@ -217,11 +240,14 @@ def timed(cmd:list, env:dict, cwd:Path)->tuple[float, float]:
     return wall, (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
 
 
-def same_weights(plain_file:Path, run_dir:Path)->bool:
-    "Whether the plain loop's final state dict equals the model in the run's latest.pt, bit for bit."
+def same_weights(plain_file:Path, run_dir:Path, ema:bool=False)->bool:
+    "Whether the plain loop's final state dict equals the model in the run's latest.pt (`ema`: and the EMA), bit for bit."
     import torch
-    a, b = torch.load(plain_file, weights_only=True), torch.load(run_dir / 'latest.pt', weights_only=True)['model']
-    return sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    eq = lambda a, b: sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    run = torch.load(run_dir / 'latest.pt', weights_only=True)
+    same = eq(torch.load(plain_file, weights_only=True), run['model'])
+    if not ema: return same
+    return same and eq(torch.load(plain_file.with_suffix('.ema.pt'), weights_only=True), run.get('eval_model') or {})
 
 
 def cli_round(a, r:int, d:Path, exe:str, env:dict)->dict:
@@ -229,6 +255,7 @@ def cli_round(a, r:int, d:Path, exe:str, env:dict)->dict:
     short, long = a.cli_updates
     plain_args = [f'--batch={a.batch}', f'--samples={a.cli_samples}', f'--in-features={a.cli_width}',
                   f'--hidden={a.cli_width}', f'--seed={a.seed}', f'--log-every={a.log_every}']
+    if a.mode == 'ema': plain_args.append(f'--ema-decay={a.ema_decay}')
     times, equal = {}, []
     # the sides and the lengths take turns, so a drift of the machine's speed during the round weighs on both alike
     one, two = ('plain', CLI) if r % 2 == 0 else (CLI, 'plain')
@@ -246,7 +273,7 @@ def cli_round(a, r:int, d:Path, exe:str, env:dict)->dict:
         else:
             times.setdefault((side, n), []).append(timed([sys.executable, str(HERE / 'plain_loop.py'), f'--updates={n}',
                                                           f'--out={weights}', *plain_args], env, d))
-    for n in (short, long): equal.append(same_weights(d / f'plain_{r}_{n}.pt', d / f'run_{r}_{n}'))
+    for n in (short, long): equal.append(same_weights(d / f'plain_{r}_{n}.pt', d / f'run_{r}_{n}', a.mode == 'ema'))
     res = {'weights_equal_plain': all(equal), 'times': {f'{side} {n}': v for (side, n), v in times.items()}}
     for clock, pre in ((0, 'wall_'), (1, 'cpu_')):
         # the median of the runs: one run slowed by a neighbour does not move it
@@ -288,7 +315,8 @@ def run_cli(a)->dict:
     out = {'updates': list(a.cli_updates), 'rounds': a.rounds, 'weights_equal_plain': all(x['weights_equal_plain'] for x in rounds),
            'model': f"MLP {a.cli_width}-{a.cli_width}-{a.cli_width}-1 and a tensor dataset of {a.cli_samples} samples "
                     f"by import path, batch {a.batch}, MSE, AdamW, no clipping, no schedule, log every {a.log_every}, "
-                    f"1 thread", 'per_round': rounds}
+                    f"1 thread" + (f", an EMA (decay {a.ema_decay}) after every update" if a.mode == 'ema' else ''),
+           'per_round': rounds}
     for k in rounds[0]:
         if k not in ('weights_equal_plain', 'times'): out[k] = med(x[k] for x in rounds)
     out.update(slope_of_minima(rounds, a))
@@ -304,7 +332,7 @@ def format_cli_table(res:dict)->str:
         f"{CLI} (subprocess) vs plain_loop.py (subprocess): {res['model']}; per update = slope between a {short}- and a "
         f"{long}-update run; {res['rounds']} rounds, medians [min, max]",
         '| contender | per update (wall) | per update (CPU) | ratio to plain (wall) | ratio to plain (CPU) '
-        f'| {short}-update run (wall) | weights == plain |',
+        f"| {short}-update run (wall) | weights{' and EMA' if 'EMA' in res['model'] else ''} == plain |",
         '|---|---|---|---|---|---|---|',
         f"| plain loop | {res['wall_plain_us']:.0f} us | {res['cpu_plain_us']:.0f} us | 1 | 1 | "
         f"{res['wall_plain_short_s']:.2f} s | True |",
@@ -326,7 +354,9 @@ def available(name:str)->bool:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--mode', choices=('train', 'val', 'ckpt'), default='train', help='train only, or with validation / checkpoints every --every updates')
+    p.add_argument('--mode', choices=('train', 'val', 'ckpt', 'ema'), default='train',
+                   help='train only, or with validation / checkpoints every --every updates, or with an EMA of the weights')
+    p.add_argument('--ema-decay', type=float, default=0.999, help='--mode ema: the decay of the average')
     p.add_argument('--every', type=int, default=100)
     p.add_argument('--rounds', type=int, default=5, help='processes per contender (each interleaves many blocks)')
     p.add_argument('--updates', type=int, default=2000, help='timed updates per contender and process')
@@ -354,11 +384,15 @@ def main(argv=None):
     if a.contender: print(json.dumps(one(a))); return 0
 
     asked = a.contenders.split(',')
+    if a.mode == 'ema' and 'lightning' in asked:
+        print("--mode ema leaves out lightning (the EMA is compared with torch's AveragedModel)", file=sys.stderr)
+        asked = [c for c in asked if c != 'lightning']
     names = [c for c in asked if c != CLI and available(c)]
     skipped = [c for c in asked if c != CLI and c not in names]
     if skipped: print(f"skipped (not installed): {', '.join(skipped)}; install with `uv sync --extra bench`", file=sys.stderr)
     passthrough = [f'--{k.replace("_", "-")}={v}' for k, v in vars(a).items()
-                   if k in ('mode', 'every', 'updates', 'warmup', 'block', 'in_features', 'hidden', 'outputs', 'batch', 'val_batches', 'seed')]
+                   if k in ('mode', 'every', 'updates', 'warmup', 'block', 'in_features', 'hidden', 'outputs', 'batch', 'val_batches', 'seed',
+                            'ema_decay')]
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     res = {}
     if names: res = run_trainer_level(a, names, passthrough, env)
@@ -391,7 +425,7 @@ def run_trainer_level(a, names:list, passthrough:list, env:dict)->dict:
 
 def summarize(runs:dict, alone:dict, a)->dict:
     med = statistics.median
-    out = {'mode': a.mode, 'every': a.every, 'rounds': a.rounds, 'updates': a.updates, 'warmup': a.warmup, 'block': a.block,
+    out = {'mode': a.mode, 'every': a.every, 'ema_decay': a.ema_decay if a.mode == 'ema' else None, 'rounds': a.rounds, 'updates': a.updates, 'warmup': a.warmup, 'block': a.block,
            'model': f"MLP {a.in_features}-{a.hidden}-{a.hidden}-{a.outputs}, batch {a.batch}, MSE, Adam, 1 thread", 'contenders': {}}
     p0 = alone['plain']
     for c, rs in runs.items():
@@ -406,21 +440,26 @@ def summarize(runs:dict, alone:dict, a)->dict:
             'peak_rss_mb': m['peak_rss_mb'], 'peak_rss_ratio': m['peak_rss_mb'] / p0['peak_rss_mb'],
             'train_rss_mb': m['peak_rss_mb'] - m['rss_before_mb'],
             'weights_equal_plain': all(x['weights_equal_plain'] for x in rs) and m['weights_sha256'] == p0['weights_sha256']})
+        if a.mode == 'ema':   # the model and the average, each equal to the plain loop's
+            r['ema_equal_plain'] = all(x['ema_equal_plain'] for x in rs) and m['ema_sha256'] == p0['ema_sha256']
     return out
 
 
 def format_table(res:dict)->str:
     def rr(r, k): return f"{r[k]:.3f} [{r[k + '_range'][0]:.3f}, {r[k + '_range'][1]:.3f}]"
-    lines = [f"{res['model']}; mode {res['mode']}" + (f" every {res['every']}" if res['mode'] != 'train' else '')
+    ema = res['mode'] == 'ema'
+    extra = f" (decay {res['ema_decay']}, after every update)" if ema else f" every {res['every']}" if res['mode'] != 'train' else ''
+    lines = [f"{res['model']}; mode {res['mode']}" + extra
              + f"; {res['rounds']} processes per contender, each {res['updates']} timed updates (after {res['warmup']}) "
                f"alternating with the plain loop every {res['block']}; medians over processes [min, max]",
              '| contender | median per update (CPU) | ratio to plain: median (CPU) | mean (CPU) | median (wall) | mean (wall) '
-             '| peak RSS alone (ratio) | RSS growth in training | weights == plain |',
-             '|---|---|---|---|---|---|---|---|---|']
+             '| peak RSS alone (ratio) | RSS growth in training | weights == plain |' + (' EMA == plain |' if ema else ''),
+             '|---|---|---|---|---|---|---|---|---|' + ('---|' if ema else '')]
     for c, r in res['contenders'].items():
         lines.append(f"| {'plain (A/A: against itself)' if c == 'plain' else c} | {r['cpu_median_us']:.0f} us (plain {r['cpu_base_median_us']:.0f} us) "
                      f"| {rr(r, 'cpu_median_ratio')} | {rr(r, 'cpu_mean_ratio')} | {rr(r, 'median_ratio')} | {rr(r, 'mean_ratio')} "
-                     f"| {r['peak_rss_mb']:.0f} MB ({r['peak_rss_ratio']:.3f}) | {r['train_rss_mb']:.1f} MB | {r['weights_equal_plain']} |")
+                     f"| {r['peak_rss_mb']:.0f} MB ({r['peak_rss_ratio']:.3f}) | {r['train_rss_mb']:.1f} MB | {r['weights_equal_plain']} |"
+                     + (f" {r['ema_equal_plain']} |" if ema else ''))
     return '\n'.join(lines)
 
 

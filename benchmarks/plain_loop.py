@@ -6,6 +6,10 @@ the sample order, so that the final weights can be compared bit for bit: epoch `
 `mix_seed(seed, 'order', e)` (written out below, as in ml_suite.data), `batch` samples at a time, the tail dropped.
 
     python benchmarks/plain_loop.py --updates 2200 --out weights.pt
+    python benchmarks/plain_loop.py --updates 2200 --out weights.pt --ema-decay 0.999   # and an EMA, in weights.ema.pt
+
+With `--ema-decay` it keeps an exponential moving average of the weights as PyTorch documents it, with
+`AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))` and `update_parameters(model)` after every step.
 """
 import argparse, hashlib, sys
 from pathlib import Path
@@ -32,6 +36,7 @@ def main(argv=None):
     p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--log-every', type=int, default=10)
     p.add_argument('--out', help='save the final state dict here')
+    p.add_argument('--ema-decay', type=float, default=None, help='keep an EMA of the weights (saved beside --out)')
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     ds = TensorData('train', num_samples=a.samples, in_features=a.in_features)
@@ -39,6 +44,10 @@ def main(argv=None):
     model = MLP(a.in_features, a.hidden, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     crit = torch.nn.MSELoss()
+    ema = None
+    if a.ema_decay is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(a.ema_decay))
     step, epoch = 0, 0
     while step < a.updates:
         order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(mix_seed(a.seed, 'order', epoch)))
@@ -47,11 +56,13 @@ def main(argv=None):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if ema is not None: ema.update_parameters(model)
             step += 1
             if step % a.log_every == 0: print(f"update {step} loss {loss.item():.5g}", flush=True)
             if step == a.updates: break
         epoch += 1
     if a.out: torch.save(model.state_dict(), a.out)
+    if a.out and ema is not None: torch.save(ema.module.state_dict(), Path(a.out).with_suffix('.ema.pt'))
     return 0
 
 

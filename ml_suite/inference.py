@@ -14,9 +14,9 @@ from .core import ConfigError, RunError, DistInfo, resolve_object, search_folder
 from .data import Normalization, normalize, denormalize
 
 # %% auto #0
-__all__ = ['FIELD_METRICS', 'TOLERANCES', 'find_checkpoint', 'code_folders', 'load_run_dotenv', 'checkpoint_config',
-           'InferenceModel', 'load_model', 'split_dataset', 'evaluate', 'format_eval', 'input_files', 'predict',
-           'dynamic_dims', 'export_model', 'eval_main', 'predict_main', 'export_main', 'main']
+__all__ = ['WEIGHTS', 'FIELD_METRICS', 'TOLERANCES', 'find_checkpoint', 'code_folders', 'load_run_dotenv', 'checkpoint_config',
+           'InferenceModel', 'check_weights', 'weights_label', 'load_model', 'split_dataset', 'evaluate', 'format_eval',
+           'input_files', 'predict', 'dynamic_dims', 'export_model', 'eval_main', 'predict_main', 'export_main', 'main']
 
 # %% ../nbs/14_inference.ipynb #36ed16fb
 def find_checkpoint(
@@ -76,6 +76,8 @@ class InferenceModel(torch.nn.Module):
         # set by `load_model`
         self.checkpoint = self.config = self.updates = None
         self.code_folders = []
+        self.weights = 'raw'                    # which weights `load_model` loaded: 'eval' (eval_model) or 'raw'
+        self.weights_label = 'trained (model)'  # the same, in words for the command lines' output
 
     def forward(self, x:torch.Tensor)->torch.Tensor:
         "The network's output for `x`, a batch with channels on axis 1, in physical units."
@@ -88,30 +90,59 @@ class InferenceModel(torch.nn.Module):
         return denormalize(y.to(torch.promote_types(y.dtype, self.y_std.dtype)), self.y_mean, self.y_std, dim=1)
 
     @property
+    def module(self)->torch.nn.Module:
+        "The trained network: the user's own `nn.Module`, with the loaded weights (e.g. to call its `generate`)."
+        return self.net
+
+    @property
     def input_shape(self)->tuple|None:
         "The shape of one input sample the model was trained on, e.g. `(1, 32, 32)` (None in older checkpoints)."
         return self.normalization.x_shape
+
+# %% ../nbs/14_inference.ipynb #2a5358a5
+WEIGHTS = {'eval': "the checkpoint's eval_model (e.g. the EMA average) where it has one, else the trained weights",
+           'raw': 'the trained weights (model)'}
+
+def check_weights(weights)->str:
+    "`weights` if it is one of `WEIGHTS` ('eval', 'raw'); otherwise a `ValueError` that lists them."
+    if weights in WEIGHTS: return weights
+    hint = " ('ema' is 'eval': an EMA run's checkpoints carry the average as eval_model)" if weights == 'ema' else ''
+    opts = '; '.join(f"'{k}': {v}" for k, v in WEIGHTS.items())
+    raise ValueError(f"weights={weights!r} is not one of the weights a checkpoint holds{hint}. Give {opts}.")
+
+# %% ../nbs/14_inference.ipynb #b50fb969
+def weights_label(state:dict, use_eval:bool)->str:
+    "The weights loaded from the checkpoint `state`, in words: 'EMA (eval_model)', 'eval_model' or 'trained (model)'."
+    if not use_eval: return 'trained (model)'
+    # the keys of the callbacks' states: position and class, e.g. '0:EMA'
+    names = [str(k).partition(':')[2] for k in state.get('callbacks') or {}]
+    return 'EMA (eval_model)' if 'EMA' in names else 'eval_model'
 
 # %% ../nbs/14_inference.ipynb #fcdc6ceb
 def load_model(
     source,                # a run directory or a checkpoint file
     checkpoint='best',     # best, latest, or N
     device='auto',         # auto (a GPU if there is one), cpu, cuda, cuda:N
+    weights='eval',        # eval: the checkpoint's eval_model (an EMA) where it has one, else the trained; raw: trained
 )->InferenceModel:
     "Rebuild the trained model from the config in its checkpoint, load the weights (safely), in eval mode on `device`."
     from ml_suite.checkpoint import load_checkpoint, load_weights
     from ml_suite.models import get_model
     from ml_suite.dist import get_device
+    check_weights(weights)
     path = find_checkpoint(source, checkpoint)
     state = load_checkpoint(path)                      # weights_only: loading never runs code from the file
     cfg = checkpoint_config(state, path, 'cpu')
     dev = torch.device(device) if isinstance(device, torch.device) else get_device(device, DistInfo.from_env())
     folders = code_folders(state, path)
     net = get_model(cfg, search_path=folders)   # as training built it: a class, a factory, a config-style callable
-    load_weights(net, state['model'], source=str(path))
+    use_eval = weights == 'eval' and state.get('eval_model') is not None
+    load_weights(net, state['eval_model' if use_eval else 'model'], source=str(path))
     norm = Normalization(); norm.load_state_dict(state.get('normalization'))   # absent (older checkpoints): identity
     model = InferenceModel(net, norm).to(dev).eval().requires_grad_(False)   # for inference: no autograd graphs
     model.checkpoint, model.config, model.updates, model.code_folders = path, cfg, state.get('updates'), folders
+    model.weights = 'eval' if use_eval else 'raw'
+    model.weights_label = weights_label(state, use_eval)
     return model
 
 # %% ../nbs/14_inference.ipynb #1b8a1153
@@ -144,12 +175,13 @@ def evaluate(
     num_workers:int|None=None,# default: the run's num_workers
     write:bool=True,         # write eval_<checkpoint>_<split>.json beside the checkpoint (main process only)
     dist:DistInfo|None=None, # default: from the environment (torchrun)
+    weights='eval',          # eval: the checkpoint's eval_model (an EMA) where it has one; raw: the trained weights
 )->dict:
     "Metrics of a checkpoint on a split, as training computes them (and in physical units), on any number of ranks."
     from ml_suite.data import eval_loader
     from ml_suite.dist import all_reduce_sum
     dist = DistInfo.from_env() if dist is None else dist
-    model = source if isinstance(source, InferenceModel) else load_model(source, checkpoint, device)
+    model = source if isinstance(source, InferenceModel) else load_model(source, checkpoint, device, weights)
     if model.config is None:
         raise ValueError("evaluate needs to know the model's dataset and metrics; give it a run directory, a "
                          "checkpoint file, or a model from load_model (this InferenceModel was built by hand and has "
@@ -177,9 +209,9 @@ def evaluate(
     allm = {**ms, **phys}
     total = all_reduce_sum(torch.stack([m.state for m in allm.values()]))   # one collective for everything
     res = {n: m.compute(s) for (n, m), s in zip(allm.items(), total)}
-    out = {'checkpoint': str(model.checkpoint), 'updates': model.updates, 'split': split,
-           'samples': int(total[0][1].item()), 'processes': dist.world_size, 'batch_size': loader.batch_size,
-           'metrics': res}
+    out = {'checkpoint': str(model.checkpoint), 'updates': model.updates, 'weights': model.weights_label,
+           'split': split, 'samples': int(total[0][1].item()), 'processes': dist.world_size,
+           'batch_size': loader.batch_size, 'metrics': res}
     if write and dist.is_main and model.checkpoint is not None:
         p = Path(model.checkpoint).with_name(f'eval_{Path(model.checkpoint).stem}_{split}.json')
         p.write_text(json.dumps(out, indent=1) + '\n'); out['written'] = str(p)
@@ -191,7 +223,8 @@ def format_eval(res:dict)->str:
     m = res['metrics']
     names = [n for n in m if not n.endswith('_physical')]
     phys = any(n.endswith('_physical') for n in m)
-    head = (f"{Path(res['checkpoint']).name} (update {res['updates']}) on split '{res['split']}': "
+    used = f", weights: {res['weights']}" if res.get('weights') else ''
+    head = (f"{Path(res['checkpoint']).name} (update {res['updates']}{used}) on split '{res['split']}': "
             f"{res['samples']} samples, {res['processes']} process(es)\n  {'metric':<10}{'value':>14}"
             + (f"{'physical units':>18}" if phys else ''))
     rows = [f"  {n:<10}{m[n]:>14.6g}" + (f"{m[n + '_physical']:>18.6g}" if n + '_physical' in m else '') for n in names]
@@ -273,10 +306,11 @@ def predict(
     amp:bool=False,          # bf16 autocast
     compile:bool=False,      # torch.compile the model first
     progress:bool=True,      # a progress bar on a terminal
+    weights='eval',          # when `model` is a path: eval (the eval_model, e.g. an EMA, where there is one) or raw
 ):
     "Run `model` over `inputs` in batches under `torch.inference_mode`; outputs in physical units, returned or written."
     from ml_suite.tracking import TerminalBar
-    if not isinstance(model, InferenceModel): model = load_model(model, checkpoint, device)
+    if not isinstance(model, InferenceModel): model = load_model(model, checkpoint, device, weights)
     dev = next(model.parameters()).device
     fn = torch.compile(model) if compile else model
     batches, n = _batches(inputs, model, batch_size)
@@ -393,9 +427,10 @@ def export_model(
     example=None,            # a batch of real inputs to export with and check on (default: validation samples)
     dynamic_batch:bool=True, # any batch size where the model allows it; False: exactly the example's
     dynamic=(),              # other input dims of any size: 1, 'seq=1', a list of those (see `dynamic_dims`)
+    weights='eval',          # when `model` is a path: eval (the eval_model, e.g. an EMA, where there is one) or raw
 )->dict:
     "Export `model` (normalization folded in) to `path`, reload it and check it against the eager model: the report."
-    if not isinstance(model, InferenceModel): model = load_model(model, checkpoint, 'cpu')
+    if not isinstance(model, InferenceModel): model = load_model(model, checkpoint, 'cpu', weights)
     path = Path(path); fmt = path.suffix.lstrip('.')
     if fmt not in TOLERANCES:
         raise ValueError(f"cannot export to '{path.name}': use a .pt2 (torch.export) or .onnx file name.")
@@ -430,6 +465,7 @@ def export_model(
                        f"deploy it.") from None
     nm, (in_shape, out_shape) = model.normalization, _io_shapes(ep, x, want, dims)
     report = {'file': str(path), 'format': fmt, 'checkpoint': str(model.checkpoint), 'updates': model.updates,
+              'weights': model.weights_label,
               'input_shape': in_shape, 'input_dtype': str(x.dtype).replace('torch.', ''), 'output_shape': out_shape,
               'dynamic': dims, 'warnings': warned,
               'normalization': 'folded in: the file takes and returns physical units',
@@ -443,6 +479,9 @@ def export_model(
 def _common(p):
     p.add_argument('run_dir', help='the run directory (or a checkpoint file)')
     p.add_argument('--checkpoint', default='best', help='best, latest or N (epoch_N.pt); default best')
+    p.add_argument('--weights', choices=list(WEIGHTS), default='eval',
+                   help="eval: the checkpoint's eval_model (an EMA run's average) where it has one, else the trained "
+                        "weights; raw: the trained weights. Default eval")
     return p
 
 def _run(fn, prog):
@@ -467,7 +506,8 @@ def eval_main(argv=None)->int:
         device = get_device(a.device, dist)
         # join the group here, unless the caller already did
         own = init_process_group(dist, device)
-        try: res = evaluate(a.run_dir, a.split, a.checkpoint, a.batch_size, device, write=not a.no_write, dist=dist)
+        try: res = evaluate(a.run_dir, a.split, a.checkpoint, a.batch_size, device, write=not a.no_write, dist=dist,
+                            weights=a.weights)
         finally:
             if own: destroy_process_group()
         if dist.is_main:
@@ -488,8 +528,10 @@ def predict_main(argv=None)->int:
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
     a = p.parse_args(argv)
     def go():
-        r = predict(a.run_dir, a.inputs, a.out, a.checkpoint, a.batch_size, a.device, a.amp, a.compile)
-        print(f"wrote {len(r)} files to {a.out}" if isinstance(r, list) else f"wrote {r}")
+        m = load_model(a.run_dir, a.checkpoint, a.device, a.weights)
+        r = predict(m, a.inputs, a.out, batch_size=a.batch_size, amp=a.amp, compile=a.compile)
+        print((f"wrote {len(r)} files to {a.out}" if isinstance(r, list) else f"wrote {r}")
+              + f"; weights: {m.weights_label}")
     return _run(go, 'ml-suite-predict')
 
 def export_main(argv=None)->int:
@@ -504,9 +546,11 @@ def export_main(argv=None)->int:
     a = p.parse_args(argv)
     def go():
         path = Path(a.out) if a.out else find_checkpoint(a.run_dir, a.checkpoint).with_suffix('.' + a.format)
-        rep = export_model(a.run_dir, path, a.checkpoint, dynamic_batch=not a.static_batch, dynamic=a.dynamic)
+        rep = export_model(a.run_dir, path, a.checkpoint, dynamic_batch=not a.static_batch, dynamic=a.dynamic,
+                           weights=a.weights)
         print(f"wrote {path} (input {rep['input_shape']}); checked on {rep['check']['inputs']} inputs: max abs error "
-              f"{rep['check']['max_abs_error']:.3g} (atol {rep['check']['atol']}, rtol {rep['check']['rtol']})")
+              f"{rep['check']['max_abs_error']:.3g} (atol {rep['check']['atol']}, rtol {rep['check']['rtol']}); "
+              f"weights: {rep['weights']}")
     return _run(go, 'ml-suite-export')
 
 # %% ../nbs/14_inference.ipynb #481ecbec

@@ -38,12 +38,31 @@ def test_overhead_through_the_cli_ends_with_the_plain_loops_weights(tmp_path):
     assert {'wall_ratio', 'cpu_ratio', 'wall_min_ratio', 'cpu_ratio_range'} <= set(res)   # at this size the slopes are noise
 
 
+@pytest.mark.slow   # four subprocesses of about 3 s each
+def test_overhead_through_the_cli_with_an_ema_ends_with_the_plain_loops_model_and_average(tmp_path):
+    "--mode ema on the command line: callbacks: [{name: ema}] against plain_loop.py --ema-decay, eval_model compared."
+    out = run(BENCH / 'overhead.py', '--mode=ema', '--ema-decay=0.9', '--contenders=ml-suite-train', '--rounds=1',
+              '--cli-updates=3,9', '--cli-width=16', '--cli-samples=128', '--log-every=2', '--cli-repeats=1',
+              f'--json={tmp_path / "r.json"}')
+    assert '| ml-suite-train |' in out and 'weights and EMA == plain' in out
+    assert json.loads((tmp_path / 'r.json').read_text())['cli']['weights_equal_plain'] is True
+
+
 @pytest.mark.parametrize('mode', ['val', 'ckpt'])
 def test_overhead_with_validation_and_checkpoints(mode):
     out = run(BENCH / 'overhead.py', '--contender=ml_suite', f'--mode={mode}', '--every=10', '--updates=30', '--warmup=5',
               '--block=10', '--in-features=16', '--hidden=16')
     res = json.loads(out.strip().splitlines()[-1])
     assert res['weights_equal_plain'] is True and res['blocks'] >= 2
+
+
+def test_overhead_with_an_ema_keeps_the_plain_loops_model_and_average():
+    "--mode ema: the Trainer's ema callback against AveragedModel by hand; model and average equal bit for bit."
+    out = run(BENCH / 'overhead.py', '--contender=ml_suite', '--mode=ema', '--ema-decay=0.9', '--updates=30',
+              '--warmup=5', '--block=10', '--in-features=16', '--hidden=16')
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res['weights_equal_plain'] is True and res['ema_equal_plain'] is True and res['blocks'] >= 2
+    assert res['ema_sha256'] != res['weights_sha256']
 
 
 def test_checkpoint_benchmark_runs(tmp_path):

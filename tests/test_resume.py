@@ -48,17 +48,15 @@ class Run:
     def kill(self):
         self.p.send_signal(signal.SIGKILL); self.p.wait()
 
-@pytest.mark.slow
-@pytest.mark.parametrize('workers', [0, 2])
-def test_sigkill_anywhere_then_rerun_gives_bitwise_identical_weights(tmp_path, workers):
+def kill_and_rerun(tmp_path, cfg, seed, min_kills=10):
+    "Run `cfg` once uninterrupted, then again with SIGKILLs (at random, in saves, in validations) and reruns."
     (tmp_path / 'marked.py').write_text(MARKED)
-    cfg = kill_config(workers)
     ref = run_cli(write_config(tmp_path / 'ref' / 'train.yml', cfg), cwd=tmp_path, env={'PYTHONPATH': str(tmp_path)})
     assert ref.returncode == 0, ref.stderr
     run_dir, marker = tmp_path / 'killed', tmp_path / 'validating'
     cfg_path = write_config(run_dir / 'train.yml', cfg)
     env = {**os.environ, 'PYTHONPATH': str(tmp_path), 'VAL_MARKER': str(marker)}
-    rng, kills, reached, modes = random.Random(workers), [], [], ['random', 'in_save', 'in_validation']
+    rng, kills, reached, modes = random.Random(seed), [], [], ['random', 'in_save', 'in_validation']
     for attempt in range(40):
         mode = modes[len(kills) % 3] if len(kills) < 12 else None
         marker.unlink(missing_ok=True)
@@ -77,16 +75,25 @@ def test_sigkill_anywhere_then_rerun_gives_bitwise_identical_weights(tmp_path, w
             continue
         assert r.p.wait(300) == 0, ''.join(r.out)
         break
-    assert len(kills) >= 10 and {'random', 'in_save', 'in_validation'} <= set(kills), (kills, reached)
-    a = torch.load(tmp_path / 'ref' / 'latest.pt', weights_only=True)
-    b = torch.load(run_dir / 'latest.pt', weights_only=True)
-    assert a['updates'] == b['updates'] == TOTAL
-    for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
-    for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
-        assert torch.equal(sa['exp_avg'], sb['exp_avg']) and torch.equal(sa['exp_avg_sq'], sb['exp_avg_sq'])
+    assert len(kills) >= min_kills and {'random', 'in_save', 'in_validation'} <= set(kills), (kills, reached)
     updates = [row['update'] for row in read_rows(run_dir)]
     assert updates == sorted(set(updates)), 'metrics.jsonl has each update once, in order'
     assert not list(run_dir.glob('.*.tmp')), 'no temporary files left behind'
+    return (torch.load(tmp_path / 'ref' / 'latest.pt', weights_only=True),
+            torch.load(run_dir / 'latest.pt', weights_only=True), run_dir)
+
+def assert_same_training_state(a, b):
+    "Model weights and Adam's moments bitwise equal."
+    for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
+    for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert torch.equal(sa['exp_avg'], sb['exp_avg']) and torch.equal(sa['exp_avg_sq'], sb['exp_avg_sq'])
+
+@pytest.mark.slow
+@pytest.mark.parametrize('workers', [0, 2])
+def test_sigkill_anywhere_then_rerun_gives_bitwise_identical_weights(tmp_path, workers):
+    a, b, run_dir = kill_and_rerun(tmp_path, kill_config(workers), workers)
+    assert a['updates'] == b['updates'] == TOTAL
+    assert_same_training_state(a, b)
 
 @pytest.mark.parametrize('damage', ['truncated', 'zeroed'])
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
