@@ -188,6 +188,8 @@ def evaluate(
                          "no config).")
     cfg, norm, dev = model.config, model.normalization, next(model.parameters()).device
     ds = split_dataset(cfg, split, model.code_folders)
+    if getattr(cfg.model, 'step', 'supervised') != 'supervised':
+        return _write_eval(_evaluate_step(model, ds, batch_size, num_workers, dist), split, write, dist, model)
     y0 = ds[0][1]
     field = torch.is_tensor(y0) and y0.is_floating_point() and y0.ndim >= 2
     ms = _metric_objects(cfg, field, model.code_folders)
@@ -209,13 +211,36 @@ def evaluate(
     allm = {**ms, **phys}
     total = all_reduce_sum(torch.stack([m.state for m in allm.values()]))   # one collective for everything
     res = {n: m.compute(s) for (n, m), s in zip(allm.items(), total)}
+    out = {'samples': int(total[0][1].item()), 'processes': dist.world_size, 'batch_size': loader.batch_size,
+           'metrics': res}
+    return _write_eval(out, split, write, dist, model)
+
+# %% ../nbs/14_inference.ipynb #5f58b2fc
+def _write_eval(out:dict, split:str, write:bool, dist:DistInfo, model)->dict:
+    "The evaluation's record: which checkpoint, weights and split, and `out`; written beside the checkpoint."
     out = {'checkpoint': str(model.checkpoint), 'updates': model.updates, 'weights': model.weights_label,
-           'split': split, 'samples': int(total[0][1].item()), 'processes': dist.world_size,
-           'batch_size': loader.batch_size, 'metrics': res}
+           'split': split, **out}
     if write and dist.is_main and model.checkpoint is not None:
         p = Path(model.checkpoint).with_name(f'eval_{Path(model.checkpoint).stem}_{split}.json')
         p.write_text(json.dumps(out, indent=1) + '\n'); out['written'] = str(p)
     return out
+
+# %% ../nbs/14_inference.ipynb #f39b22a4
+def _evaluate_step(model, ds, batch_size, num_workers, dist:DistInfo)->dict:
+    "`evaluate` for a run with its own step: the step's loss and extras over `ds`, as its validation computed them."
+    from ml_suite.data import eval_loader
+    from ml_suite.evaluator import StepEvaluator
+    from ml_suite.losses import resolve_metrics
+    from ml_suite.steps import resolve_step
+    cfg, dev = model.config, next(model.parameters()).device
+    loader = eval_loader(ds, batch_size or cfg.val_batch_size or cfg.batch_size, dist,
+                         cfg.num_workers if num_workers is None else num_workers, dev.type == 'cuda')
+    half = {'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.precision]
+    amp = lambda: torch.autocast(dev.type, dtype=half, enabled=cfg.amp)
+    ev = StepEvaluator(resolve_step(cfg.model.step, model.code_folders),
+                       resolve_metrics(cfg.metrics, '', model.code_folders), dev, amp, prefix='')
+    return {'samples': len(ds), 'processes': dist.world_size, 'batch_size': loader.batch_size,
+            'metrics': ev.evaluate(model.net, loader)}
 
 # %% ../nbs/14_inference.ipynb #a9a4fe3d
 def format_eval(res:dict)->str:

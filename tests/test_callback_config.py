@@ -53,12 +53,12 @@ def test_an_unknown_callback_name_and_a_bad_item(tmp_path):
     assert 'callbacks[1] (train.yml line' in msg and 'is a second ema' in msg, msg
 
 def test_a_callback_class_of_your_own_is_checked_like_a_model(tmp_path):
-    (tmp_path / 'my_callbacks.py').write_text('class Counter:\n    def __init__(self, every:int=1): pass\n')
-    msg = _error(tmp_path, callbacks=[{'name': 'my_callbacks:Counter', 'evry': 2}])
-    assert "unknown key 'evry' in callback 'my_callbacks:Counter' (train.yml line" in msg, msg
+    (tmp_path / 'cfgtest_callbacks.py').write_text('class Counter:\n    def __init__(self, every:int=1): pass\n')
+    msg = _error(tmp_path, callbacks=[{'name': 'cfgtest_callbacks:Counter', 'evry': 2}])
+    assert "unknown key 'evry' in callback 'cfgtest_callbacks:Counter' (train.yml line" in msg, msg
     assert "did you mean 'every'? Counter accepts: every" in msg, msg
-    path = write_config(tmp_path / 'ok.yml', tiny_config(callbacks=[{'name': 'my_callbacks:Counter', 'every': '2'}]))
-    assert load_config(path, names=False)[0].callbacks == [{'name': 'my_callbacks:Counter', 'every': 2}]
+    path = write_config(tmp_path / 'ok.yml', tiny_config(callbacks=[{'name': 'cfgtest_callbacks:Counter', 'every': '2'}]))
+    assert load_config(path, names=False)[0].callbacks == [{'name': 'cfgtest_callbacks:Counter', 'every': 2}]
 
 def test_a_bad_step_path(tmp_path):
     (tmp_path / 'steps.py').write_text('def my_step(model, batch): return model(batch).sum()\nLIMIT = 3\n')
@@ -177,6 +177,11 @@ def test_the_step_from_the_config_trains_and_validates(tmp_path):
     last = t.history[-1]
     assert {'train_ppl', 'val_ppl', 'tokens_per_s'} <= set(last), last
     assert abs(last['val_ppl'] - 2.718281828 ** last['val_loss']) < 0.5, last
+    # ml-suite-eval's code: the step on the split, as validation ran it
+    from ml_suite.inference import evaluate
+    res = evaluate(tmp_path / 'b', checkpoint='latest', device='cpu', write=False)
+    assert res['metrics']['loss'] == pytest.approx(last['val_loss'], rel=1e-6), (res, last)
+    assert res['metrics']['ppl'] == pytest.approx(last['val_ppl'], rel=1e-6) and res['updates'] == 20, res
 
 def test_early_stopping_from_the_config_ends_the_run(tmp_path):
     "The built-in, named in the config: exit 0 before total_updates; ml-suite-status and a rerun say it ended."

@@ -95,6 +95,27 @@ def test_sigkill_anywhere_then_rerun_gives_bitwise_identical_weights(tmp_path, w
     assert a['updates'] == b['updates'] == TOTAL
     assert_same_training_state(a, b)
 
+@pytest.mark.slow
+def test_sigkill_anywhere_with_ema_and_early_stopping_ends_where_an_uninterrupted_run_ends(tmp_path):
+    "The weights, the EMA's average, the early-stopping counter and the stop itself: all as in an uninterrupted run."
+    cfg = kill_config(0)
+    # min_delta: early stopping ends this run at update 475 of 600, after a dozen kills
+    cfg['callbacks'] = [{'name': 'ema', 'decay': 0.95},
+                        {'name': 'early_stopping', 'monitor': 'val_loss', 'patience': 2, 'min_delta': 0.00005}]
+    a, b, run_dir = kill_and_rerun(tmp_path, cfg, seed=7)
+    assert a['ended'] and a['ended'] == b['ended'] and a['updates'] == b['updates'] < TOTAL, (a['ended'], b['ended'])
+    assert_same_training_state(a, b)
+    assert a['callbacks'].keys() == b['callbacks'].keys() == {'0:EMA', '1:EarlyStopping'}
+    ea, eb = a['callbacks']['0:EMA'], b['callbacks']['0:EMA']
+    assert ea['n_averaged'] == eb['n_averaged'] and ea['weights'].keys() == a['eval_model'].keys()
+    for k in ea['weights']: assert torch.equal(ea['weights'][k], eb['weights'][k]), k
+    for k in a['eval_model']: assert torch.equal(a['eval_model'][k], b['eval_model'][k]), k
+    assert a['callbacks']['1:EarlyStopping'] == b['callbacks']['1:EarlyStopping']
+    # the rerun of a finished run says so, and trains nothing
+    r = run_cli(run_dir / 'train.yml', cwd=tmp_path, env={'PYTHONPATH': str(tmp_path)})
+    assert r.returncode == 0 and 'the run has finished' in r.stdout + r.stderr, r.stdout[-2000:]
+    assert torch.load(run_dir / 'latest.pt', weights_only=True)['updates'] == a['updates']
+
 @pytest.mark.parametrize('damage', ['truncated', 'zeroed'])
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
     cfg_path = write_config(tmp_path / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10,
