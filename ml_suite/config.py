@@ -14,12 +14,12 @@ import yaml
 from .core import ConfigError, RunError, did_you_mean, resolve_object, check_kwargs, call_style, stage_lengths
 
 # %% auto #0
-__all__ = ['REQUIRED', 'STEPS', 'RESERVED', 'FACTORY_HINT', 'BUILTIN_TABLES', 'DatasetConfig', 'ModelConfig', 'FactoriesConfig',
-           'OptimizerConfig', 'StageConfig', 'SchedulerConfig', 'CheckpointConfig', 'PreemptionConfig',
-           'NonfiniteConfig', 'WandbConfig', 'Config', 'Source', 'read_yaml', 'read_dotenv', 'dotenv_paths',
-           'load_dotenv', 'expand_env', 'apply_overrides', 'from_dict', 'parse_time_limit', 'stages', 'check_values',
-           'build_dataclass', 'section_args', 'takes_param', 'check_section', 'call_factory', 'builtin_names',
-           'validate_config', 'load_config', 'config_to_dict']
+__all__ = ['REQUIRED', 'STEP_NAMES', 'RESERVED', 'FACTORY_HINT', 'BUILTIN_TABLES', 'DatasetConfig', 'ModelConfig',
+           'FactoriesConfig', 'OptimizerConfig', 'StageConfig', 'SchedulerConfig', 'CheckpointConfig',
+           'PreemptionConfig', 'NonfiniteConfig', 'WandbConfig', 'Config', 'Source', 'read_yaml', 'read_dotenv',
+           'dotenv_paths', 'load_dotenv', 'expand_env', 'apply_overrides', 'from_dict', 'parse_time_limit', 'stages',
+           'check_values', 'build_dataclass', 'section_args', 'takes_param', 'check_section', 'call_factory',
+           'builtin_names', 'validate_config', 'load_config', 'config_to_dict']
 
 # %% ../nbs/05_config.ipynb #4f5bea5a
 REQUIRED = object()  # marks a key without a default
@@ -578,17 +578,17 @@ def _default(cls, name:str):
 
 # %% ../nbs/05_config.ipynb #963be691
 def _written(src:Source, path:tuple, value, default)->bool:
-    "Whether the config sets the key `path` itself (`Source.gives`); where `src` cannot tell: is it not `default`?"
+    "Whether the config sets the key `path` itself (`src.gives`); where `src` cannot tell: is it not `default`?"
     return src.gives(path) or (not src.given and value != default)
 
 # %% ../nbs/05_config.ipynb #f489be89
-STEPS = ('supervised', 'model_loss')   # the built-in steps; `model.step` may also be an import path
+STEP_NAMES = ('supervised', 'model_loss')   # the built-in steps; `model.step` may also be an import path
 
 def _check_step(cfg:Config, src:Source):
     "`model.step` a built-in step or an import path; one that computes the loss itself takes no criterion."
     m, w = cfg.model, src.where(('model', 'step'))
-    if ':' not in m.step and m.step not in STEPS:
-        raise ConfigError(f"model.step{w} is {m.step!r}{did_you_mean(m.step, STEPS) or '.'} Use supervised "
+    if ':' not in m.step and m.step not in STEP_NAMES:
+        raise ConfigError(f"model.step{w} is {m.step!r}{did_you_mean(m.step, STEP_NAMES) or '.'} Use supervised "
                           f"(criterion(model(x), y), the default), model_loss (the model computes its own loss from "
                           f"the batch) or an import path 'my_module:my_step' to a function step(model, batch) that "
                           f"returns the loss or (loss, {{name: scalar tensor}}).")
