@@ -28,8 +28,10 @@ class Seen(Callback):
     def load_state_dict(self, sd): self.n = sd['n']
 '''
 
-@pytest.mark.parametrize('event, at, saved', [('after_validate', 10, 10), ('after_update', 7, 7),
-                                              ('after_save', 10, 10)])
+# the events after the first: in the slow run (the default run's time budget)
+@pytest.mark.parametrize('event, at, saved', [('after_validate', 10, 10),
+                                              pytest.param('after_update', 7, 7, marks=pytest.mark.slow),
+                                              pytest.param('after_save', 10, 10, marks=pytest.mark.slow)])
 def test_a_raising_callback_leaves_a_checkpoint_and_is_named(tmp_path, event, at, saved):
     "Exit 1, one paragraph naming the callback, the event and the update; latest.pt holds that update; a rerun goes on."
     (tmp_path / 'boom.py').write_text(BOOM)

@@ -37,6 +37,7 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(tmp_path):
     vb = [row['val_loss'] for row in read_rows(tmp_path / 'one') if 'val_loss' in row]
     assert va == pytest.approx(vb, rel=1e-4), 'validation reduced over ranks equals one process'
 
+@pytest.mark.slow
 def test_two_nodes_on_one_rendezvous(tmp_path):
     cfg = write_config(tmp_path / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10))
     port = free_port()
@@ -110,6 +111,7 @@ def test_kill_and_resume_under_two_processes_is_bitwise_exact(tmp_path):
     assert a['updates'] == b['updates'] == 120
     for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
 
+@pytest.mark.slow
 def test_resume_with_another_world_size_warns_and_finishes(tmp_path):
     path = write_config(tmp_path / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10))
     assert run_cli(path, cwd=tmp_path).returncode == 0
@@ -119,6 +121,7 @@ def test_resume_with_another_world_size_warns_and_finishes(tmp_path):
     assert log.count('resuming a 1-process checkpoint with 2 processes') == 1 and 'order of the remaining data differs' in log
     assert torch.load(tmp_path / 'latest.pt', weights_only=True)['updates'] == 30
 
+@pytest.mark.slow
 def test_gradient_accumulation_under_ddp_equals_the_full_batch(tmp_path):
     "2 processes x batch 4 x 2 micro-batches (all-reduce on the last one only) = 1 process x batch 16."
     base = tiny_config(total_updates=20, updates_per_epoch=20, optimizer=dict(name='SGD', learning_rate=0.05, momentum=0.9))

@@ -57,6 +57,7 @@ eval_main([run, '--split', 'test', '--checkpoint', 'latest', '--device', 'cpu'])
 if dist.distributed: torch.distributed.destroy_process_group()
 '''
 
+@pytest.mark.slow
 def test_one_process_or_two_under_torchrun_give_the_same_evaluation_and_statistics(run, tmp_path):
     "`ml-suite-eval` of the test split, and the normalization statistics, with one process and with torchrun's two."
     (tmp_path / 'dist.py').write_text(DIST)

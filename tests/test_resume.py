@@ -116,7 +116,7 @@ def test_sigkill_anywhere_with_ema_and_early_stopping_ends_where_an_uninterrupte
     assert r.returncode == 0 and 'the run has finished' in r.stdout + r.stderr, r.stdout[-2000:]
     assert torch.load(run_dir / 'latest.pt', weights_only=True)['updates'] == a['updates']
 
-@pytest.mark.parametrize('damage', ['truncated', 'zeroed'])
+@pytest.mark.parametrize('damage', ['truncated', pytest.param('zeroed', marks=pytest.mark.slow)])
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
     cfg_path = write_config(tmp_path / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10,
                                                                 checkpoint=dict(every_updates=5)))
@@ -158,6 +158,7 @@ def test_a_pickled_payload_in_a_checkpoint_does_not_execute(tmp_path):
     assert r.returncode == 0, r.stderr
     assert 'GLOBAL posix.system' in r.stdout and 'previous.pt' in r.stdout   # refused, and the run fell back
 
+@pytest.mark.slow
 def test_restart_false_fine_tunes_from_weights_with_a_fresh_schedule(tmp_path):
     stages = dict(first_stage=dict(name='LinearLR', start_factor=0.1, end_factor=1.0, num_updates=10),
                   second_stage=dict(name='CosineAnnealingLR', num_updates=-1))
@@ -181,6 +182,7 @@ def test_restart_false_fine_tunes_from_weights_with_a_fresh_schedule(tmp_path):
     r2 = run_cli(tmp_path / 'ft' / 'train.yml', 'total_updates=25', cwd=tmp_path)
     assert r2.returncode == 0 and 'resumed from' in r2.stdout and 'at update 20/25' in r2.stdout
 
+@pytest.mark.slow
 def test_second_run_in_the_same_run_dir_is_refused(tmp_path):
     cfg_path = write_config(tmp_path / 'train.yml', tiny_config(total_updates=100000, updates_per_epoch=1000))
     first = Run(cfg_path, tmp_path, {**os.environ})

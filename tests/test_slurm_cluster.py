@@ -108,6 +108,7 @@ def test_scancel_signal_reaches_srun_task(slurm, tmp_path):
     assert delay < 5, f'USR1 took {delay:.1f} s to reach the task'
 
 
+@pytest.mark.slow
 def test_requeue_from_inside_job(slurm, tmp_path):
     "`scontrol requeue $SLURM_JOB_ID` in a job: same id, Restarts=1, SLURM_RESTART_COUNT=1, output appended."
     script = write(tmp_path / 'requeue.sh', '''

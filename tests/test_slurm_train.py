@@ -76,6 +76,7 @@ def test_job_time_limit_stops_in_time_and_finishes_after_requeue(slurm, tmp_path
     assert f'requeued SLURM job {job}' in text and 'finished 1500 updates' in text, text
     assert torch.load(path.parent / 'latest.pt', weights_only=True)['updates'] == 1500
 
+@pytest.mark.slow
 def test_srun_two_tasks_without_torchrun(slurm, tmp_path):
     path = setup(tmp_path, 'job', tiny_config(total_updates=20, updates_per_epoch=10))
     script = job_script(tmp_path / 'job.sh', f'srun --ntasks=2 {sys.executable} -m ml_suite.train {path}', sbatch=['--ntasks=2'])

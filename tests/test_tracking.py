@@ -57,6 +57,7 @@ def test_wandb_is_not_imported_when_disabled(tmp_path):
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
 
+@pytest.mark.slow
 def test_plot_command_writes_a_png_for_two_runs(tmp_path):
     for name, lr in (('a', 3e-3), ('b', 1e-3)):
         path = write_config(tmp_path / name / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10,
@@ -107,6 +108,7 @@ def test_dry_run_builds_and_writes_nothing(tmp_path):
     assert 'parameters' in r.stdout and 'effective batch 8 x 1 accumulation = 8' in r.stdout and 'learning rate' in r.stdout
     assert set((tmp_path / 'exp').iterdir()) == before, 'a dry run writes nothing'
 
+@pytest.mark.slow
 def test_status_of_a_finished_and_of_a_running_run(tmp_path):
     path = write_config(tmp_path / 'train.yml', tiny_config(total_updates=20, updates_per_epoch=10))
     assert run_cli(path, cwd=tmp_path).returncode == 0
