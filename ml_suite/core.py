@@ -15,8 +15,8 @@ from .dist import DistInfo, is_main_process   # handed on: they live in dist
 
 # %% auto #0
 __all__ = ['IMPORTED_FROM', 'ConfigError', 'RunError', 'RunDirLocked', 'ModelError', 'describe_tensor', 'did_you_mean',
-           'resolve_object', 'import_root', 'code_paths', 'search_folders', 'call_style', 'check_kwargs',
-           'stage_lengths', 'read_metrics', 'in_ipython']
+           'forget_shadowed', 'resolve_object', 'import_root', 'code_paths', 'search_folders', 'call_style',
+           'check_kwargs', 'stage_lengths', 'read_metrics', 'in_ipython']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 class ConfigError(ValueError):
@@ -53,6 +53,26 @@ def did_you_mean(
     if not close: close = [c for c in map(str, choices) if c.lower() == str(word).lower()]
     return f"; did you mean '{close[0]}'?" if close else ''
 
+# %% ../nbs/00_core.ipynb #653b8528
+def _module_file(folder:Path, top:str)->Path|None:
+    "The file that imports as module `top` from `folder` (`top.py` or `top/__init__.py`), or None."
+    for f in (folder / f"{top}.py", folder / top / '__init__.py'):
+        if f.is_file(): return f
+    return None
+
+# %% ../nbs/00_core.ipynb #3979b5d1
+def forget_shadowed(mod_name:str, folders:list):
+    "Drop a cached `mod_name` from `sys.modules` if the first of `folders` that has its file has another file."
+    top = mod_name.partition('.')[0]
+    cached = sys.modules.get(top)
+    if cached is None or top == 'ml_suite' or top in sys.stdlib_module_names: return
+    for folder in folders:
+        f = _module_file(Path(folder), top)
+        if f is None: continue
+        if Path(getattr(cached, '__file__', None) or '').resolve() != f.resolve():
+            for k in [k for k in sys.modules if k == top or k.startswith(top + '.')]: del sys.modules[k]
+        return
+
 # %% ../nbs/00_core.ipynb #9474c4e9
 def resolve_object(
     name:str,          # a built-in name, or `package.module:Name`
@@ -81,6 +101,8 @@ def resolve_object(
     # no __pycache__ beside the user's config
     nobytecode = sys.dont_write_bytecode
     sys.dont_write_bytecode = True
+    # the search folders' own file, not a module of that name imported earlier from elsewhere
+    forget_shadowed(mod_name, folders)
     try: mod = importlib.import_module(mod_name)
     except ImportError as e:
         looked = f"; looked in {', '.join(folders)} and on sys.path" if folders else ''

@@ -81,3 +81,15 @@ def test_a_checkpoint_without_code_paths_falls_back_to_the_run_directory_and_nam
     sys.modules.pop(MOD, None)
     assert type(load_model(old, device='cpu').net).__name__ == 'Net'
     sys.modules.pop(MOD, None)
+
+
+def test_a_module_name_used_by_two_config_folders_imports_each_folders_own(tmp_path):
+    "Two examples in one process (a notebook, a kernel running two tutorials): each config gets its folder's module."
+    from ml_suite.config import load_config
+    from conftest import tiny_config, write_config
+    for d, cls in (('a', 'First'), ('b', 'Second')):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / 'twin_callbacks.py').write_text(f"from ml_suite.callbacks import Callback\nclass {cls}(Callback): pass\n")
+    for d, cls in (('a', 'First'), ('b', 'Second'), ('a', 'First')):
+        cfg, _ = load_config(write_config(tmp_path / d / 'train.yml', tiny_config(callbacks=[{'name': f'twin_callbacks:{cls}'}])))
+        assert cfg.callbacks[0]['name'] == f'twin_callbacks:{cls}'
