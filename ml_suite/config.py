@@ -16,10 +16,10 @@ from .core import ConfigError, RunError, did_you_mean, resolve_object, check_kwa
 # %% auto #0
 __all__ = ['REQUIRED', 'STEP_NAMES', 'RESERVED', 'FACTORY_HINT', 'BUILTIN_TABLES', 'DatasetConfig', 'ModelConfig',
            'FactoriesConfig', 'OptimizerConfig', 'StageConfig', 'SchedulerConfig', 'CheckpointConfig',
-           'PreemptionConfig', 'NonfiniteConfig', 'WandbConfig', 'Config', 'Source', 'read_yaml', 'read_dotenv',
-           'dotenv_paths', 'load_dotenv', 'expand_env', 'apply_overrides', 'from_dict', 'parse_time_limit', 'stages',
-           'check_values', 'build_dataclass', 'section_args', 'takes_param', 'check_section', 'call_factory',
-           'builtin_names', 'validate_config', 'load_config', 'config_to_dict']
+           'PreemptionConfig', 'NonfiniteConfig', 'FsdpConfig', 'WandbConfig', 'Config', 'Source', 'read_yaml',
+           'read_dotenv', 'dotenv_paths', 'load_dotenv', 'expand_env', 'apply_overrides', 'from_dict',
+           'parse_time_limit', 'stages', 'check_values', 'build_dataclass', 'section_args', 'takes_param',
+           'check_section', 'call_factory', 'builtin_names', 'validate_config', 'load_config', 'config_to_dict']
 
 # %% ../nbs/05_config.ipynb #4f5bea5a
 REQUIRED = object()  # marks a key without a default
@@ -99,6 +99,16 @@ class NonfiniteConfig:
     max_consecutive:int = 10      # skip: stop, with a checkpoint of the last good state, after this many in a row
 
 @dataclass
+class FsdpConfig:
+    "FSDP2 sharding, with strategy: fsdp and several processes (see the trainer notebook)."
+    # module classes sharded as units (default: the model's repeated blocks, see the trainer notebook)
+    wrap:list = field(default_factory=list)
+    reshard_after_forward:bool = True         # free the gathered parameters after forward (gather again in backward)
+    # the dtype of forward and backward (None: the parameters' own, fp32)
+    param_dtype:Optional[Literal['bfloat16', 'float16', 'float32']] = None
+    reduce_dtype:Literal['bfloat16', 'float16', 'float32'] = 'float32'      # dtype of the gradient reduction
+
+@dataclass
 class WandbConfig:
     "Weights & Biases tracking."
     enabled:bool = False
@@ -131,6 +141,9 @@ class Config:
     compile:bool = False                  # torch.compile the model
     mem_budget:float = 1.0                # activation memory budget for compile, in (0, 1]; < 1 recomputes activations
     max_grad_norm:Optional[float] = None  # clip gradients to this norm
+    strategy:Literal['ddp', 'fsdp'] = 'ddp'  # with several processes: ddp (a full copy each) or fsdp (sharded)
+    fsdp:FsdpConfig = field(default_factory=FsdpConfig)
+    activation_checkpoint:list = field(default_factory=list)  # module classes recomputed in backward (any strategy)
     nonfinite:NonfiniteConfig = field(default_factory=NonfiniteConfig)  # NaN/Inf loss or gradient: skip, stop or off
     checkpoint:CheckpointConfig = field(default_factory=CheckpointConfig)
     time_limit:Optional[Union[str, int]] = None  # "HH:MM:SS" (or seconds): stop in time before it (default: SLURM's)
@@ -147,8 +160,9 @@ class Config:
     # {name: ema|early_stopping|profiler|'package.module:Class', **its arguments}, run in this order
     callbacks:list = field(default_factory=list)
 
+# ml_suite's own sections (not users' dataclasses)
 _SCHEMA = (DatasetConfig, ModelConfig, FactoriesConfig, OptimizerConfig, StageConfig, SchedulerConfig, CheckpointConfig,
-           PreemptionConfig, NonfiniteConfig, WandbConfig, Config)   # ml_suite's own sections (not users' dataclasses)
+           PreemptionConfig, NonfiniteConfig, FsdpConfig, WandbConfig, Config)
 
 # %% ../nbs/05_config.ipynb #bc4e292f
 @dataclass
@@ -444,6 +458,21 @@ def _callable(obj, key:str, where:str, value:str):
                           f"Point it at the class (or a function that builds one).")
     return obj
 
+# %% ../nbs/05_config.ipynb #cc0c25e4
+def _check_fsdp(cfg, src:Source):
+    "`fsdp.param_dtype` only with strategy fsdp, and not against `amp`'s `precision`."
+    w = lambda *p: src.where(p)
+    pd = cfg.fsdp.param_dtype
+    if pd is not None and cfg.strategy != 'fsdp':
+        raise ConfigError(f"fsdp.param_dtype{w('fsdp', 'param_dtype')} is {pd} but strategy{w('strategy')} is "
+                          f"{cfg.strategy}; FSDP's mixed precision applies only to strategy: fsdp. Set strategy: fsdp, "
+                          f"or use amp: true with precision for DDP.")
+    if pd is not None and cfg.amp and pd != cfg.precision:
+        raise ConfigError(f"amp{w('amp')} is true with precision {cfg.precision}, but fsdp.param_dtype"
+                          f"{w('fsdp', 'param_dtype')} is {pd}: autocast would compute in {cfg.precision} on "
+                          f"parameters FSDP casts to {pd}. Pick one: amp: false with fsdp.param_dtype: {pd} "
+                          f"(FSDP's policy), or remove fsdp.param_dtype (autocast), or make them the same dtype.")
+
 # %% ../nbs/05_config.ipynb #91a27b82
 def _check_ranges(cfg:Config, src:Source):
     "Each number in its range, and the rules between `mem_budget`, `compile`, `precision` and `amp`."
@@ -465,6 +494,7 @@ def _check_ranges(cfg:Config, src:Source):
     if cfg.precision == 'float16' and not cfg.amp:
         raise ConfigError(f"precision{w('precision')} is float16 but amp{w('amp')} is false; fp16 only applies with "
                           f"amp. Set amp: true, or remove precision.")
+    _check_fsdp(cfg, src)
     cn = cfg.checkpoint.checkpoint_name
     if not (cn in ('latest', 'best') or (isinstance(cn, int) and cn >= 0) or (isinstance(cn, str) and cn.isdigit())):
         raise ConfigError(f"checkpoint.checkpoint_name{w('checkpoint', 'checkpoint_name')} must be latest, best or an "

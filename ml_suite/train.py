@@ -445,6 +445,7 @@ def open_run(trainer, cfg:Config, plan:StartPlan):
                     f"on {trainer.device}; {dist.world_size} process(es); effective batch {cfg.batch_size} x "
                     f"{dist.world_size} x {cfg.grad_accum_steps} = "
                     f"{cfg.batch_size * dist.world_size * cfg.grad_accum_steps}")
+        logger.info(trainer.memory_line())
         yield
     finally:
         if lock is not None: lock.release()

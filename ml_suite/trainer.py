@@ -6,12 +6,12 @@ Docs: https://ml-suite.github.io/ml_suite/trainer.html.md"""
 
 # %% ../nbs/09_trainer.ipynb #f90ee064
 from __future__ import annotations
-import math, time, warnings
+import copy, dataclasses, functools, math, time, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 import torch
 from fastcore.basics import patch
-from .core import DistInfo, ModelError, describe_tensor as _shape
+from .core import DistInfo, ConfigError, ModelError, describe_tensor as _shape
 from . import hpc
 from .dist import get_device, all_gather_object
 from .checkpoint import Checkpointer, unwrap_model, load_weights, get_rng_state, set_rng_state
@@ -24,8 +24,9 @@ from .callbacks import Callbacks, CallbackError
 from .steps import to_device, batch_size, checked_step, split_output, Count, RESERVED
 
 # %% auto #0
-__all__ = ['track_modules', 'failing_layer', 'forward_error', 'first_batch_loss', 'TrainSettings', 'TrainerParts', 'wrap_model',
-           'Trainer', 'grad_norm']
+__all__ = ['track_modules', 'failing_layer', 'forward_error', 'first_batch_loss', 'TrainSettings', 'TrainerParts',
+           'modules_named', 'default_wrap', 'checkpoint_activations', 'shard_model', 'wrap_model', 'retarget_optimizer',
+           'no_sync', 'training_memory', 'Trainer', 'grad_norm']
 
 # %% ../nbs/09_trainer.ipynb #94e2c59a
 @contextmanager
@@ -113,12 +114,16 @@ class TrainSettings:
     compile:bool = False                # `torch.compile` the model (its memory budget: `set_mem_budget`, process-wide)
     device:str = 'cpu'
     validate_at_start:bool = False      # a fresh `fit` validates before its first update: a row at update 0
+    strategy:str = 'ddp'                # with several processes: 'ddp' (a full copy each) or 'fsdp' (sharded)
+    fsdp:dict|None = None               # FSDP2's wrap, reshard_after_forward, param_dtype, reduce_dtype
+    activation_checkpoint:tuple = ()    # module class names whose activations are recomputed in backward
 
     @classmethod
     def from_config(cls, cfg, device)->'TrainSettings':
         "The settings of a validated `Config`, on `device`."
         return cls(cfg.total_updates, cfg.updates_per_epoch, cfg.log_every, cfg.grad_accum_steps, cfg.max_grad_norm,
-                   cfg.amp, cfg.precision, cfg.compile, device, cfg.validate_at_start)
+                   cfg.amp, cfg.precision, cfg.compile, device, cfg.validate_at_start, cfg.strategy,
+                   dataclasses.asdict(cfg.fsdp), tuple(cfg.activation_checkpoint))
 
 # %% ../nbs/09_trainer.ipynb #73d34d90
 @dataclass
@@ -136,13 +141,110 @@ class TrainerParts:
         "Parts that write metrics.jsonl and checkpoints into `run_dir` (the other parts from `kw`, or defaults)."
         return cls(recorder=RunRecorder(run_dir, dist), checkpointer=Checkpointer(run_dir, keep_last), **kw)
 
+# %% ../nbs/09_trainer.ipynb #d1306a4c
+def modules_named(model:torch.nn.Module, names, key:str)->list:
+    "The submodules of `model` (not the root) whose class is one of `names`; a `ConfigError` for a name it lacks."
+    have = sorted({type(m).__name__ for m in model.modules()})
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ConfigError(f"{key} names {', '.join(missing)}, but the model ({type(model).__name__}) has no module of "
+                          f"that class; its module classes are: {', '.join(have)}. Name some of these.")
+    return [m for m in model.modules() if m is not model and type(m).__name__ in names]
+
+# %% ../nbs/09_trainer.ipynb #0517d713
+def default_wrap(model:torch.nn.Module)->list:
+    "The modules FSDP shards as units when `fsdp.wrap` names none: the model's repeated blocks, else its children."
+    for m in model.modules():
+        if not isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential)): continue
+        # blocks, not layers: children that have children of their own
+        kinds = [type(c) for c in m.children() if next(c.children(), None) is not None]
+        common = max(set(kinds), key=kinds.count, default=None)
+        if common is not None and kinds.count(common) >= 2: return [c for c in m.children() if type(c) is common]
+    kids = [g for c in model.children()
+            for g in (c.children() if isinstance(c, (torch.nn.ModuleList, torch.nn.ModuleDict)) else [c])]
+    return [c for c in kids if any(True for _ in c.parameters())]
+
+# %% ../nbs/09_trainer.ipynb #9f49b4a6
+def _checkpointed(forward, *args, **kwargs):
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+def checkpoint_activations(model:torch.nn.Module, names)->list:
+    "Recompute, in backward, the activations of `model`'s modules of the classes `names`; the modules changed."
+    mods = modules_named(model, names, 'activation_checkpoint')
+    for m in mods:
+        if not isinstance(m.forward, functools.partial): m.forward = functools.partial(_checkpointed, m.forward)
+    return mods
+
+# %% ../nbs/09_trainer.ipynb #c60b4f53
+_DTYPES = {None: None, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch.float32}
+
+def shard_model(model:torch.nn.Module, fsdp:dict|None=None, compile:bool=False)->torch.nn.Module:
+    "`model` sharded by FSDP2 in place: each unit (compiled first if `compile`), then the root."
+    from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
+    f = fsdp or {}
+    mp = MixedPrecisionPolicy(param_dtype=_DTYPES[f.get('param_dtype')],
+                              reduce_dtype=_DTYPES[f.get('reduce_dtype', 'float32')])
+    kw = dict(mp_policy=mp, reshard_after_forward=f.get('reshard_after_forward', True))
+    units = modules_named(model, f['wrap'], 'fsdp.wrap') if f.get('wrap') else default_wrap(model)
+    parents = {id(c): (m, n) for m in model.modules() for n, c in m.named_children()}
+    # innermost first: a unit inside another is sharded before it
+    for u in reversed(units):
+        if compile:
+            parent, name = parents[id(u)]
+            u = torch.compile(u, fullgraph=True)
+            parent.register_module(name, u)
+        fully_shard(u, **kw)
+    return fully_shard(model, **kw)
+
 # %% ../nbs/09_trainer.ipynb #102f2169
-def wrap_model(model:torch.nn.Module, device:torch.device, dist:DistInfo=DistInfo(), compile:bool=False):
-    "`model` as trained: in DDP when there are several processes, then compiled if asked."
+def wrap_model(model:torch.nn.Module, device:torch.device, dist:DistInfo=DistInfo(), compile:bool=False,
+               strategy:str='ddp', fsdp:dict|None=None, activation_checkpoint=()):
+    "`model` as trained: activations checkpointed, in DDP or FSDP with several processes, compiled if asked."
+    if activation_checkpoint: checkpoint_activations(model, activation_checkpoint)
+    if dist.distributed and strategy == 'fsdp': return shard_model(model, fsdp, compile)
     if dist.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
     return torch.compile(model) if compile else model
+
+# %% ../nbs/09_trainer.ipynb #2bb039d4
+def retarget_optimizer(optimizer:torch.optim.Optimizer, old:list, new:list)->None:
+    "Point `optimizer`'s parameter groups at `new` wherever they held the parameter at the same place of `old`."
+    if optimizer.state: raise RuntimeError("retarget_optimizer: the optimizer has state already; build it anew.")
+    swap = {id(o): n for o, n in zip(old, new)}
+    for g in optimizer.param_groups: g['params'] = [swap.get(id(p), p) for p in g['params']]
+
+# %% ../nbs/09_trainer.ipynb #b971e53d
+@contextmanager
+def no_sync(model:torch.nn.Module):
+    "No gradient reduction across processes inside (DDP's `no_sync`, FSDP2's gradient sync off); a no-op otherwise."
+    if hasattr(model, 'no_sync'):
+        with model.no_sync(): yield
+        return
+    if not hasattr(model, 'set_requires_gradient_sync'):
+        yield
+        return
+    model.set_requires_gradient_sync(False)
+    try: yield
+    finally: model.set_requires_gradient_sync(True)
+
+# %% ../nbs/09_trainer.ipynb #31d9a7b3
+def _local_bytes(t)->int:
+    t = t.to_local() if hasattr(t, 'to_local') else t
+    return t.numel() * t.element_size()
+
+def training_memory(model:torch.nn.Module, optimizer:torch.optim.Optimizer)->int:
+    "Bytes of parameters + gradients + optimizer state this process holds (local shards; state predicted if none)."
+    params = [p for p in model.parameters() if p.requires_grad]
+    p_bytes = sum(_local_bytes(p) for p in params)
+    state = [v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v) and v.ndim > 0]
+    if state: o_bytes = sum(_local_bytes(v) for v in state)
+    else:
+        name = type(optimizer).__name__
+        g = optimizer.param_groups[0]
+        moments = 2 if 'Adam' in name else int(name == 'SGD' and g.get('momentum', 0) > 0)
+        o_bytes = moments * p_bytes
+    return 2 * p_bytes + o_bytes
 
 # %% ../nbs/09_trainer.ipynb #cd434d2e
 _NO_CONTEXT = nullcontext()
@@ -169,13 +271,9 @@ class Trainer:
         self.device = torch.device(s.device)
         self.dist = dist
         self.raw_model = model.to(self.device)
-        # for the gradient norm: listed once, not at every row, and whether one foreach call can take it
-        self.params = list(self.raw_model.parameters())
-        self.params_one_kind = len({(p.device, p.dtype) for p in self.params}) == 1
-        self.model = wrap_model(self.raw_model, self.device, dist, s.compile)
+        # activations checkpointed, DDP or FSDP, compiled; the parameters the gradient norm reads
+        self._wrap(s, dist, optimizer)
         self.compiled = s.compile
-        # DDP: gradients of all but the last micro-batch stay local (`no_sync`); asked once, not at every update
-        self.can_defer_sync = hasattr(self.model, 'no_sync')
         self.criterion = criterion
         self.step = step
         self.optimizer = optimizer
@@ -210,6 +308,20 @@ class Trainer:
         self._checked = False                       # the first update of `fit` runs through `first_batch_loss`
         self._next_event = self._event_after(0)     # the next update after which `fit` logs, validates or saves
         self.recorder.lr = optimizer.param_groups[0]['lr']
+
+    def _wrap(self, s:TrainSettings, dist:DistInfo, optimizer):
+        "`model` as `s` trains it (`wrap_model`); an optimizer built before FSDP steps the sharded parameters."
+        before = list(self.raw_model.parameters())
+        self.model = wrap_model(self.raw_model, self.device, dist, s.compile, s.strategy, s.fsdp,
+                                s.activation_checkpoint)
+        self.sharded = self.model is self.raw_model and hasattr(self.model, 'set_requires_gradient_sync')
+        # for the gradient norm: listed once, not at every row, and whether one foreach call can take it
+        self.params = list(self.raw_model.parameters())
+        if self.sharded: retarget_optimizer(optimizer, before, self.params)
+        self.params_one_kind = not self.sharded and len({(p.device, p.dtype) for p in self.params}) == 1
+        # gradients of all but the last micro-batch stay local (DDP's `no_sync`, FSDP2's sync off); asked once
+        self.can_defer_sync = hasattr(self.model, 'no_sync') or self.sharded
+        self._saving_sharded_warned = False
 
     def autocast(self):
         "The mixed-precision context of the forward pass (a no-op without `amp`)."
@@ -260,7 +372,7 @@ def train_step(self:Trainer, batches:list)->None:
     with (_NO_CONTEXT if self._checked or self.updates else self._flop_count()):
         for i, batch in enumerate(batches):
             defer = i < n - 1 and self.can_defer_sync             # DDP all-reduces on the last micro-batch only
-            with (self.model.no_sync() if defer else _NO_CONTEXT), self.autocast():
+            with (no_sync(self.model) if defer else _NO_CONTEXT), self.autocast():
                 if extras is not None: loss, bs = self._step_loss(batch, n, extras)   # your step (`model.step`)
                 else:
                     x, y = batch
@@ -280,6 +392,8 @@ def train_step(self:Trainer, batches:list)->None:
     if self.max_grad_norm or row_due or (guard.checking and self.dist.distributed and not fp16):
         norm = grad_norm(self.params, self.params_one_kind)
         if self.max_grad_norm: torch.nn.utils.clip_grads_with_norm_(self.params, self.max_grad_norm, norm)
+        # FSDP: a DTensor; the row and the NaN guard read the whole number
+        if hasattr(norm, 'full_tensor'): norm = norm.full_tensor()
         rec.grad_norm = norm
     if row_due: rec.lr = self.optimizer.param_groups[0]['lr']  # the LR this update used
     if guard.checking:                                         # read the loss back once: to decide, and for the row
@@ -371,6 +485,7 @@ def log(self:Trainer, val:dict|None=None)->dict:
 def save(self:Trainer, validated:bool=False):
     "Collective, on every rank (RNG states are gathered): rank 0 writes latest.pt and the files the policy names."
     if self.checkpointer is None: return
+    if self.sharded: return self._skip_sharded_save()
     # the same on every rank: the weights are identical
     try: self.guard.check_weights(self.raw_model, self.updates)
     except NonFiniteError:
@@ -381,6 +496,24 @@ def save(self:Trainer, validated:bool=False):
     self.stopper.saved()
     if self.dist.is_main: self._write(state, validated)
     self._fire('after_save')
+
+# %% ../nbs/09_trainer.ipynb #69e4805b
+@patch
+def _skip_sharded_save(self:Trainer):
+    "FSDP with several processes: no checkpoint (not written yet in this version); the log says so, once."
+    if not self._saving_sharded_warned and self.dist.is_main:
+        logger.warning("strategy fsdp with several processes writes no checkpoint in this version (sharded "
+                       "checkpoints are not built yet): the run trains, but a rerun starts from the beginning.")
+    self._saving_sharded_warned = True
+
+# %% ../nbs/09_trainer.ipynb #094c20cf
+@patch
+def memory_line(self:Trainer)->str:
+    "The log's line of the bytes of parameters, gradients and optimizer state each process holds."
+    mb = training_memory(self.raw_model, self.optimizer) / 2**20
+    how = (f"fsdp, {self.dist.world_size} shards" if self.sharded else
+           "ddp, a full copy each" if self.dist.distributed else "one process")
+    return f"memory per process: {mb:,.3f} MB of parameters, gradients and optimizer state ({how})"
 
 # %% ../nbs/09_trainer.ipynb #97bcd51b
 @patch
