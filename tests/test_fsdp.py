@@ -83,3 +83,28 @@ def test_activation_checkpointing_keeps_gradients_and_saves_less():
     n_ckpt, g_ckpt = saved_bytes(ckpt, x)
     for a, b in zip(g_plain, g_ckpt): assert torch.equal(a, b)
     assert n_ckpt < n_plain / 2, (n_ckpt, n_plain)
+
+def test_one_process_fsdp_trains_as_one_process(tmp_path):
+    from ml_suite.train import train
+    base = tiny_config(total_updates=6, updates_per_epoch=6, log_every=3)
+    a = train({**base, 'run_dir': str(tmp_path / 'plain')})
+    b = train({**base, 'run_dir': str(tmp_path / 'fsdp'), 'strategy': 'fsdp', 'activation_checkpoint': ['ConvBlock']})
+    assert not b.sharded and '(one process)' in b.memory_line()
+    for (k, v), w in zip(a.raw_model.state_dict().items(), b.raw_model.state_dict().values()): assert torch.equal(v, w), k
+    assert (tmp_path / 'fsdp' / 'latest.pt').exists(), 'one process: checkpoints as usual'
+
+def test_an_unknown_activation_checkpoint_class_is_a_config_error(tmp_path):
+    from ml_suite.core import ConfigError
+    from ml_suite.train import train
+    cfg = {**tiny_config(total_updates=2), 'run_dir': str(tmp_path), 'activation_checkpoint': ['Block']}
+    with pytest.raises(ConfigError, match="activation_checkpoint names Block, but the model \\(UNet\\)"): train(cfg)
+
+@pytest.mark.slow
+def test_fsdp_with_compile_compiles_each_block(tmp_path):
+    base = tiny_config(total_updates=6, updates_per_epoch=6, log_every=3, compile=True,
+                       optimizer=dict(name='SGD', learning_rate=0.05, momentum=0.9))
+    log = run2(tmp_path, 'fsdp', {**base, 'strategy': 'fsdp', 'fsdp': {'wrap': ['ConvBlock']}})
+    assert 'update 6/6' in log and '(fsdp, 2 shards)' in log
+    # each ConvBlock was compiled in its place (then sharded); the root was not
+    names = torch.load(tmp_path / 'fsdp' / 'weights0.pt', weights_only=True)
+    assert 'stem._orig_mod.0.weight' in names and not any(k.startswith('_orig_mod') for k in names)
