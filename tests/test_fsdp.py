@@ -108,3 +108,14 @@ def test_fsdp_with_compile_compiles_each_block(tmp_path):
     # each ConvBlock was compiled in its place (then sharded); the root was not
     names = torch.load(tmp_path / 'fsdp' / 'weights0.pt', weights_only=True)
     assert 'stem._orig_mod.0.weight' in names and not any(k.startswith('_orig_mod') for k in names)
+
+def test_fsdp_nonfinite_guard_stops_every_rank(tmp_path):
+    # a learning rate that makes the loss NaN within a few updates: both ranks skip, then stop together (exit 5)
+    cfg = tiny_config(total_updates=30, strategy='fsdp', max_grad_norm=None, nonfinite={'max_consecutive': 3},
+                      optimizer=dict(name='SGD', learning_rate=1e12))
+    path = write_config(tmp_path / 'nan' / 'train.yml', cfg)
+    r = torchrun('--standalone', '--nproc_per_node=2', '-m', 'ml_suite.train', path, cwd=tmp_path)
+    log = (tmp_path / 'nan' / 'training.log').read_text()
+    # torchrun exits 1 when a worker fails; each worker's own code is in its summary
+    assert r.returncode == 1 and (r.stdout + r.stderr).count('exitcode  : 5') == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert 'non-finite loss or gradient' in log and '(fsdp, 2 shards)' in log
