@@ -119,3 +119,13 @@ def test_fsdp_nonfinite_guard_stops_every_rank(tmp_path):
     # torchrun exits 1 when a worker fails; each worker's own code is in its summary
     assert r.returncode == 1 and (r.stdout + r.stderr).count('exitcode  : 5') == 2, r.stdout[-2000:] + r.stderr[-2000:]
     assert 'non-finite loss or gradient' in log and '(fsdp, 2 shards)' in log
+
+def test_fsdp_param_dtype_bfloat16_trains(tmp_path):
+    # FSDP2's mixed precision: bf16 forward and backward, fp32 reduction and fp32 sharded weights
+    cfg = tiny_config(total_updates=10, updates_per_epoch=10, log_every=5, strategy='fsdp',
+                      fsdp={'param_dtype': 'bfloat16'})
+    log = run2(tmp_path, 'bf16', cfg)
+    losses = [r['train_loss'] for r in read_rows(tmp_path / 'bf16') if 'train_loss' in r]
+    assert len(losses) == 2 and losses[1] < losses[0], losses
+    w = torch.load(tmp_path / 'bf16' / 'weights0.pt', weights_only=True)
+    assert all(v.dtype == torch.float32 for v in w.values()) and '(fsdp, 2 shards)' in log
