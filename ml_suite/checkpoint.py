@@ -354,8 +354,10 @@ def _replace_dir(src:Path, dst:Path, keep:Path|None=None):
     import shutil
     src, dst = Path(src), Path(dst)
     trash = dst.with_name(f'.{dst.name}.{os.getpid()}.old')
-    if keep is not None and keep.exists(): os.replace(keep, trash)   # the old `keep` goes only once `dst` replaces it
-    if dst.exists(): os.replace(dst, keep if keep is not None else trash)
+    if dst.exists():
+        # the old `keep` goes only when an old `dst` takes its place
+        if keep is not None and keep.exists(): os.replace(keep, trash)
+        os.replace(dst, keep if keep is not None else trash)
     os.replace(src, dst)
     _fsync_dir(dst.parent)
     shutil.rmtree(trash, ignore_errors=True)

@@ -39,7 +39,7 @@ if __name__ == '__main__':
             step(net, opt, i)
             msd, osd = get_state_dict(net, opt)
             ck.save({'model': msd, 'optim': osd, 'extra': {'updates': i + 1}}, epoch=i + 1, background=i == 2)
-        print('stall', ck.stall, 'done', ck.wait(), flush=True)
+        print(f'stall {ck.stall:.3f} s, durable after {ck.wait():.3f} s', flush=True)
         ref = full(net, opt)
         if rank == 0: torch.save({'model': ref[0], 'optim': ref[1]}, os.path.join(run, 'ref.pt'))
     elif mode == 'load':
@@ -50,7 +50,7 @@ if __name__ == '__main__':
         set_state_dict(net, opt, model_state_dict=tgt['model'], optim_state_dict=tgt['optim'])
         got = full(net, opt)
         if rank == 0: torch.save({'model': got[0], 'optim': got[1]}, os.path.join(run, f'got_{os.environ.get("WORLD_SIZE", 1)}.pt'))
-        print('loaded', os.path.basename(path), extra['updates'], flush=True)
+        print(f"loaded {os.path.basename(path)} {extra['updates']}", flush=True)   # one write: ranks share stdout
     elif mode == 'loop':
         net, opt = build(0, width)
         for i in range(10**6):
@@ -94,15 +94,20 @@ def saved(tmp_path):
     assert 'stall' in r.stdout
     return tmp_path, run
 
-def test_one_process_save_and_load_are_bitwise(tmp_path):
+def test_one_process_save_and_load_are_bitwise_and_two_processes_load_it(tmp_path):
     (tmp_path / 'script.py').write_text(SCRIPT)
     run = tmp_path / 'run'; run.mkdir()
     one_process(tmp_path, 'save', run, 32)
     r = one_process(tmp_path, 'load', run, 32)
     assert 'loaded latest 3' in r.stdout
-    assert_bitwise(torch.load(run / 'ref.pt', weights_only=True), torch.load(run / 'got_1.pt', weights_only=True))
+    ref = torch.load(run / 'ref.pt', weights_only=True)
+    assert_bitwise(ref, torch.load(run / 'got_1.pt', weights_only=True))
     assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ['epoch_2', 'epoch_3', 'latest', 'previous']
     assert not list(run.glob('.*'))
+    # 1 -> 2: the one-process checkpoint into two FSDP processes (DCP shards it)
+    r = torchrun(tmp_path, 'load', run, 32)
+    assert r.stdout.count('loaded latest 3') == 2
+    assert_bitwise(ref, torch.load(run / 'got_2.pt', weights_only=True))
 
 def test_two_processes_save_and_load_bitwise_and_one_process_loads_the_same(saved):
     tmp_path, run = saved
