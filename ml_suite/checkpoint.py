@@ -494,8 +494,9 @@ def save(self:ShardedCheckpointer, state:dict,  # DCP state (DTensors, tensors) 
             r = dcp.async_save(sharded, **kw)            # thread mode only: process mode hangs without a main guard
             self._pending = (getattr(r, 'upload_completion', r), args)
         else: dcp.save(sharded, **kw)
-    self.stall = time.monotonic() - t0
     if not background: self._commit(*args)
+    # what the caller waited: the copy for a background save, everything for a foreground one
+    self.stall = time.monotonic() - t0
     return sharded_path(self.run_dir, 'latest')
 
 # %% ../nbs/07_checkpoint.ipynb #9bc6d7f7
