@@ -308,8 +308,9 @@ class Checkpointer:
 # %% ../nbs/07_checkpoint.ipynb #e65f2b76
 _DCP_GLOBALS = {('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pathlib', 'PosixPath'),
                 ('pathlib', 'PurePosixPath'), ('pathlib', 'WindowsPath'), ('pathlib', 'PureWindowsPath'),
-                ('collections', 'OrderedDict')}
+                ('collections', 'OrderedDict')}   # besides DCP's own classes and torch dtypes
 
+# %% ../nbs/07_checkpoint.ipynb #6bd50e8f
 def check_dcp_metadata(folder:Path):
     "Read `folder/.metadata` building only DCP's metadata classes; `CheckpointDamaged` if it holds anything else."
     import pickle
@@ -531,6 +532,7 @@ def _mark_and_promote(self:ShardedCheckpointer, tmp:Path, best:bool, epoch:int|N
     _fsync_dir(tmp)
     self._promote(tmp, rec)
 
+# %% ../nbs/07_checkpoint.ipynb #cd87a740
 @patch
 def _promote(self:ShardedCheckpointer, tmp:Path, rec:dict):
     "Rank 0: rename committed `tmp` to `latest/` (the old one to `previous/`); link `best/`, `epoch_N/`; rotate."
@@ -555,6 +557,7 @@ def wait(self:ShardedCheckpointer)->float|None:
     secs, self._seconds = self._seconds, None
     return secs
 
+# %% ../nbs/07_checkpoint.ipynb #027138bc
 @patch
 def remove_stale(self:ShardedCheckpointer)->list[Path]:
     "Rank 0, holding the `RunLock`: finish commits a kill interrupted; delete unfinished temporary directories."
