@@ -56,7 +56,7 @@ if __name__ == '__main__':
         for i in range(10**6):
             step(net, opt, i)
             msd, osd = get_state_dict(net, opt)
-            ck.save({'model': msd, 'optim': osd, 'extra': {'updates': i + 1}}, background=i % 2 == 1)
+            ck.save({'model': msd, 'optim': osd, 'extra': {'updates': i + 1}}, background=sys.argv[4] == 'async')
     if dist.is_initialized(): dist.destroy_process_group()
 '''
 
@@ -139,13 +139,14 @@ def test_a_truncated_shard_falls_back_to_previous_with_a_warning_naming_it(saved
         path, extra = ck.load_newest_good({'model': net.state_dict()})
     assert (path.name, extra['updates']) == ('previous', 2)
 
-def test_a_sigkill_during_a_save_leaves_latest_intact(tmp_path):
+@pytest.mark.parametrize('how', ['sync', 'async'])
+def test_a_sigkill_during_a_save_leaves_latest_intact(tmp_path, how):
     (tmp_path / 'script.py').write_text(SCRIPT)
     run = tmp_path / 'run'; run.mkdir()
     env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
     # a wide model: each save writes about 50 MB, so a kill while a temporary directory exists is easy to hit
     p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                          str(tmp_path / 'script.py'), 'loop', str(run), '500000'], cwd=tmp_path, env=env,
+                          str(tmp_path / 'script.py'), 'loop', str(run), '500000', how], cwd=tmp_path, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         t0 = time.monotonic()
