@@ -10,12 +10,14 @@ import os, random, re, warnings
 from pathlib import Path
 import numpy as np
 import torch
+from fastcore.basics import patch
 from .core import ConfigError, RunError, RunDirLocked
 
 # %% auto #0
 __all__ = ['REQUIRED_KEYS', 'write_temporary', 'commit_temporary', 'save_checkpoint', 'link_checkpoint', 'CheckpointDamaged',
            'load_checkpoint', 'unwrap_model', 'clean_state_dict', 'load_weights', 'get_rng_state', 'set_rng_state',
-           'checkpoint_path', 'state_bytes', 'save_error', 'Checkpointer', 'RunLock']
+           'checkpoint_path', 'state_bytes', 'save_error', 'Checkpointer', 'check_dcp_metadata', 'verify_sharded',
+           'load_sharded', 'load_sharded_full', 'sharded_path', 'ShardedCheckpointer', 'RunLock']
 
 # %% ../nbs/07_checkpoint.ipynb #52b431a0
 def _fsync_dir(folder:Path):
@@ -302,6 +304,296 @@ class Checkpointer:
                            f"resume. Move them away to start over, or restore one from a backup; ml_suite does not "
                            f"start over silently.")
         return None, None
+
+# %% ../nbs/07_checkpoint.ipynb #e65f2b76
+_DCP_GLOBALS = {('torch', 'Size'), ('torch.serialization', '_get_layout'), ('pathlib', 'PosixPath'),
+                ('pathlib', 'PurePosixPath'), ('pathlib', 'WindowsPath'), ('pathlib', 'PureWindowsPath'),
+                ('collections', 'OrderedDict')}   # besides DCP's own classes and torch dtypes
+
+# %% ../nbs/07_checkpoint.ipynb #6bd50e8f
+def check_dcp_metadata(folder:Path):
+    "Read `folder/.metadata` building only DCP's metadata classes; `CheckpointDamaged` if it holds anything else."
+    import pickle
+    class Safe(pickle.Unpickler):
+        def find_class(self, mod, name):
+            dcp_own = mod in ('torch.distributed.checkpoint.metadata', 'torch.distributed.checkpoint.filesystem')
+            if dcp_own or (mod, name) in _DCP_GLOBALS: return super().find_class(mod, name)
+            if mod == 'torch' and isinstance(getattr(torch, name, None), (torch.dtype, torch.memory_format)):
+                return super().find_class(mod, name)
+            raise pickle.UnpicklingError(f"global {mod}.{name} is not DCP metadata")
+    path = Path(folder) / '.metadata'
+    try:
+        with open(path, 'rb') as f: return Safe(f).load()
+    except Exception as e:
+        raise CheckpointDamaged(f"{path} cannot be read as DCP metadata ({type(e).__name__}: {str(e)[:200]}). It may "
+                                f"be truncated, or hold objects other than DCP's own metadata, which ml_suite refuses "
+                                f"to unpickle.") from None
+
+# %% ../nbs/07_checkpoint.ipynb #b5174911
+def verify_sharded(folder:Path)->dict:
+    "Check that the checkpoint directory `folder` is committed and complete; its `COMMITTED` record."
+    import json
+    folder = Path(folder)
+    if not folder.is_dir(): raise FileNotFoundError(f"no checkpoint at {folder}")
+    marker = folder / 'COMMITTED'
+    try: rec = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        raise CheckpointDamaged(f"{marker} is missing or unreadable: the save of {folder} never finished (a "
+                                f"directory is a checkpoint only once COMMITTED is written, last).") from None
+    for name, size in rec.get('files', {}).items():
+        p = folder / name
+        have = p.stat().st_size if p.is_file() else None
+        if have != size:
+            raise CheckpointDamaged(f"{p} is {'missing' if have is None else f'{have} bytes'}, but the checkpoint "
+                                    f"was committed with {size} bytes: the file is truncated or was replaced.")
+    check_dcp_metadata(folder)
+    return rec
+
+# %% ../nbs/07_checkpoint.ipynb #2badf299
+def _replace_dir(src:Path, dst:Path, keep:Path|None=None):
+    "Rename directory `src` to `dst`; the old `dst` moves to `keep` (or is deleted). Each step one rename."
+    import shutil
+    src, dst = Path(src), Path(dst)
+    trash = dst.with_name(f'.{dst.name}.{os.getpid()}.old')
+    if dst.exists():
+        # the old `keep` goes only when an old `dst` takes its place
+        if keep is not None and keep.exists(): os.replace(keep, trash)
+        os.replace(dst, keep if keep is not None else trash)
+    os.replace(src, dst)
+    _fsync_dir(dst.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+# %% ../nbs/07_checkpoint.ipynb #bd563d1a
+def _link_dir(src:Path, dst:Path):
+    "Make directory `dst` hold the same files as `src` (hard links, a copy where links fail), atomically."
+    import shutil
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f'.{dst.name}.{os.getpid()}.tmp')
+    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
+    for p in src.iterdir():
+        try: os.link(p, tmp / p.name)
+        except OSError: shutil.copyfile(p, tmp / p.name); _fsync_file(tmp / p.name)
+    _fsync_dir(tmp)
+    _replace_dir(tmp, dst)
+
+# %% ../nbs/07_checkpoint.ipynb #e36ad604
+def _dcp_group():
+    "(rank, world size, process group for checkpoint collectives or None without a process group)."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()): return 0, 1, None
+    return dist.get_rank(), dist.get_world_size(), dist.group.WORLD
+
+# %% ../nbs/07_checkpoint.ipynb #c7c056a7
+def load_sharded(folder:Path, state:dict, process_group=None)->dict:
+    "Load checkpoint directory `folder` into `state` in place (DCP reshards to this world size); its `extra` dict."
+    import torch.distributed.checkpoint as dcp
+    folder = Path(folder)
+    verify_sharded(folder)
+    try: extra = torch.load(folder / 'extra.pt', map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointDamaged(f"{folder / 'extra.pt'} cannot be read ({type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}).") from None
+    rank, world, pg = _dcp_group()
+    sharded = {k: v for k, v in state.items() if k != 'extra'}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='.*torch.distributed is disabled.*')
+            dcp.load(sharded, checkpoint_id=folder, process_group=process_group or pg, no_dist=pg is None)
+    except Exception as e:
+        why = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
+        raise CheckpointDamaged(f"{folder} cannot be loaded by torch.distributed.checkpoint ({type(e).__name__}: "
+                                f"{why}).") from None
+    return extra
+
+# %% ../nbs/07_checkpoint.ipynb #44714ad2
+def load_sharded_full(folder:Path)->dict:
+    "The whole checkpoint directory `folder` as one plain state dict on the CPU, in one process, no process group."
+    import tempfile
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    folder = Path(folder)
+    verify_sharded(folder)
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                dcp_to_torch_save(folder, Path(d) / 'full.pt')
+            state = torch.load(Path(d) / 'full.pt', map_location='cpu', weights_only=True)
+        except Exception as e:
+            raise CheckpointDamaged(f"{folder} cannot be read as one state dict ({type(e).__name__}: "
+                                    f"{str(e)[:200]}).") from None
+    state['extra'] = torch.load(folder / 'extra.pt', map_location='cpu', weights_only=True)
+    return state
+
+# %% ../nbs/07_checkpoint.ipynb #d70d0652
+def sharded_path(run_dir:Path, name='latest')->Path:
+    "The directory in `run_dir` for sharded checkpoint `name`: latest, previous, best or an epoch number."
+    name = str(name)
+    return Path(run_dir) / (f'epoch_{int(name)}' if name.isdigit() else name)
+
+# %% ../nbs/07_checkpoint.ipynb #c9341405
+class ShardedCheckpointer:
+    "Saves `latest/`, `previous/`, `best/`, `epoch_N/` with DCP from every rank; finds the newest good one to resume."
+    def __init__(self, run_dir:Path, keep_last:int=0):  # keep only the newest `keep_last` epoch_N/ (0: all)
+        self.run_dir = Path(run_dir)
+        self.keep_last = keep_last
+        self._pending = None   # (future, commit arguments) of a background save
+        self._seconds = None   # what the last save took, start to durable
+        self.stall = None      # what the last save blocked its caller, seconds
+        self.last = ''         # what latest/ holds, e.g. 'update 40' (for messages), once known
+        self._group = None     # (rank, world, gloo group for checkpoint collectives, rank 0's pid), once needed
+
+    def group(self):
+        "(rank, world size, process group, rank 0's pid); a gloo group of its own, so async saves overlap training."
+        if self._group is None:
+            import torch.distributed as dist
+            rank, world, pg = _dcp_group()
+            pid = [os.getpid()]
+            if pg is not None:
+                pg = dist.new_group(backend='gloo')
+                dist.broadcast_object_list(pid, src=0, group=pg)
+            self._group = (rank, world, pg, pid[0])
+        return self._group
+
+    def numbered(self)->list[Path]:
+        "The `epoch_N/` directories, newest first."
+        eps = [(int(m.group(1)), p) for p in self.run_dir.glob('epoch_*')
+               if p.is_dir() and (m := re.fullmatch(r'epoch_(\d+)', p.name))]
+        return [p for _, p in sorted(eps, reverse=True)]
+
+    def candidates(self, name='latest')->list[Path]:
+        "Directories to resume from, in order of preference. Only `latest` falls back to older ones."
+        if str(name) != 'latest': return [sharded_path(self.run_dir, name)]
+        dirs = [sharded_path(self.run_dir, 'latest'), sharded_path(self.run_dir, 'previous'), *self.numbered(),
+                sharded_path(self.run_dir, 'best')]
+        return [p for p in dict.fromkeys(dirs) if p.is_dir()]
+
+# %% ../nbs/07_checkpoint.ipynb #384d21f6
+@patch
+def save(self:ShardedCheckpointer, state:dict,  # DCP state (DTensors, tensors) and `extra`: a plain dict
+         best:bool=False, epoch:int|None=None,
+         background:bool=False,  # `dcp.async_save` (thread): return once the state is copied; `wait` commits
+        )->Path:
+    "Every rank: make `state` the new `latest/` (and `best/`, `epoch_N/` when asked), shards written by each rank."
+    import time, shutil
+    import torch.distributed as dist, torch.distributed.checkpoint as dcp
+    self.wait()                                          # one save in flight at a time
+    t0 = time.monotonic()
+    rank, world, pg, pid = self.group()
+    tmp = self.run_dir / f'.latest.{pid}.tmp'
+    extra = state.get('extra', {})
+    desc = f"update {extra['updates']}" if isinstance(extra.get('updates'), int) else 'the new state'
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+        torch.save(extra, tmp / 'extra.pt')
+    if pg is not None: dist.barrier(group=pg)            # the folder exists, clean, before any rank writes
+    sharded = {k: v for k, v in state.items() if k != 'extra'}
+    kw = dict(checkpoint_id=tmp, process_group=pg, no_dist=pg is None)
+    args = (tmp, best, epoch, t0, desc, world)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='.*torch.distributed is disabled.*')
+        if background:
+            r = dcp.async_save(sharded, **kw)            # thread mode only: process mode hangs without a main guard
+            self._pending = (getattr(r, 'upload_completion', r), args)
+        else: dcp.save(sharded, **kw)
+    if not background: self._commit(*args)
+    # what the caller waited: the copy for a background save, everything for a foreground one
+    self.stall = time.monotonic() - t0
+    return sharded_path(self.run_dir, 'latest')
+
+# %% ../nbs/07_checkpoint.ipynb #9bc6d7f7
+@patch
+def _commit(self:ShardedCheckpointer, tmp:Path, best:bool, epoch:int|None, t0:float, desc:str, world:int):
+    "Every rank: once all shards are written, rank 0 marks `tmp` committed and renames it to `latest/`."
+    import time, torch.distributed as dist
+    rank, _, pg, _ = self.group()
+    if pg is not None: dist.barrier(group=pg)            # every rank's shard is written and fsynced (sync_files)
+    err = [None]
+    if rank == 0:
+        try: self._mark_and_promote(tmp, best, epoch, world)
+        except Exception as e: err = [f"{type(e).__name__}: {e}"]
+    if pg is not None: dist.broadcast_object_list(err, src=0, group=pg)
+    if err[0] is not None:
+        raise RunError(f"cannot commit checkpoint {tmp} ({err[0]}). The previous checkpoints are intact: latest/ "
+                       f"is still {self.last or 'the last complete one'}. Check that {self.run_dir} is writable "
+                       f"and its disk is healthy; then rerun the same command: it resumes from latest/.")
+    self._seconds = time.monotonic() - t0
+    self.last = desc
+
+# %% ../nbs/07_checkpoint.ipynb #3f224bc3
+@patch
+def _mark_and_promote(self:ShardedCheckpointer, tmp:Path, best:bool, epoch:int|None, world:int):
+    "Rank 0: fsync every file of `tmp`, write `COMMITTED` last, then rename it to `latest/` and link best/epoch."
+    import json
+    files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
+    for p in files: _fsync_file(p)
+    rec = dict(files={p.name: p.stat().st_size for p in files}, world_size=world, best=bool(best), epoch=epoch)
+    with open(Path(tmp) / 'COMMITTED', 'w') as f:
+        json.dump(rec, f); f.flush(); os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    self._promote(tmp, rec)
+
+# %% ../nbs/07_checkpoint.ipynb #cd87a740
+@patch
+def _promote(self:ShardedCheckpointer, tmp:Path, rec:dict):
+    "Rank 0: rename committed `tmp` to `latest/` (the old one to `previous/`); link `best/`, `epoch_N/`; rotate."
+    import shutil
+    latest = sharded_path(self.run_dir, 'latest')
+    _replace_dir(tmp, latest, keep=sharded_path(self.run_dir, 'previous'))
+    if rec.get('best'): _link_dir(latest, sharded_path(self.run_dir, 'best'))
+    if rec.get('epoch') is not None:
+        _link_dir(latest, sharded_path(self.run_dir, rec['epoch']))
+        if self.keep_last:
+            for old in self.numbered()[self.keep_last:]: shutil.rmtree(old, ignore_errors=True)
+
+# %% ../nbs/07_checkpoint.ipynb #f9b8024d
+@patch
+def wait(self:ShardedCheckpointer)->float|None:
+    "Every rank: finish the background save (its shards, then the commit); seconds from start to durable."
+    if self._pending is not None:
+        fut, args = self._pending
+        self._pending = None
+        fut.result()                                     # this rank's shards are written
+        self._commit(*args)
+    secs, self._seconds = self._seconds, None
+    return secs
+
+# %% ../nbs/07_checkpoint.ipynb #027138bc
+@patch
+def remove_stale(self:ShardedCheckpointer)->list[Path]:
+    "Rank 0, holding the `RunLock`: finish commits a kill interrupted; delete unfinished temporary directories."
+    import shutil
+    done = []
+    for old in self.run_dir.glob('.*.*.old'):          # a directory moved aside, its replacement never renamed in
+        base = self.run_dir / old.name[1:].split('.')[0]
+        if base.exists(): shutil.rmtree(old, ignore_errors=True)
+        else: os.replace(old, base)
+        done.append(old)
+    for tmp in self.run_dir.glob('.*.*.tmp'):
+        try: rec = verify_sharded(tmp) if tmp.name.startswith('.latest.') else None
+        except (CheckpointDamaged, FileNotFoundError): rec = None
+        if rec is not None: self._promote(tmp, rec)   # complete and marked: roll forward
+        else: shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        done.append(tmp)
+    return done
+
+# %% ../nbs/07_checkpoint.ipynb #e6286e2a
+@patch
+def load_newest_good(self:ShardedCheckpointer, state:dict, name='latest',
+                     warn=warnings.warn)->tuple[Path|None, dict|None]:
+    "Every rank: load the first candidate that loads into `state`; `(path, extra)`, `(None, None)` if none exist."
+    cands, damaged = self.candidates(name), []
+    for p in cands:
+        try: extra = load_sharded(p, state, process_group=self.group()[2])
+        except CheckpointDamaged as e:
+            damaged.append(p.name)
+            warn(f"checkpoint {p} is damaged and is skipped: {e}"); continue
+        if p.name == 'latest' and isinstance(extra.get('updates'), int): self.last = f"update {extra['updates']}"
+        return p, extra
+    if damaged:
+        raise RunError(f"every checkpoint in {self.run_dir} is damaged ({', '.join(damaged)}), so the run cannot "
+                       f"resume. Move them away to start over, or restore one from a backup; ml_suite does not "
+                       f"start over silently.")
+    return None, None
 
 # %% ../nbs/07_checkpoint.ipynb #cdb72ab5
 class RunLock:
