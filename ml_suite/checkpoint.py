@@ -17,7 +17,7 @@ from .core import ConfigError, RunError, RunDirLocked
 __all__ = ['REQUIRED_KEYS', 'write_temporary', 'commit_temporary', 'save_checkpoint', 'link_checkpoint', 'CheckpointDamaged',
            'load_checkpoint', 'unwrap_model', 'clean_state_dict', 'load_weights', 'get_rng_state', 'set_rng_state',
            'checkpoint_path', 'state_bytes', 'save_error', 'Checkpointer', 'check_dcp_metadata', 'verify_sharded',
-           'load_sharded', 'load_sharded_full', 'sharded_path', 'ShardedCheckpointer', 'RunLock']
+           'read_extra', 'load_sharded', 'load_sharded_full', 'sharded_path', 'ShardedCheckpointer', 'RunLock']
 
 # %% ../nbs/07_checkpoint.ipynb #52b431a0
 def _fsync_dir(folder:Path):
@@ -213,6 +213,7 @@ class Checkpointer:
         self._error = None     # what it raised, for the next `save` or `wait`
         self._seconds = None   # what the last save took, start to durable
         self.last = ''    # what latest.pt holds, e.g. 'update 40' (for messages), once known
+        self.latest = checkpoint_path(self.run_dir, 'latest')   # the file a resume reads first
 
     def save(self, state:dict, best:bool=False, epoch:int|None=None,
              background:bool=False,  # return once `state` is written; a thread fsyncs, renames and links
@@ -383,16 +384,22 @@ def _dcp_group():
     if not (dist.is_available() and dist.is_initialized()): return 0, 1, None
     return dist.get_rank(), dist.get_world_size(), dist.group.WORLD
 
+# %% ../nbs/07_checkpoint.ipynb #fab83644
+def read_extra(folder:Path)->dict:
+    "Check that checkpoint directory `folder` is committed and complete (`verify_sharded`); its `extra.pt`."
+    folder = Path(folder)
+    verify_sharded(folder)
+    try: return torch.load(folder / 'extra.pt', map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointDamaged(f"{folder / 'extra.pt'} cannot be read ({type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}).") from None
+
 # %% ../nbs/07_checkpoint.ipynb #c7c056a7
 def load_sharded(folder:Path, state:dict, process_group=None)->dict:
     "Load checkpoint directory `folder` into `state` in place (DCP reshards to this world size); its `extra` dict."
     import torch.distributed.checkpoint as dcp
     folder = Path(folder)
-    verify_sharded(folder)
-    try: extra = torch.load(folder / 'extra.pt', map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise CheckpointDamaged(f"{folder / 'extra.pt'} cannot be read ({type(e).__name__}: "
-                                f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}).") from None
+    extra = read_extra(folder)
     rank, world, pg = _dcp_group()
     sharded = {k: v for k, v in state.items() if k != 'extra'}
     try:
@@ -440,6 +447,7 @@ class ShardedCheckpointer:
         self._seconds = None   # what the last save took, start to durable
         self.stall = None      # what the last save blocked its caller, seconds
         self.last = ''         # what latest/ holds, e.g. 'update 40' (for messages), once known
+        self.latest = sharded_path(self.run_dir, 'latest')
         self._group = None     # (rank, world, gloo group for checkpoint collectives, rank 0's pid), once needed
 
     def group(self):
@@ -578,12 +586,13 @@ def remove_stale(self:ShardedCheckpointer)->list[Path]:
 
 # %% ../nbs/07_checkpoint.ipynb #e6286e2a
 @patch
-def load_newest_good(self:ShardedCheckpointer, state:dict, name='latest',
-                     warn=warnings.warn)->tuple[Path|None, dict|None]:
-    "Every rank: load the first candidate that loads into `state`; `(path, extra)`, `(None, None)` if none exist."
+def load_newest_good(self:ShardedCheckpointer,
+                     state:dict|None,   # DCP targets to load into; None: check each candidate and read its extra.pt
+                     name='latest', warn=warnings.warn)->tuple[Path|None, dict|None]:
+    "Every rank: the first candidate that is complete (and loads into `state`); `(path, extra)`, or `(None, None)`."
     cands, damaged = self.candidates(name), []
     for p in cands:
-        try: extra = load_sharded(p, state, process_group=self.group()[2])
+        try: extra = read_extra(p) if state is None else load_sharded(p, state, process_group=self.group()[2])
         except CheckpointDamaged as e:
             damaged.append(p.name)
             warn(f"checkpoint {p} is damaged and is skipped: {e}"); continue

@@ -68,18 +68,27 @@ class EMA(Callback):
         self._groups = []
         self._buffers = []
 
+# %% ../nbs/09g_ema.ipynb #8fd95975
+@patch
+def prepare(self:EMA, trainer):
+    "Make the average's module, once: a copy of the trained one (`trainer.model_copy`: sharded alike under FSDP)."
+    if self.module is not None: return
+    # a Trainer copies; a stand-in with only `raw_model` gets a deep copy
+    copy_of = getattr(trainer, 'model_copy', None) or (lambda: copy.deepcopy(trainer.raw_model))
+    try: self.module = copy_of().requires_grad_(False)
+    except Exception as e:
+        name = type(trainer.raw_model).__name__
+        raise TypeError(f"the EMA keeps a copy of the model, and copying {name} failed ({type(e).__name__}: {e}); "
+                        f"make the model deep-copyable (no open files, locks or generators as attributes) or leave "
+                        f"out the ema callback.") from None
+    for p in self.module.parameters(): p.grad = None
+
 # %% ../nbs/09g_ema.ipynb #7dc3ae61
 @patch
 def on_fit_start(self:EMA, trainer):
     "Copy `trainer.raw_model` as the average (once), restore a loaded state into it, and pair its tensors."
     model = trainer.raw_model
-    if self.module is None:
-        try: self.module = copy.deepcopy(model).requires_grad_(False)
-        except Exception as e:
-            raise TypeError(f"the EMA keeps a copy of the model, and copy.deepcopy({type(model).__name__}) failed "
-                            f"({type(e).__name__}: {e}); make the model deep-copyable (no open files, locks or "
-                            f"generators as attributes) or leave out the ema callback.") from None
-        for p in self.module.parameters(): p.grad = None
+    self.prepare(trainer)
     if self._loaded is not None: self._restore(self._loaded)
     self._groups = paired_groups(list(self.module.parameters()), list(model.parameters()))
     self._buffers = list(zip(self.module.buffers(), model.buffers(), strict=True))

@@ -18,11 +18,12 @@ from .stopping import StopAction
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED', 'EXIT_NONFINITE', 'EXIT_INTERRUPTED',
            'TEMPLATES_MARKER', 'OWNER_FILE', 'REFUSED_ON_RESUME', 'SCHEDULE_KEYS', 'ABSENT', 'resolve_run_dir',
-           'check_run_dir', 'config_owner', 'check_owner', 'plan_start', 'flatten_config', 'config_changes', 'is_under',
-           'check_resume_config', 'set_mem_budget', 'build_callbacks', 'build_parts', 'short_val_split',
-           'build_trainer', 'oom_advice', 'StartPlan', 'resume_no_decay', 'read_start', 'claim_run_dir', 'open_run',
-           'resume_schedule', 'restore', 'open_records', 'fit_run', 'finish', 'train', 'dry_run', 'run_status',
-           'format_status', 'status_main', 'main', 'quick_exit', 'cli']
+           'check_run_dir', 'config_owner', 'check_owner', 'run_checkpointer', 'checkpoint_source', 'check_format',
+           'plan_start', 'flatten_config', 'config_changes', 'is_under', 'check_resume_config', 'set_mem_budget',
+           'build_callbacks', 'build_parts', 'short_val_split', 'build_trainer', 'oom_advice', 'StartPlan',
+           'resume_no_decay', 'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore', 'open_records',
+           'fit_run', 'finish', 'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main', 'quick_exit',
+           'cli']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -98,25 +99,55 @@ def check_owner(src:Source, run_dir:Path)->tuple[str, str|None]:
         f"checkpoint.path={run_dir} and checkpoint.restart=false. If the config was moved or renamed and this is the "
         f"same experiment, delete {path}: the next start adopts the run directory.")
 
+# %% ../nbs/10_train.ipynb #0e4a1d68
+def run_checkpointer(cfg:Config, run_dir:Path|None, keep_last:int=0):
+    "The checkpointer of a run with `cfg`: `ShardedCheckpointer` (directories) for strategy fsdp, else `Checkpointer`."
+    from ml_suite.checkpoint import Checkpointer, ShardedCheckpointer
+    if run_dir is None: return None
+    return (ShardedCheckpointer if cfg.strategy == 'fsdp' else Checkpointer)(run_dir, keep_last)
+
+# %% ../nbs/10_train.ipynb #0d53087f
+def checkpoint_source(folder:Path, name, sharded:bool|None=None)->Path:
+    "Checkpoint `name` (latest, best, N) of run directory `folder`: a directory if sharded (None: whichever exists)."
+    from ml_suite.checkpoint import checkpoint_path, sharded_path
+    if sharded is None: sharded = sharded_path(folder, name).is_dir() and not checkpoint_path(folder, name).exists()
+    return sharded_path(folder, name) if sharded else checkpoint_path(folder, name)
+
+# %% ../nbs/10_train.ipynb #3b5217aa
+def check_format(cfg:Config, run_dir:Path, src:Source=Source()):
+    "A `ConfigError` if `run_dir` holds checkpoints of the other kind than `cfg.strategy` writes (files or folders)."
+    from ml_suite.checkpoint import Checkpointer, ShardedCheckpointer
+    files, dirs = Checkpointer(run_dir).candidates('latest'), ShardedCheckpointer(run_dir).candidates('latest')
+    fsdp = cfg.strategy == 'fsdp'
+    if (fsdp and files and not dirs) or (not fsdp and dirs and not files):
+        have, then = ((files[0].name, 'ddp (or one process)') if fsdp else (dirs[0].name + '/', 'fsdp'))
+        raise ConfigError(
+            f"strategy{_where(src, 'strategy')} is {cfg.strategy}, but run directory {run_dir} holds checkpoints of "
+            f"a strategy {then} run ({have}): strategy fsdp writes sharded checkpoint folders (latest/), the others "
+            f"write files (latest.pt), and a run resumes with the kind it wrote. Set strategy: "
+            f"{'ddp' if fsdp else 'fsdp'} to continue this run, or start a new run_dir; to start from its weights, "
+            f"give the new run checkpoint.path={run_dir} and checkpoint.restart=false.")
+
 # %% ../nbs/10_train.ipynb #39e64129
 def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|None]:
     """How to start: `('fresh', None)`, or `('resume'|'weights', file)`; `file` None means this run's own newest good
     checkpoint. Raises `ConfigError` if a requested checkpoint is missing."""
-    from ml_suite.checkpoint import Checkpointer, checkpoint_path
-    ck, own = cfg.checkpoint, Checkpointer(run_dir)
+    from ml_suite.checkpoint import ShardedCheckpointer
+    ck, own = cfg.checkpoint, run_checkpointer(cfg, run_dir)
+    check_format(cfg, run_dir, src)
     mode = 'resume' if ck.restart else 'weights'
     if ck.path:
         if own.candidates('latest'): return 'resume', None          # this run's own progress comes first
         p = Path(os.path.expanduser(ck.path))
-        source = checkpoint_path(p, ck.checkpoint_name) if p.is_dir() else p
-        if not source.is_file():
+        source = checkpoint_source(p, ck.checkpoint_name) if p.is_dir() else p
+        if not source.exists():
             raise ConfigError(f"checkpoint.path{src.where(('checkpoint', 'path'))} is '{ck.path}', but {source} does "
                               f"not exist. Point it at a checkpoint file or a run directory that holds {source.name}.")
         return mode, source
     if str(ck.checkpoint_name) == 'latest':
         return (mode, None) if own.candidates('latest') else ('fresh', None)
-    source = checkpoint_path(run_dir, ck.checkpoint_name)
-    if not source.is_file():
+    source = checkpoint_source(run_dir, ck.checkpoint_name, sharded=isinstance(own, ShardedCheckpointer))
+    if not source.exists():
         every = ck.save_every_epochs
         why = (f" epoch_N.pt files are written only by checkpoint.save_every_epochs (every that many validations), "
                f"which "
@@ -124,7 +155,7 @@ def plan_start(cfg:Config, run_dir:Path, src:Source=Source())->tuple[str, Path|N
                if str(ck.checkpoint_name).isdigit() else '')
         raise ConfigError(f"checkpoint.checkpoint_name{src.where(('checkpoint', 'checkpoint_name'))} is "
                           f"{ck.checkpoint_name!r}, but {source} does not exist.{why} Use latest, or one of: "
-                          f"{', '.join(sorted(q.name for q in run_dir.glob('*.pt'))) or 'no checkpoints yet'}.")
+                          f"{', '.join(sorted(q.name for q in own.candidates('latest'))) or 'no checkpoints yet'}.")
     return mode, source
 
 # %% ../nbs/10_train.ipynb #c291e654
@@ -232,7 +263,6 @@ def build_parts(cfg:Config, run_dir:Path|None=None, dist:DistInfo=DistInfo(), st
     from ml_suite.stopping import StopController
     from ml_suite.recorder import RunRecorder
     from ml_suite.cadence import CheckpointPolicy
-    from ml_suite.checkpoint import Checkpointer
     from ml_suite.timekeeper import TimeKeeper
     keeper = TimeKeeper(parse_time_limit(cfg.time_limit), start_time)
     return TrainerParts(
@@ -241,7 +271,7 @@ def build_parts(cfg:Config, run_dir:Path|None=None, dist:DistInfo=DistInfo(), st
         stopper=StopController.from_config(cfg.preemption, cfg.checkpoint, keeper, new_control_group()),
         recorder=RunRecorder(run_dir, dist),
         policy=CheckpointPolicy.from_config(cfg.checkpoint, cfg.updates_per_epoch or cfg.total_updates),
-        checkpointer=Checkpointer(run_dir, cfg.checkpoint.keep_last) if run_dir is not None else None)
+        checkpointer=run_checkpointer(cfg, run_dir, cfg.checkpoint.keep_last))
 
 # %% ../nbs/10_train.ipynb #ca498586
 def short_val_split(val, src:Source=Source())->str|None:
@@ -373,7 +403,7 @@ def resume_no_decay(cfg:Config, src:Source, plan:StartPlan)->list[str]:
 # %% ../nbs/10_train.ipynb #41e2ac5b
 def read_start(cfg:Config, src:Source=Source(), dist:DistInfo=DistInfo())->StartPlan:
     "How this run starts (`plan_start`), with its checkpoint read and the config's changes checked; writes nothing."
-    from ml_suite.checkpoint import load_checkpoint, REQUIRED_KEYS, CheckpointDamaged, Checkpointer
+    from ml_suite.checkpoint import load_checkpoint, REQUIRED_KEYS, CheckpointDamaged, ShardedCheckpointer, read_extra
     from ml_suite.tracking import mask_secrets
     run_dir = resolve_run_dir(cfg, src)
     # under torchrun: rank 0 checks when it creates it, and all ranks learn of it
@@ -382,12 +412,15 @@ def read_start(cfg:Config, src:Source=Source(), dist:DistInfo=DistInfo())->Start
     # every rank reads the same file: nothing is written yet
     ownership, owner = check_owner(src, run_dir)
     plan = StartPlan(run_dir, mode, ckpt, ownership=ownership, owner=owner)
-    own = Checkpointer(run_dir)
+    own = run_checkpointer(cfg, run_dir)
+    # a sharded checkpoint: its extra.pt now, its tensors once the trainer (and its process group) exists
+    kw = dict(state=None) if isinstance(own, ShardedCheckpointer) else {}
     if mode != 'fresh' and ckpt is None:
-        try: plan.ckpt, plan.state = own.load_newest_good(warn=plan.warned.append)
+        try: plan.ckpt, plan.state = own.load_newest_good(**kw, warn=plan.warned.append)
         except RunError as e: plan.damaged = e
     elif mode != 'fresh':
-        try: plan.state = load_checkpoint(ckpt, required=REQUIRED_KEYS if mode == 'resume' else ('model',))
+        try: plan.state = (read_extra(ckpt) if ckpt.is_dir() else
+                           load_checkpoint(ckpt, required=REQUIRED_KEYS if mode == 'resume' else ('model',)))
         except CheckpointDamaged as e:
             key = 'checkpoint.path' if cfg.checkpoint.path else 'checkpoint.checkpoint_name'
             raise RunError(f"{e} It was named by {key}; point that at a checkpoint written by ml_suite.") from None
@@ -404,7 +437,7 @@ def read_start(cfg:Config, src:Source=Source(), dist:DistInfo=DistInfo())->Start
 # %% ../nbs/10_train.ipynb #cc6466c6
 def claim_run_dir(plan:StartPlan, cfg:Config):
     "Create and lock the run directory, clear a killed save's leftovers, record the config; the `RunLock`. Rank 0."
-    from ml_suite.checkpoint import RunLock, Checkpointer
+    from ml_suite.checkpoint import RunLock, Checkpointer, ShardedCheckpointer
     from ml_suite.tracking import mask_secrets
     run_dir = plan.run_dir
     try:
@@ -413,6 +446,7 @@ def claim_run_dir(plan:StartPlan, cfg:Config):
         lock = RunLock(run_dir).acquire()
         try:
             Checkpointer(run_dir).remove_stale()
+            ShardedCheckpointer(run_dir).remove_stale()
             resolved = yaml.safe_dump(mask_secrets(config_to_dict(cfg), as_source=True), sort_keys=False)
             (run_dir / 'resolved_config.yml').write_text(resolved)
             if plan.ownership != 'same': (run_dir / OWNER_FILE).write_text(json.dumps({'config': plan.owner}) + '\n')
@@ -468,7 +502,8 @@ def _resume(trainer, plan:StartPlan, cfg:Config, src:Source):
     for line in plan.notes: logger.info(line)
     new_schedule = any(is_under(k, SCHEDULE_KEYS) for k, *_ in plan.changes)
     settings = any(is_under(k, ('optimizer',)) and not is_under(k, SCHEDULE_KEYS) for k, *_ in plan.changes)
-    trainer.load_state_dict(plan.state, schedule=not new_schedule, settings=settings)
+    shards = plan.ckpt if plan.state.get('sharded') else None
+    trainer.load_state_dict(plan.state, schedule=not new_schedule, settings=settings, shards=shards)
     logger.info(f"resumed from {plan.ckpt} at update {trainer.updates}/{cfg.total_updates}")
     if plan.state.get('ended'):
         logger.info(f"the run has finished: a callback ended it at update {trainer.updates}: {plan.state['ended']}. "
@@ -478,7 +513,8 @@ def _resume(trainer, plan:StartPlan, cfg:Config, src:Source):
         logger.warning(f"total_updates {cfg.total_updates}{_where(src, 'total_updates')} is not above the "
                        f"{trainer.updates} updates done: nothing to train; raise it to train on")
     elif new_schedule:
-        old = plan.state['optimizer']['param_groups'][0]['lr']
+        # the checkpoint's, just loaded
+        old = trainer.optimizer.param_groups[0]['lr']
         lr = resume_schedule(trainer, cfg)
         logger.info(f"the learning-rate schedule changed: rebuilt from this config and stepped to update "
                     f"{trainer.updates}; update {trainer.updates + 1} uses lr {lr:.4g} (the checkpoint's "
@@ -487,7 +523,6 @@ def _resume(trainer, plan:StartPlan, cfg:Config, src:Source):
 # %% ../nbs/10_train.ipynb #d11ac87b
 def restore(trainer, plan:StartPlan, cfg:Config, src:Source=Source(), start:float|None=None):
     "Start `trainer` as `plan` says: fresh, resume or weights alone, with the job's limit (collective under SLURM)."
-    from ml_suite.checkpoint import load_weights
     from ml_suite.dist import broadcast_object
     from ml_suite.timekeeper import TimeKeeper, slurm_end_time
     from ml_suite.tracking import logger
@@ -511,7 +546,8 @@ def restore(trainer, plan:StartPlan, cfg:Config, src:Source=Source(), start:floa
                     f"the record): {_owner_name(plan.owner, plan.run_dir)} adopts it ({plan.run_dir / OWNER_FILE})")
     if plan.state is not None and plan.mode == 'resume': return _resume(trainer, plan, cfg, src)
     if plan.state is not None:
-        load_weights(trainer.model, plan.state['model'], source=str(plan.ckpt))
+        if plan.state.get('sharded'): trainer.load_shards(plan.ckpt, plan.state, weights_only=True)
+        else: trainer.load_weights(plan.state['model'], source=str(plan.ckpt))
         # the weights expect the statistics they were trained with
         if plan.state.get('normalization'): trainer.normalizer.load_state_dict(plan.state['normalization'])
         logger.info(f"loaded weights from {plan.ckpt}; optimizer, schedule and counters start fresh (restart: false)")
@@ -544,7 +580,8 @@ def open_records(trainer, cfg:Config, src:Source, run_dir:Path, start:float):
 # %% ../nbs/10_train.ipynb #12349a2f
 def _wait_quietly(trainer):
     "Let a checkpoint still being flushed in the background finish before an error ends the process."
-    if trainer.checkpointer is None: return
+    # a sharded save commits collectively: its directory stays uncommitted, and the next start removes it
+    if trainer.checkpointer is None or trainer.shards: return
     try: trainer.checkpointer.wait()
     except Exception: pass   # its own error, if any, is not the one being reported
 
@@ -580,7 +617,7 @@ def finish(trainer, cfg:Config, run_dir:Path, job:dict):
     from ml_suite.dist import agree
     from ml_suite.tracking import logger
     if trainer.stop_action in (StopAction.INTERRUPT, StopAction.EXIT) and not trainer.finished:
-        logger.info(f"stopped with a checkpoint of update {trainer.updates} in {run_dir / 'latest.pt'}; "
+        logger.info(f"stopped with a checkpoint of update {trainer.updates} in {trainer.checkpointer.latest}; "
                     f"rerun the same command to continue")
     if trainer.stop_action != StopAction.REQUEUE: return
     done = False

@@ -14,7 +14,8 @@ from fastcore.basics import patch
 from .core import DistInfo, ConfigError, ModelError, describe_tensor as _shape
 from . import hpc
 from .dist import get_device, all_gather_object
-from .checkpoint import Checkpointer, unwrap_model, load_weights, get_rng_state, set_rng_state
+from .checkpoint import (Checkpointer, ShardedCheckpointer, unwrap_model, load_weights, clean_state_dict,
+                                 load_sharded, get_rng_state, set_rng_state)
 from .tracking import logger
 from .nonfinite import NonFiniteGuard, NonFiniteError, read_loss
 from .stopping import StopController, StopAction, stop_on_signals
@@ -26,7 +27,7 @@ from .steps import to_device, batch_size, checked_step, split_output, Count, RES
 # %% auto #0
 __all__ = ['track_modules', 'failing_layer', 'forward_error', 'first_batch_loss', 'TrainSettings', 'TrainerParts',
            'modules_named', 'default_wrap', 'checkpoint_activations', 'shard_model', 'wrap_model', 'retarget_optimizer',
-           'no_sync', 'training_memory', 'Trainer', 'grad_norm']
+           'no_sync', 'training_memory', 'Trainer', 'grad_norm', 'split_tensors', 'join_tensors']
 
 # %% ../nbs/09_trainer.ipynb #94e2c59a
 @contextmanager
@@ -312,6 +313,10 @@ class Trainer:
     def _wrap(self, s:TrainSettings, dist:DistInfo, optimizer):
         "`model` as `s` trains it (`wrap_model`); an optimizer built before FSDP steps the sharded parameters."
         before = list(self.raw_model.parameters())
+        # a weightless copy to build sharded copies from (`model_copy`): the model itself is sharded in place
+        self._template = (copy.deepcopy(self.raw_model).to('meta') if dist.distributed and s.strategy == 'fsdp'
+                          else None)
+        self._fsdp = s.fsdp
         self.model = wrap_model(self.raw_model, self.device, dist, s.compile, s.strategy, s.fsdp,
                                 s.activation_checkpoint)
         self.sharded = self.model is self.raw_model and hasattr(self.model, 'set_requires_gradient_sync')
@@ -321,7 +326,6 @@ class Trainer:
         self.params_one_kind = not self.sharded and len({(p.device, p.dtype) for p in self.params}) == 1
         # gradients of all but the last micro-batch stay local (DDP's `no_sync`, FSDP2's sync off); asked once
         self.can_defer_sync = hasattr(self.model, 'no_sync') or self.sharded
-        self._saving_sharded_warned = False
 
     def autocast(self):
         "The mixed-precision context of the forward pass (a no-op without `amp`)."
@@ -485,26 +489,37 @@ def log(self:Trainer, val:dict|None=None)->dict:
 def save(self:Trainer, validated:bool=False):
     "Collective, on every rank (RNG states are gathered): rank 0 writes latest.pt and the files the policy names."
     if self.checkpointer is None: return
-    if self.sharded: return self._skip_sharded_save()
     # the same on every rank: the weights are identical
     try: self.guard.check_weights(self.raw_model, self.updates)
     except NonFiniteError:
         # the last good checkpoint is durable before the error
-        if self.dist.is_main: self.wait_for_save()
+        if self.dist.is_main or self.shards: self.wait_for_save()
         raise
+    if self.shards: return self._save_shards(validated)
     state = self.gather_state()
     self.stopper.saved()
     if self.dist.is_main: self._write(state, validated)
     self._fire('after_save')
 
-# %% ../nbs/09_trainer.ipynb #69e4805b
+# %% ../nbs/09_trainer.ipynb #6871eee4
+@patch(as_prop=True)
+def shards(self:Trainer)->bool:
+    "Does this trainer write sharded checkpoints (directories by `torch.distributed.checkpoint`, `strategy: fsdp`)?"
+    return isinstance(self.checkpointer, ShardedCheckpointer)
+
+# %% ../nbs/09_trainer.ipynb #873580db
 @patch
-def _skip_sharded_save(self:Trainer):
-    "FSDP with several processes: no checkpoint (not written yet in this version); the log says so, once."
-    if not self._saving_sharded_warned and self.dist.is_main:
-        logger.warning("strategy fsdp with several processes writes no checkpoint in this version (sharded "
-                       "checkpoints are not built yet): the run trains, but a rerun starts from the beginning.")
-    self._saving_sharded_warned = True
+def _save_shards(self:Trainer, validated:bool):
+    "Collective: every rank writes its shards of the new `latest/` (and the directories the policy names)."
+    state = self.shard_state()
+    self.stopper.saved()
+    # the previous checkpoint is durable before the next starts
+    self.wait_for_save()
+    files = self.policy.files(self.updates, validated, self.improved)
+    self.checkpointer.save(state, best=files['best'], epoch=files['epoch'], background=self.policy.background)
+    self.recorder.checkpoint_started()
+    if not self.policy.background: self.wait_for_save()
+    self._fire('after_save')
 
 # %% ../nbs/09_trainer.ipynb #094c20cf
 @patch
@@ -691,6 +706,104 @@ def callback_state(self:Trainer)->dict:
     return {'callbacks': self.callbacks.state_dict(), 'ended': self.ended,
             **({'eval_model': unwrap_model(em).state_dict()} if em is not None else {})}
 
+# %% ../nbs/09_trainer.ipynb #b3c060bd
+def split_tensors(tree, path:str='')->tuple:
+    "`(tree with each tensor replaced by {'dcp': its path}, {path: tensor})`: the tensors of `tree` for DCP."
+    if torch.is_tensor(tree): return {'dcp': path}, {path: tree}
+    flat = {}
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out[k], f = split_tensors(v, f"{path}/{k}")
+            flat.update(f)
+        return out, flat
+    if isinstance(tree, (list, tuple)):
+        parts = [split_tensors(v, f"{path}/{i}") for i, v in enumerate(tree)]
+        for _, f in parts: flat.update(f)
+        return type(tree)(o for o, _ in parts), flat
+    return tree, flat
+
+# %% ../nbs/09_trainer.ipynb #770da09f
+def join_tensors(tree, flat:dict):
+    "Undo `split_tensors`: `tree` with each `{'dcp': path}` replaced by `flat[path]`."
+    if isinstance(tree, dict):
+        if set(tree) == {'dcp'} and isinstance(tree['dcp'], str): return flat[tree['dcp']]
+        return {k: join_tensors(v, flat) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)): return type(tree)(join_tensors(v, flat) for v in tree)
+    return tree
+
+# %% ../nbs/09_trainer.ipynb #7ed63bc9
+@patch
+def shard_state(self:Trainer)->dict:
+    "Collective: a sharded checkpoint's state: DCP's tensors (`model`, `optim`, the callbacks') and `extra`."
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    st = self.gather_state()
+    msd, osd = get_state_dict(self.raw_model, self.optimizer)
+    extra = {k: v for k, v in st.items() if k not in ('model', 'optimizer', 'eval_model')}
+    out = {'model': msd, 'optim': osd}
+    # the weights inference reads, keyed as the model's
+    if 'eval_model' in st: out['eval_model'] = st['eval_model']
+    if 'callbacks' in st: extra['callbacks'], out['callbacks'] = split_tensors(st['callbacks'])
+    return {**out, 'extra': {**extra, 'sharded': True, 'eval_weights': 'eval_model' in st}}
+
+# %% ../nbs/09_trainer.ipynb #93f6b247
+@patch
+def model_copy(self:Trainer)->torch.nn.Module:
+    "A copy of the trained module, its current weights: sharded as the model is (under FSDP), or a deep copy."
+    if self._template is None: return copy.deepcopy(self.raw_model)
+    m = copy.deepcopy(self._template)
+    shard_model(m, self._fsdp)
+    m.to_empty(device=self.device)
+    with torch.no_grad():
+        for a, b in zip(m.parameters(), self.raw_model.parameters(), strict=True): a.copy_(b)
+        for a, b in zip(m.buffers(), self.raw_model.buffers(), strict=True): a.copy_(b)
+    return m
+
+# %% ../nbs/09_trainer.ipynb #6661dba3
+@patch
+def load_shards(self:Trainer, folder, extra:dict, weights_only:bool=False)->dict|None:
+    "Collective: load checkpoint directory `folder` (`extra`: its extra.pt) into the model, optimizer, callbacks."
+    from torch.distributed.checkpoint import state_dict as sdu
+    tgt = {'model': sdu.get_model_state_dict(self.raw_model)}
+    if not weights_only: tgt['optim'] = sdu.get_optimizer_state_dict(self.raw_model, self.optimizer)
+    saved = extra.get('callbacks') if not weights_only else None
+    if saved is not None:
+        # the callbacks' tensors exist to load into (the EMA's copy)
+        for cb in self.callbacks:
+            if hasattr(cb, 'prepare'): cb.prepare(self)
+        tgt['callbacks'] = self._callback_targets(saved, folder)
+    load_sharded(folder, tgt)
+    sdu.set_model_state_dict(self.raw_model, tgt['model'])
+    if not weights_only: sdu.set_optimizer_state_dict(self.raw_model, self.optimizer, tgt['optim'])
+    return join_tensors(saved, tgt['callbacks']) if saved is not None else None
+
+# %% ../nbs/09_trainer.ipynb #2408131f
+def _placeholders(tree)->list:
+    if isinstance(tree, dict):
+        if set(tree) == {'dcp'} and isinstance(tree['dcp'], str): return [tree['dcp']]
+        return [p for v in tree.values() for p in _placeholders(v)]
+    return [p for v in tree for p in _placeholders(v)] if isinstance(tree, (list, tuple)) else []
+
+@patch
+def _callback_targets(self:Trainer, saved, folder)->dict:
+    "This run's callback tensors to load the ones saved in `folder` into (each a `{'dcp': path}` in `saved`)."
+    want = set(_placeholders(saved))
+    have = split_tensors(self.callbacks.state_dict())[1]
+    missing = sorted(want - set(have))
+    if missing:
+        raise ModelError(f"checkpoint {folder} holds callback tensors this run's callbacks do not have "
+                         f"({', '.join(missing[:3])}): the callbacks changed since it was written. Keep the callbacks "
+                         f"the run was started with to resume it.")
+    return {p: have[p] for p in want}
+
+# %% ../nbs/09_trainer.ipynb #168e3a5c
+@patch
+def load_weights(self:Trainer, sd:dict, source:str='checkpoint'):
+    "Load the weights `sd` (a full state dict, every rank) into the model; under FSDP each rank keeps its shard."
+    if not self.sharded: return load_weights(self.model, sd, source=source)
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, StateDictOptions
+    set_model_state_dict(self.raw_model, clean_state_dict(sd), options=StateDictOptions(full_state_dict=True))
+
 # %% ../nbs/09_trainer.ipynb #e1c736db
 @patch
 def _resumed_position(self:Trainer, sd:dict)->tuple[dict, dict]:
@@ -719,11 +832,14 @@ def _resumed_position(self:Trainer, sd:dict)->tuple[dict, dict]:
 @patch
 def load_state_dict(self:Trainer, sd:dict,
                     schedule:bool=True,   # False: keep this trainer's schedule (the caller rebuilds it)
-                    settings:bool=False): # True: keep this trainer's optimizer settings (the config changed them)
-    "Restore the state saved by `state_dict` (the full state: resume)."
-    load_weights(self.model, sd['model'])
+                    settings:bool=False,  # True: keep this trainer's optimizer settings (the config changed them)
+                    shards=None):         # a sharded checkpoint's directory, whose extra.pt `sd` is
+    "Restore the state saved by `state_dict` (the full state: resume), or by `shard_state` from directory `shards`."
     mine = [{k: v for k, v in g.items() if k not in ('params', 'lr')} for g in self.optimizer.param_groups]
-    self.optimizer.load_state_dict(sd['optimizer'])
+    if shards is not None: sd = {**sd, 'callbacks': self.load_shards(shards, sd)}
+    else:
+        load_weights(self.model, sd['model'])
+        self.optimizer.load_state_dict(sd['optimizer'])
     # weight_decay, betas...: as configured now. Only on a change: a schedule may move them (OneCycleLR's momentum).
     if settings:
         for g, m in zip(self.optimizer.param_groups, mine): g.update(m)
