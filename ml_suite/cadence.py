@@ -29,16 +29,19 @@ class CheckpointPolicy:
                  updates_per_epoch:int,     # the validation interval
                  save_every_epochs:int=0,   # keep epoch_N.pt every this many validations (0: never)
                  every_updates:int=0,       # also write latest.pt every this many updates (0: only at validation)
-                 background:bool=True):     # fsync and rename in a background thread (False: every save waits)
+                 background:bool=True,      # fsync and rename in a background thread (False: every save waits)
+                 async_save:bool=False):    # sharded checkpoints: `dcp.async_save` (`checkpoint.async`)
         self.updates_per_epoch = updates_per_epoch
         self.save_every_epochs = save_every_epochs
         self.every_updates = every_updates
         self.background = background
+        self.async_save = async_save
 
     @classmethod
     def from_config(cls, section, updates_per_epoch:int)->'CheckpointPolicy':
         "The policy of the config's `checkpoint` section."
-        return cls(updates_per_epoch, section.save_every_epochs, section.every_updates)
+        return cls(updates_per_epoch, section.save_every_epochs, section.every_updates,
+                   async_save=section.async_save)
 
     def state_dict(self)->dict: return {}   # it only counts: the files on disk are its state
     def load_state_dict(self, sd:dict): pass

@@ -83,6 +83,8 @@ class CheckpointConfig:
     keep_last:int = 0             # keep only the newest this many epoch_N.pt (0: keep all)
     every_updates:int = 0         # also write latest.pt every this many updates (0: only at validation)
     every_minutes:float = 0.0     # also write latest.pt every this many minutes of training (0: off)
+    # YAML `async` (a Python keyword): fsdp's sharded saves in the background, the loop waits for the copy only
+    async_save:bool = field(default=False, metadata={'key': 'async'})
 
 @dataclass
 class PreemptionConfig:
@@ -391,11 +393,13 @@ def from_dict(cls, data, path=(), src:Source=None):
     if not isinstance(data, dict):
         raise ConfigError(f"{sect}{src.where(path)} must be a section of 'key: value' lines, got {_describe(data)}.")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls) if f.name != 'kwargs']
+    # the key each field is written as (`async` for `async_save`)
+    attr = {f.metadata.get('key', f.name): f.name for f in fields(cls) if f.name != 'kwargs'}
+    names = list(attr)
     has_kwargs = 'kwargs' in hints
     vals, extra = {}, {}
     for k, v in data.items():
-        if k in names: vals[k] = _coerce(v, hints[k], path + (k,), src)
+        if k in names: vals[attr[k]] = _coerce(v, hints[attr[k]], path + (k,), src)
         elif has_kwargs: extra[k] = v
         else:
             where = src.where(path + (k,))
@@ -460,7 +464,7 @@ def _callable(obj, key:str, where:str, value:str):
 
 # %% ../nbs/05_config.ipynb #cc0c25e4
 def _check_fsdp(cfg, src:Source):
-    "`fsdp.param_dtype` only with strategy fsdp, and not against `amp`'s `precision`."
+    "`fsdp.param_dtype` and `checkpoint.async` only with strategy fsdp, and not against `amp`'s `precision`."
     w = lambda *p: src.where(p)
     pd = cfg.fsdp.param_dtype
     if pd is not None and cfg.strategy != 'fsdp':
@@ -472,6 +476,11 @@ def _check_fsdp(cfg, src:Source):
                           f"{w('fsdp', 'param_dtype')} is {pd}: autocast would compute in {cfg.precision} on "
                           f"parameters FSDP casts to {pd}. Pick one: amp: false with fsdp.param_dtype: {pd} "
                           f"(FSDP's policy), or remove fsdp.param_dtype (autocast), or make them the same dtype.")
+    if cfg.checkpoint.async_save and cfg.strategy != 'fsdp':
+        raise ConfigError(f"checkpoint.async{w('checkpoint', 'async')} is true but strategy{w('strategy')} is "
+                          f"{cfg.strategy}: async applies to the sharded checkpoints of strategy: fsdp "
+                          f"(dcp.async_save). With {cfg.strategy}, rank 0 writes latest.pt and makes it durable "
+                          f"(fsync, rename) in the background already. Remove checkpoint.async, or set strategy: fsdp.")
 
 # %% ../nbs/05_config.ipynb #91a27b82
 def _check_ranges(cfg:Config, src:Source):
@@ -1013,5 +1022,5 @@ def config_to_dict(cfg)->dict:
         if isinstance(cfg, ModelConfig) and f.name == 'criterion' and cfg.step != 'supervised': continue
         if f.name == 'kwargs': out.update(copy.deepcopy(v))
         elif is_dataclass(v): out[f.name] = config_to_dict(v)
-        else: out[f.name] = copy.deepcopy(v)
+        else: out[f.metadata.get('key', f.name)] = copy.deepcopy(v)
     return out

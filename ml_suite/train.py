@@ -475,7 +475,7 @@ def open_run(trainer, cfg:Config, plan:StartPlan):
             raise refused or RunError(f"rank 0 could not start the run in {plan.run_dir}; its message says why.")
         setup_logging(plan.run_dir, dist.rank, dist.world_size)
         n_params = sum(p.numel() for p in trainer.raw_model.parameters())
-        logger.info(f"run directory {plan.run_dir}; {type(trainer.raw_model).__name__} with {n_params:,} parameters "
+        logger.info(f"run directory {plan.run_dir}; {trainer.model_name} with {n_params:,} parameters "
                     f"on {trainer.device}; {dist.world_size} process(es); effective batch {cfg.batch_size} x "
                     f"{dist.world_size} x {cfg.grad_accum_steps} = "
                     f"{cfg.batch_size * dist.world_size * cfg.grad_accum_steps}")

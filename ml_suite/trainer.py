@@ -516,10 +516,18 @@ def _save_shards(self:Trainer, validated:bool):
     # the previous checkpoint is durable before the next starts
     self.wait_for_save()
     files = self.policy.files(self.updates, validated, self.improved)
-    self.checkpointer.save(state, best=files['best'], epoch=files['epoch'], background=self.policy.background)
+    self.checkpointer.save(state, best=files['best'], epoch=files['epoch'], background=self.policy.async_save)
     self.recorder.checkpoint_started()
-    if not self.policy.background: self.wait_for_save()
+    if not self.policy.async_save: self.wait_for_save()
     self._fire('after_save')
+
+# %% ../nbs/09_trainer.ipynb #be8f6560
+@patch(as_prop=True)
+def model_name(self:Trainer)->str:
+    "The model's class name as its author wrote it (FSDP2 names the class of a sharded module `FSDP<Name>`)."
+    cls = type(self.raw_model)
+    if self.sharded and len(cls.__bases__) == 2: cls = cls.__bases__[1]
+    return cls.__name__
 
 # %% ../nbs/09_trainer.ipynb #094c20cf
 @patch
@@ -725,9 +733,9 @@ def split_tensors(tree, path:str='')->tuple:
 
 # %% ../nbs/09_trainer.ipynb #770da09f
 def join_tensors(tree, flat:dict):
-    "Undo `split_tensors`: `tree` with each `{'dcp': path}` replaced by `flat[path]`."
+    "Undo `split_tensors`: `tree` with each `{'dcp': path}` replaced by `flat[path]` (None where `flat` has none)."
     if isinstance(tree, dict):
-        if set(tree) == {'dcp'} and isinstance(tree['dcp'], str): return flat[tree['dcp']]
+        if set(tree) == {'dcp'} and isinstance(tree['dcp'], str): return flat.get(tree['dcp'])
         return {k: join_tensors(v, flat) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)): return type(tree)(join_tensors(v, flat) for v in tree)
     return tree
@@ -787,13 +795,15 @@ def _placeholders(tree)->list:
 @patch
 def _callback_targets(self:Trainer, saved, folder)->dict:
     "This run's callback tensors to load the ones saved in `folder` into (each a `{'dcp': path}` in `saved`)."
-    want = set(_placeholders(saved))
-    have = split_tensors(self.callbacks.state_dict())[1]
+    live = self.callbacks.state_dict() or {}
+    have = split_tensors(live)[1]
+    # a callback this run no longer has: its state is left out, as `Callbacks.load_state_dict` says
+    want = {p for p in _placeholders(saved) if p.split('/')[1] in live}
     missing = sorted(want - set(have))
     if missing:
         raise ModelError(f"checkpoint {folder} holds callback tensors this run's callbacks do not have "
-                         f"({', '.join(missing[:3])}): the callbacks changed since it was written. Keep the callbacks "
-                         f"the run was started with to resume it.")
+                         f"({', '.join(missing[:3])}): the callbacks' settings changed since it was written. Keep "
+                         f"the callbacks the run was started with to resume it.")
     return {p: have[p] for p in want}
 
 # %% ../nbs/09_trainer.ipynb #168e3a5c

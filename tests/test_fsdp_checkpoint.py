@@ -90,3 +90,85 @@ def test_a_ddp_run_directory_is_refused_by_strategy_fsdp(tmp_path):
     assert r.returncode == 2
     assert 'strategy (' in r.stderr or 'strategy is fsdp' in r.stderr, r.stderr
     assert 'holds checkpoints of a strategy ddp (or one process) run (latest.pt)' in r.stderr
+
+class Torchrun:
+    "`torchrun` of 2 processes in its own session, so that a SIGKILL reaches the launcher and both ranks at once."
+    def __init__(self, cfg_path, cwd, env):
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m',
+               'ml_suite.train', str(cfg_path)]
+        self.p = subprocess.Popen(cmd, cwd=cwd, env={**env, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.out, self.started = [], threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+    def _read(self):
+        for line in self.p.stdout:
+            self.out.append(line)
+            if 'run directory' in line: self.started.set()
+        self.started.set()
+    def wait_until(self, pred, timeout=60, poll=0.0005):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self.p.poll() is None:
+            if pred(): return True
+            time.sleep(poll)
+        return False
+    def kill(self):
+        # torchrun starts each rank in a session of its own: the launcher and every descendant, at once
+        pids, todo = [], [self.p.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            kids = Path(f'/proc/{pid}/task/{pid}/children')
+            todo += [int(c) for c in kids.read_text().split()] if kids.exists() else []
+        for pid in pids:
+            try: os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+        self.p.wait()
+
+def kill_fsdp_config(async_save):
+    from test_resume import MARKED
+    return fsdp_config(dataset=dict(name='marked:MarkedHeat', size=16, modes=4, num_samples=256), total_updates=300,
+                       updates_per_epoch=20, log_every=20, max_grad_norm=1.0, checkpoint={'every_updates': 5,
+                                                                                          'async': async_save},
+                       lr_scheduler=dict(first_stage=dict(name='LinearLR', start_factor=0.1, num_updates=20),
+                                         second_stage=dict(name='CosineAnnealingLR', num_updates=-1)))
+
+@pytest.mark.slow
+@pytest.mark.parametrize('async_save', [False, True])
+def test_sigkill_of_the_whole_torchrun_anywhere_then_rerun_is_bitwise_an_uninterrupted_run(tmp_path, async_save):
+    from test_resume import MARKED
+    (tmp_path / 'marked.py').write_text(MARKED)
+    cfg = kill_fsdp_config(async_save)
+    # the EMA's average, sharded as the model is, resumes bit for bit too
+    if async_save: cfg['callbacks'] = [{'name': 'ema', 'decay': 0.95}]
+    env = {**os.environ, 'PYTHONPATH': str(tmp_path)}
+    train2(write_config(tmp_path / 'ref' / 'train.yml', cfg), tmp_path, env={'PYTHONPATH': str(tmp_path)})
+    run_dir, marker = tmp_path / 'killed', tmp_path / 'validating'
+    cfg_path = write_config(run_dir / 'train.yml', cfg)
+    rng, kills, reached, modes = random.Random(int(async_save)), [], [], ['in_save', 'random', 'in_validation']
+    for attempt in range(30):
+        mode = modes[len(kills) % 3] if len(kills) < 6 else None
+        marker.unlink(missing_ok=True)
+        r = Torchrun(cfg_path, tmp_path, {**env, 'VAL_MARKER': str(marker)})
+        r.started.wait(120)
+        hit = False
+        if mode == 'random': hit = r.wait_until(lambda: False, timeout=rng.uniform(0.5, 3)) or r.p.poll() is None
+        elif mode == 'in_save': hit = r.wait_until(lambda: any(run_dir.glob('.latest.*.tmp')))
+        elif mode == 'in_validation': hit = r.wait_until(marker.exists)
+        if mode and hit and r.p.poll() is None:
+            r.kill()
+            kills.append(mode)
+            # latest/ is always a whole checkpoint
+            reached.append(load_sharded_full(run_dir / 'latest')['extra']['updates']
+                           if (run_dir / 'latest').exists() else None)
+            continue
+        assert r.p.wait(300) == 0, ''.join(r.out)[-3000:]
+        break
+    assert len(kills) >= 5 and {'random', 'in_save', 'in_validation'} <= set(kills), (kills, reached)
+    a, b = load_sharded_full(tmp_path / 'ref' / 'latest'), load_sharded_full(run_dir / 'latest')
+    assert a['extra']['updates'] == b['extra']['updates'] == 300
+    assert sorted(a) == sorted(b) == sorted(['model', 'optim', 'extra'] + ['callbacks', 'eval_model'] * async_save)
+    for k in set(a) - {'extra'}: assert_tree_equal(a[k], b[k], k)
+    assert a['extra'].get('callbacks') == b['extra'].get('callbacks')
+    updates = [row['update'] for row in read_rows(run_dir)]
+    assert updates == sorted(set(updates)), 'metrics.jsonl has each update once, in order'
+    assert not list(run_dir.glob('.*.tmp')), 'no temporary directories left behind'
