@@ -31,18 +31,6 @@ def assert_tree_equal(a, b, path=''):
     elif torch.is_tensor(a): assert torch.equal(a, b), path
     else: assert a == b, path
 
-def resumed_weights_equal_saved(tmp_path, first, then):
-    "Train 20 updates with `first`, resume to 40 with `then` (train1/train2): the checkpoint and the run directory."
-    run = tmp_path / 'run'
-    first(write_config(run / 'train.yml', fsdp_config(total_updates=20)), tmp_path)
-    saved = load_sharded_full(run / 'latest')
-    assert saved['extra']['updates'] == 20
-    # a callback that writes the weights at the start of the resumed fit
-    (tmp_path / 'peek.py').write_text(PEEK)
-    cfg = fsdp_config(callbacks=[{'name': 'peek:Peek'}])
-    then(write_config(run / 'train.yml', cfg), tmp_path)
-    return saved, run
-
 PEEK = '''
 import torch, torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, StateDictOptions
@@ -54,34 +42,37 @@ class Peek(Callback):
         if trainer.dist.is_main: torch.save(sd, trainer.run_dir / 'at_resume.pt')
 '''
 
-def test_two_process_checkpoint_resumed_by_one_process(tmp_path, monkeypatch):
+def test_a_truncated_shard_falls_back_and_one_process_resumes_two_processes_checkpoint_exactly(tmp_path, monkeypatch):
+    "2 processes write latest/ (update 30) and previous/ (20); a shard of latest/ is cut; 1 process resumes previous/."
     monkeypatch.setenv('PYTHONPATH', str(tmp_path))
-    saved, run = resumed_weights_equal_saved(tmp_path, train2, train1)
-    assert_tree_equal(saved['model'], torch.load(run / 'at_resume.pt', weights_only=True))
+    (tmp_path / 'peek.py').write_text(PEEK)
+    run = tmp_path / 'run'
+    train2(write_config(run / 'train.yml', fsdp_config(total_updates=30)), tmp_path)
+    saved = load_sharded_full(run / 'previous')
+    assert saved['extra']['updates'] == 20
+    shard = run / 'latest' / '__1_0.distcp'
+    shard.write_bytes(shard.read_bytes()[:100])
+    # a callback writes the weights the resumed fit starts with
+    train1(write_config(run / 'train.yml', fsdp_config(callbacks=[{'name': 'peek:Peek'}])), tmp_path)
     log = (run / 'training.log').read_text()
+    assert f'checkpoint {run / "latest"} is damaged and is skipped' in log and '__1_0.distcp is 100 bytes' in log
+    assert f'resumed from {run / "previous"} at update 20/40' in log
     assert 'resuming a 2-process checkpoint with 1 processes' in log and 'update 40/40' in log
+    assert_tree_equal(saved['model'], torch.load(run / 'at_resume.pt', weights_only=True))
     assert load_sharded_full(run / 'latest')['extra']['world_size'] == 1
 
-def test_one_process_checkpoint_resumed_by_two_processes(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_one_process_checkpoint_resumed_by_two_processes_exactly(tmp_path, monkeypatch):
     monkeypatch.setenv('PYTHONPATH', str(tmp_path))
-    saved, run = resumed_weights_equal_saved(tmp_path, train1, train2)
+    (tmp_path / 'peek.py').write_text(PEEK)
+    run = tmp_path / 'run'
+    train1(write_config(run / 'train.yml', fsdp_config(total_updates=20)), tmp_path)
+    saved = load_sharded_full(run / 'latest')
+    train2(write_config(run / 'train.yml', fsdp_config(callbacks=[{'name': 'peek:Peek'}])), tmp_path)
     assert_tree_equal(saved['model'], torch.load(run / 'at_resume.pt', weights_only=True))
     log = (run / 'training.log').read_text()
     assert 'resuming a 1-process checkpoint with 2 processes' in log and 'update 40/40' in log
     assert sorted(p.name for p in (run / 'latest').glob('*.distcp')) == ['__0_0.distcp', '__1_0.distcp']
-
-def test_a_truncated_shard_of_latest_falls_back_to_previous(tmp_path):
-    run = tmp_path / 'run'
-    cfg_path = write_config(run / 'train.yml', fsdp_config(total_updates=30))
-    train2(cfg_path, tmp_path)
-    assert load_sharded_full(run / 'previous')['extra']['updates'] == 20
-    shard = run / 'latest' / '__1_0.distcp'
-    shard.write_bytes(shard.read_bytes()[:100])
-    r = train2(write_config(run / 'train.yml', fsdp_config(total_updates=40)), tmp_path)
-    log = (run / 'training.log').read_text()
-    assert f'checkpoint {run / "latest"} is damaged and is skipped' in log and '__1_0.distcp is 100 bytes' in log
-    assert f'resumed from {run / "previous"} at update 20/40' in log
-    assert load_sharded_full(run / 'latest')['extra']['updates'] == 40
 
 def test_a_ddp_run_directory_is_refused_by_strategy_fsdp(tmp_path):
     run = tmp_path / 'run'

@@ -4,6 +4,9 @@ to previous/, and a SIGKILL of the whole torchrun in the middle of a save that l
 import os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
+
+# the trainer-level tests (tests/test_fsdp_checkpoint.py) run by default; these lower-level ones with the slow tests
+pytestmark = pytest.mark.slow
 from ml_suite.checkpoint import ShardedCheckpointer, load_sharded, load_sharded_full, CheckpointDamaged
 
 SCRIPT = r'''

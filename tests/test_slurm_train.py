@@ -77,13 +77,17 @@ def test_job_time_limit_stops_in_time_and_finishes_after_requeue(slurm, tmp_path
     assert torch.load(path.parent / 'latest.pt', weights_only=True)['updates'] == 1500
 
 @pytest.mark.slow
-def test_srun_two_tasks_without_torchrun(slurm, tmp_path):
-    path = setup(tmp_path, 'job', tiny_config(total_updates=20, updates_per_epoch=10))
+@pytest.mark.parametrize('strategy', ['ddp', 'fsdp'])
+def test_srun_two_tasks_without_torchrun(slurm, tmp_path, strategy):
+    path = setup(tmp_path, 'job', tiny_config(total_updates=20, updates_per_epoch=10, strategy=strategy))
     script = job_script(tmp_path / 'job.sh', f'srun --ntasks=2 {sys.executable} -m ml_suite.train {path}', sbatch=['--ntasks=2'])
     job = slurm.sbatch(script, extra_sbatch_args=[f'--output={tmp_path}/job.out'])
     slurm.wait_state(job, 'COMPLETED', timeout=180)
     log = (path.parent / 'training.log').read_text()
     assert '2 process(es)' in log and 'finished 20 updates' in log, log
+    if strategy == 'fsdp':
+        assert '(fsdp, 2 shards)' in log, log
+        assert sorted(p.name for p in (path.parent / 'latest').glob('*.distcp')) == ['__0_0.distcp', '__1_0.distcp']
 
 def test_srun_with_torchrun_two_processes(slurm, tmp_path):
     path = setup(tmp_path, 'job', tiny_config(total_updates=20, updates_per_epoch=10))
