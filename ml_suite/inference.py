@@ -15,24 +15,28 @@ from .data import Normalization, normalize, denormalize
 
 # %% auto #0
 __all__ = ['WEIGHTS', 'FIELD_METRICS', 'TOLERANCES', 'find_checkpoint', 'code_folders', 'load_run_dotenv', 'checkpoint_config',
-           'InferenceModel', 'check_weights', 'weights_label', 'load_model', 'split_dataset', 'evaluate', 'format_eval',
-           'input_files', 'predict', 'dynamic_dims', 'export_model', 'eval_main', 'predict_main', 'export_main', 'main']
+           'InferenceModel', 'check_weights', 'weights_label', 'read_checkpoint', 'load_model', 'split_dataset',
+           'evaluate', 'format_eval', 'input_files', 'predict', 'dynamic_dims', 'export_model', 'export_weights',
+           'eval_main', 'predict_main', 'export_main', 'main']
 
 # %% ../nbs/14_inference.ipynb #36ed16fb
 def find_checkpoint(
     source,                # a run directory, or a checkpoint file
     checkpoint='best',     # in a run directory: best, latest, or N (epoch_N.pt)
 )->Path:
-    "The checkpoint file that `source` and `checkpoint` name; a clear error listing the files there if it is missing."
-    from ml_suite.checkpoint import checkpoint_path
+    "The checkpoint (a file, or a sharded run's directory) that `source` and `checkpoint` name; a clear error if none."
+    from ml_suite.checkpoint import checkpoint_path, sharded_path
     source = Path(os.path.expanduser(str(source)))
-    if source.is_file(): return source
+    # a file, or one sharded checkpoint's directory (strategy fsdp)
+    if source.is_file() or (source / 'COMMITTED').is_file(): return source
     if not source.is_dir():
         raise FileNotFoundError(f"{source} is neither a run directory nor a checkpoint file; give the folder that "
                                 f"holds best.pt and latest.pt (the run_dir of the training config), or a .pt file.")
     path = checkpoint_path(source, checkpoint)
+    if not path.is_file() and sharded_path(source, checkpoint).is_dir(): return sharded_path(source, checkpoint)
     if not path.is_file():
-        have = ', '.join(sorted(p.name for p in source.glob('*.pt'))) or 'no checkpoints'
+        dirs = [p.name + '/' for p in source.iterdir() if (p / 'COMMITTED').is_file()]
+        have = ', '.join(sorted(p.name for p in source.glob('*.pt')) + sorted(dirs)) or 'no checkpoints'
         raise FileNotFoundError(f"no checkpoint '{checkpoint}' in {source} ({path.name} is missing; it has: {have}). "
                                 f"Choose one of those with checkpoint=latest, best or an epoch number.")
     return path
@@ -118,6 +122,18 @@ def weights_label(state:dict, use_eval:bool)->str:
     names = [str(k).partition(':')[2] for k in state.get('callbacks') or {}]
     return 'EMA (eval_model)' if 'EMA' in names else 'eval_model'
 
+# %% ../nbs/14_inference.ipynb #6f114737
+def read_checkpoint(path:Path)->dict:
+    "Checkpoint `path` as one state dict on the CPU: a file (weights only), or a sharded directory (no process group)."
+    from ml_suite.checkpoint import load_checkpoint, load_sharded_full
+    path = Path(path)
+    if not path.is_dir(): return load_checkpoint(path)
+    # DCP's files, read in this one process: each tensor whole
+    full = load_sharded_full(path)
+    state = {**full['extra'], 'model': full['model']}
+    if 'eval_model' in full: state['eval_model'] = full['eval_model']
+    return state
+
 # %% ../nbs/14_inference.ipynb #fcdc6ceb
 def load_model(
     source,                # a run directory or a checkpoint file
@@ -126,12 +142,12 @@ def load_model(
     weights='eval',        # eval: the checkpoint's eval_model (an EMA) where it has one, else the trained; raw: trained
 )->InferenceModel:
     "Rebuild the trained model from the config in its checkpoint, load the weights (safely), in eval mode on `device`."
-    from ml_suite.checkpoint import load_checkpoint, load_weights
+    from ml_suite.checkpoint import load_weights
     from ml_suite.models import get_model
     from ml_suite.dist import get_device
     check_weights(weights)
     path = find_checkpoint(source, checkpoint)
-    state = load_checkpoint(path)                      # weights_only: loading never runs code from the file
+    state = read_checkpoint(path)                      # weights_only: loading never runs code from the file
     cfg = checkpoint_config(state, path, 'cpu')
     dev = torch.device(device) if isinstance(device, torch.device) else get_device(device, DistInfo.from_env())
     folders = code_folders(state, path)
@@ -500,6 +516,28 @@ def export_model(
     path.with_name(path.name + '.json').write_text(json.dumps(report, indent=1) + '\n')
     return report
 
+# %% ../nbs/14_inference.ipynb #048b9653
+def export_weights(
+    source,                # a run directory, a checkpoint file or a sharded checkpoint's directory
+    path=None,             # the file to write (default: exported/<checkpoint>.pt beside the checkpoint)
+    checkpoint='best',     # best, latest, or N
+    weights='eval',        # eval: the eval_model (an EMA) where there is one, else the trained weights; raw: trained
+)->Path:
+    "Write the weights of a checkpoint (a file or sharded) as one plain `torch.load(weights_only=True)` file."
+    check_weights(weights)
+    ckpt = find_checkpoint(source, checkpoint)
+    state = read_checkpoint(ckpt)
+    use_eval = weights == 'eval' and state.get('eval_model') is not None
+    path = Path(path) if path is not None else ckpt.parent / 'exported' / f"{ckpt.stem}.pt"
+    keep = ('config', 'normalization', 'updates', 'code_paths', 'versions')
+    out = {'model': state['eval_model' if use_eval else 'model'], **{k: state.get(k) for k in keep},
+           'weights': 'eval' if use_eval else 'raw', 'exported_from': str(ckpt)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    torch.save(out, tmp)
+    os.replace(tmp, path)
+    return path
+
 # %% ../nbs/14_inference.ipynb #3cf9b858
 def _common(p):
     p.add_argument('run_dir', help='the run directory (or a checkpoint file)')
@@ -563,13 +601,20 @@ def export_main(argv=None)->int:
     "`ml-suite-export RUN_DIR`: a checked .pt2 or .onnx file of a checkpoint, normalization folded in."
     p = _common(argparse.ArgumentParser(prog='ml-suite-export',
                                         description='Export a checkpoint for deployment (torch.export or ONNX).'))
-    p.add_argument('--format', choices=['pt2', 'onnx'], default='pt2')
-    p.add_argument('--out', default=None, help='the file to write (default: beside the checkpoint, e.g. best.pt2)')
+    p.add_argument('--format', choices=['pt2', 'onnx', 'pt'], default='pt2',
+                   help='pt2 (torch.export), onnx, or pt: the weights alone in one torch.load(weights_only=True) file '
+                        '(from a sharded checkpoint too)')
+    p.add_argument('--out', default=None, help='the file to write (default: beside the checkpoint, e.g. best.pt2; '
+                                               'pt: exported/best.pt)')
     p.add_argument('--dynamic', action='append', default=[], metavar='[NAME=]DIM',
                    help='an input dimension of any size besides the batch, e.g. --dynamic seq=1 (repeat for more)')
     p.add_argument('--static-batch', action='store_true', help="exactly the example's batch size (default: any)")
     a = p.parse_args(argv)
     def go():
+        if a.format == 'pt':
+            out = export_weights(a.run_dir, a.out, a.checkpoint, a.weights)
+            return print(f"wrote {out}: the weights alone (--weights {a.weights}), for torch.load(path, "
+                         f"weights_only=True) or ml_suite.inference.load_model")
         path = Path(a.out) if a.out else find_checkpoint(a.run_dir, a.checkpoint).with_suffix('.' + a.format)
         rep = export_model(a.run_dir, path, a.checkpoint, dynamic_batch=not a.static_batch, dynamic=a.dynamic,
                            weights=a.weights)

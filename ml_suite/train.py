@@ -737,15 +737,18 @@ def run_status(run_dir)->dict:
     # the row of update 0 (validate_at_start) is a baseline, never best.pt
     vals = [r for r in rows if r.get('val_loss') is not None and r.get('update', 0) > 0]
     best = min(vals, key=lambda r: r['val_loss']) if vals else None
+    # (file to date it by, name): a sharded run's checkpoints are directories, dated by their COMMITTED marker
+    ckpts = [(p, p.name) for p in run_dir.glob('*.pt')]
+    ckpts += [(p / 'COMMITTED', p.name + '/') for p in run_dir.iterdir() if (p / 'COMMITTED').is_file()]
     # best.pt may be the same file as latest.pt
-    ckpts = sorted(run_dir.glob('*.pt'), key=lambda p: (p.stat().st_mtime, p.name == 'latest.pt'))
+    ckpts.sort(key=lambda c: (c[0].stat().st_mtime, c[1] in ('latest.pt', 'latest/')))
     holder = RunLock.holder(run_dir)
     resume = _resume_point(run_dir)
-    when = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ckpts[-1].stat().st_mtime)) if ckpts else None
+    when = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ckpts[-1][0].stat().st_mtime)) if ckpts else None
     return {'run_dir': str(run_dir), 'updates': rows[-1]['update'] if rows else 0,
             'total_updates': cfg.get('total_updates'),
             'best_val_loss': best['val_loss'] if best else None, 'best_update': best['update'] if best else None,
-            'last_checkpoint': ckpts[-1].name if ckpts else None,
+            'last_checkpoint': ckpts[-1][1] if ckpts else None,
             'last_checkpoint_time': when,
             'running': holder is not None, 'holder': holder, 'resumes_from': resume[0], 'resume_update': resume[1],
             'ended': resume[2]}
@@ -754,12 +757,13 @@ def run_status(run_dir)->dict:
 def _resume_point(run_dir:Path)->tuple[str|None, int|None, str|None]:
     "The checkpoint a rerun resumes from, its update and why a callback ended the run (or None), read cheaply."
     import torch
-    from ml_suite.checkpoint import Checkpointer
-    for p in Checkpointer(run_dir).candidates('latest'):
+    from ml_suite.checkpoint import Checkpointer, ShardedCheckpointer, read_extra
+    # a sharded run's directories: their extra.pt holds the counters (the shards are checked, not read)
+    for p in [*Checkpointer(run_dir).candidates('latest'), *ShardedCheckpointer(run_dir).candidates('latest')]:
         # memory-mapped: its tensors are not read
-        try: state = torch.load(p, map_location='cpu', weights_only=True, mmap=True)
+        try: state = read_extra(p) if p.is_dir() else torch.load(p, map_location='cpu', weights_only=True, mmap=True)
         except Exception: continue   # damaged: a rerun skips it too
-        return p.name, int(state['updates']), state.get('ended')
+        return p.name + ('/' if p.is_dir() else ''), int(state['updates']), state.get('ended')
     return None, None, None
 
 # %% ../nbs/10_train.ipynb #5c380851

@@ -163,3 +163,34 @@ def test_sigkill_of_the_whole_torchrun_anywhere_then_rerun_is_bitwise_an_uninter
     updates = [row['update'] for row in read_rows(run_dir)]
     assert updates == sorted(set(updates)), 'metrics.jsonl has each update once, in order'
     assert not list(run_dir.glob('.*.tmp')), 'no temporary directories left behind'
+
+def test_a_sharded_run_is_evaluated_exported_and_reported_in_one_process(tmp_path, monkeypatch):
+    "eval, predict, export --format pt, load_model and status on a 2-process FSDP run (with an EMA), without a group."
+    from ml_suite.inference import load_model, evaluate
+    from ml_suite.train import run_status
+    run = tmp_path / 'run'
+    train2(write_config(run / 'train.yml', fsdp_config(total_updates=20, callbacks=[{'name': 'ema', 'decay': 0.9}])),
+           tmp_path)
+    full = load_sharded_full(run / 'best')
+    for weights, key in (('eval', 'eval_model'), ('raw', 'model')):
+        m = load_model(run, 'best', 'cpu', weights)
+        assert_tree_equal(full[key], m.module.state_dict())
+        assert m.weights == weights and m.updates == full['extra']['updates']
+    # the best validation was run with the EMA's (sharded) weights: one process gets the same number from the files
+    res = evaluate(run, 'val', 'best', device='cpu', write=False)
+    best = min(r['val_loss'] for r in read_rows(run) if r.get('val_loss') is not None)
+    assert res['metrics']['loss'] == pytest.approx(best, rel=1e-5), (res, best)
+    r = subprocess.run([sys.executable, '-m', 'ml_suite.inference', 'export', str(run), '--format', 'pt', '--weights',
+                        'raw'], capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr
+    out = torch.load(run / 'exported' / 'best.pt', weights_only=True)
+    assert out['weights'] == 'raw'
+    assert_tree_equal(full['model'], out['model'])
+    st = run_status(run)
+    assert (st['resumes_from'], st['resume_update'], st['updates']) == ('latest/', 20, 20)
+    # a damaged shard: a clear error naming the file, no traceback
+    shard = run / 'best' / '__0_0.distcp'
+    shard.write_bytes(shard.read_bytes()[:10])
+    r = subprocess.run([sys.executable, '-m', 'ml_suite.inference', 'eval', str(run), '--device', 'cpu'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and '__0_0.distcp is 10 bytes' in r.stderr and 'Traceback' not in r.stderr, r.stderr
