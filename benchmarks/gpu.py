@@ -11,11 +11,19 @@ One prepared script, meant to finish in under 8 minutes on one GPU:
     uv run python benchmarks/gpu.py                      # on a GPU: 256x256 fields, batch chosen to fill the card
     uv run python benchmarks/gpu.py --device cpu --size 32 --width 8 --depth 2 --batch 4 --steps 3   # a tiny check
 
+`--fsdp` (issue 19) runs the UNet under torchrun over every visible GPU (`--procs`, NCCL; gloo with `--device cpu`),
+once with `strategy: ddp` and once with `strategy: fsdp` (FSDP2, each block a unit): per GPU the parameters +
+gradients + optimizer state it holds (from tensor sizes, as the log's `memory per process` line), its peak memory
+and the samples/s of all GPUs together. With one GPU FSDP has nothing to shard, and the table says so.
+
+    uv run python benchmarks/gpu.py --fsdp --width 128 --batch 16            # all GPUs of the machine
+    uv run python benchmarks/gpu.py --fsdp --device cpu --procs 2 --size 32 --width 8 --depth 2 --batch 4 --steps 3
+
 The batch (`--batch auto`) doubles from 8 while one fp32 eager step stays under `--fill` of the card's memory; the same
 batch is used for every row, so the rows compare like with like.
 """
 from __future__ import annotations
-import argparse, json, math, sys, time
+import argparse, json, math, os, subprocess, sys, time
 from pathlib import Path
 
 
@@ -114,6 +122,66 @@ def auto_batch(a, device)->int:
 def gb(x)->str: return 'n/a (CPU)' if x is None else f'{x:.2f} GB'
 
 
+def fsdp_worker(a):
+    "One rank of `--fsdp`: DDP, then FSDP, on the UNet with this rank's GPU; rank 0 writes the rows to `a.json`."
+    import torch
+    from ml_suite.core import DistInfo
+    from ml_suite.dist import init_process_group
+    from ml_suite.models import UNet
+    from ml_suite.trainer import Trainer, TrainSettings, training_memory
+    dist = DistInfo.from_env()
+    device = torch.device(f'cuda:{dist.local_rank}') if a.device == 'cuda' else torch.device('cpu')
+    init_process_group(dist, device)
+    batch = int(a.batch) if a.batch != 'auto' else 8
+    x = torch.randn(batch, 1, a.size, a.size, device=device)
+    rows = []
+    for strategy in ('ddp', 'fsdp'):
+        torch.manual_seed(0)
+        peak_reset(device)
+        model = UNet(width=a.width, depth=a.depth, padding_mode='circular')
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        settings = TrainSettings(device=device, log_every=10 ** 9, strategy=strategy, amp=device.type == 'cuda',
+                                 precision='bfloat16')
+        t = Trainer(model, torch.nn.MSELoss(), opt, None, iter(lambda: (x, x), None), settings=settings, dist=dist)
+        for _ in range(a.warmup): t.train_step([(x, x)])
+        sync(device); t0 = time.perf_counter()
+        for _ in range(a.steps): t.train_step([(x, x)])
+        sync(device); s = (time.perf_counter() - t0) / a.steps
+        rows.append({'strategy': strategy, 'sharded': t.sharded, 'state_mb': training_memory(t.raw_model, opt) / 2**20,
+                     'peak_gb': peak_gb(device), 'samples_per_s': batch * dist.world_size / s})
+        del t, model, opt
+    if dist.is_main: Path(a.json).write_text(json.dumps({'procs': dist.world_size, 'rows': rows}))
+    import torch.distributed as tdist
+    if tdist.is_initialized(): tdist.destroy_process_group()
+    return 0
+
+
+def fsdp_main(a):
+    "`--fsdp`: `fsdp_worker` under torchrun over `--procs` processes (default: the GPUs); print the table."
+    import tempfile, torch
+    if a.device == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run --fsdp on a GPU machine, or with --device cpu --procs 2 (a tiny check)")
+    procs = a.procs or (torch.cuda.device_count() if a.device == 'cuda' else 2)
+    out = Path(tempfile.mkdtemp()) / 'fsdp.json'
+    args = [f'--{k.replace("_", "-")}={v}' for k, v in vars(a).items()
+            if k in ('device', 'size', 'width', 'depth', 'batch', 'warmup', 'steps')]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={procs}', __file__,
+           '--fsdp-worker', f'--json={out}', *args]
+    r = subprocess.run(cmd, env={**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')})
+    if r.returncode: return r.returncode
+    res = json.loads(out.read_text())
+    card = torch.cuda.get_device_name(0) if a.device == 'cuda' else 'CPU'
+    note = '' if procs > 1 else ' (one process: FSDP has nothing to shard, the rows show its overhead alone)'
+    print(f"{card} x {procs}, torch {torch.__version__}: UNet width {a.width} depth {a.depth} on {a.size}x{a.size} "
+          f"fields, batch {a.batch} per process{note}\n"
+          "| strategy | params + grads + optimizer per process | peak memory per process | samples/s (all) |\n"
+          "|---|---|---|---|\n"
+          + '\n'.join(f"| {r['strategy']}{' (sharded)' if r['sharded'] else ''} | {r['state_mb']:.1f} MB | "
+                      f"{gb(r['peak_gb'])} | {r['samples_per_s']:.1f} |" for r in res['rows']))
+    if a.out_json: Path(a.out_json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--device', default='cuda')
@@ -128,7 +196,14 @@ def main(argv=None):
     p.add_argument('--no-compile', action='store_true', help='skip the torch.compile rows')
     p.add_argument('--matmul-n', type=int, default=8192)
     p.add_argument('--json', help='also write the results here')
+    p.add_argument('--fsdp', action='store_true', help='DDP vs FSDP over --procs processes (default: every GPU)')
+    p.add_argument('--procs', type=int, default=0)
+    p.add_argument('--fsdp-worker', action='store_true', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.fsdp_worker: return fsdp_worker(a)
+    if a.fsdp:
+        a.out_json = a.json
+        return fsdp_main(a)
     import torch
     device = torch.device(a.device)
     if device.type == 'cuda' and not torch.cuda.is_available(): raise SystemExit("no CUDA device: run with --device cpu (and a tiny size)")

@@ -73,6 +73,19 @@ def test_checkpoint_benchmark_runs(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / 'r.json']   # nothing left behind
 
 
+@pytest.mark.slow
+def test_fsdp_rows_of_the_checkpoint_and_gpu_benchmarks_run_on_cpu(tmp_path):
+    "checkpoint.py --fsdp and gpu.py --fsdp with two torchrun processes (gloo): their tables, nothing left behind."
+    out = run(BENCH / 'checkpoint.py', '--fsdp', '--mb=2', '--rounds=1', f'--dir={tmp_path}', f'--json={tmp_path / "r.json"}')
+    assert '| sharded save / (gather + save on rank 0) |' in out
+    res = json.loads((tmp_path / 'r.json').read_text())
+    assert res['procs'] == 2 and res['local_mb'] < res['full_mb']
+    assert list(tmp_path.iterdir()) == [tmp_path / 'r.json']
+    out = run(BENCH / 'gpu.py', '--fsdp', '--device=cpu', '--procs=2', '--size=16', '--width=4', '--depth=1', '--batch=2',
+              '--steps=1', '--warmup=1')
+    assert '| ddp |' in out and '| fsdp (sharded) |' in out
+
+
 def test_gpu_script_runs_on_cpu_at_a_tiny_size(tmp_path):
     out = run(BENCH / 'gpu.py', '--device=cpu', '--size=16', '--width=4', '--depth=1', '--batch=2', '--steps=1',
               '--warmup=1', '--no-compile', '--matmul-n=64', f'--json={tmp_path / "r.json"}')

@@ -164,6 +164,7 @@ def test_sigkill_of_the_whole_torchrun_anywhere_then_rerun_is_bitwise_an_uninter
     assert updates == sorted(set(updates)), 'metrics.jsonl has each update once, in order'
     assert not list(run_dir.glob('.*.tmp')), 'no temporary directories left behind'
 
+@pytest.mark.slow
 def test_a_sharded_run_is_evaluated_exported_and_reported_in_one_process(tmp_path, monkeypatch):
     "eval, predict, export --format pt, load_model and status on a 2-process FSDP run (with an EMA), without a group."
     from ml_suite.inference import load_model, evaluate
