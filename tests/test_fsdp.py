@@ -30,6 +30,7 @@ def run2(tmp_path, name, cfg):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return (tmp_path / name / 'training.log').read_text()
 
+@pytest.mark.slow
 def test_fsdp_two_processes_equal_ddp_two_processes(tmp_path):
     # SGD, as in test_distributed: the conv biases before GroupNorm get gradients of rounding noise only, which Adam
     # would scale up to full steps (1e-3 apart after 30 updates); SGD keeps them where the summation order puts them

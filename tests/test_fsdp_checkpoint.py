@@ -42,6 +42,7 @@ class Peek(Callback):
         if trainer.dist.is_main: torch.save(sd, trainer.run_dir / 'at_resume.pt')
 '''
 
+@pytest.mark.slow
 def test_a_truncated_shard_falls_back_and_one_process_resumes_two_processes_checkpoint_exactly(tmp_path, monkeypatch):
     "2 processes write latest/ (update 30) and previous/ (20); a shard of latest/ is cut; 1 process resumes previous/."
     monkeypatch.setenv('PYTHONPATH', str(tmp_path))
@@ -74,6 +75,7 @@ def test_one_process_checkpoint_resumed_by_two_processes_exactly(tmp_path, monke
     assert 'resuming a 1-process checkpoint with 2 processes' in log and 'update 40/40' in log
     assert sorted(p.name for p in (run / 'latest').glob('*.distcp')) == ['__0_0.distcp', '__1_0.distcp']
 
+@pytest.mark.slow
 def test_a_ddp_run_directory_is_refused_by_strategy_fsdp(tmp_path):
     run = tmp_path / 'run'
     train1(write_config(run / 'train.yml', tiny_config(total_updates=10, updates_per_epoch=10)), tmp_path)
