@@ -16,8 +16,8 @@ from .core import ConfigError, RunError, did_you_mean, resolve_object, check_kwa
 # %% auto #0
 __all__ = ['REQUIRED', 'STEP_NAMES', 'RESERVED', 'FACTORY_HINT', 'BUILTIN_TABLES', 'DatasetConfig', 'ModelConfig',
            'FactoriesConfig', 'OptimizerConfig', 'StageConfig', 'SchedulerConfig', 'CheckpointConfig',
-           'PreemptionConfig', 'NonfiniteConfig', 'FsdpConfig', 'WandbConfig', 'Config', 'Source', 'read_yaml',
-           'read_dotenv', 'dotenv_paths', 'load_dotenv', 'expand_env', 'apply_overrides', 'from_dict',
+           'PreemptionConfig', 'NonfiniteConfig', 'FsdpConfig', 'WandbConfig', 'SlurmConfig', 'Config', 'Source',
+           'read_yaml', 'read_dotenv', 'dotenv_paths', 'load_dotenv', 'expand_env', 'apply_overrides', 'from_dict',
            'parse_time_limit', 'stages', 'check_values', 'build_dataclass', 'section_args', 'takes_param',
            'check_section', 'call_factory', 'builtin_names', 'validate_config', 'load_config', 'config_to_dict']
 
@@ -120,6 +120,23 @@ class WandbConfig:
     tags:list = field(default_factory=list)
     mode:Optional[Literal['online', 'offline', 'disabled']] = None  # default: online with an API key, else offline
 
+@dataclass
+class SlurmConfig:
+    "The batch job that `ml-suite-submit` writes (see the submit notebook); `ml-suite-train` does not read it."
+    partition:Optional[str] = None
+    account:Optional[str] = None
+    nodes:int = 1
+    gpus_per_node:int = 0                     # also the processes per node (0: CPU nodes)
+    processes_per_node:Optional[int] = None   # CPU nodes: processes per node (default 1)
+    cpus_per_gpu:Optional[int] = None         # GPU nodes: CPU cores per GPU (data loading)
+    mem_per_gpu:Optional[str] = None          # GPU nodes: memory per GPU, e.g. 64G
+    # sbatch --time as typed: 24:00:00, 1-12:00:00, 90 (minutes); default: the partition's
+    time:Optional[Union[str, int]] = None
+    signal_seconds:int = 180                  # the warning before the limit: the job saves and requeues itself
+    max_requeues:int = 20                     # requeues a job may make of itself before it stops
+    setup:list = field(default_factory=list)  # shell lines run before training, e.g. "module load cuda/12.4"
+    extra:list = field(default_factory=list)  # more sbatch options, e.g. "--qos=normal", passed through
+
 # %% ../nbs/05_config.ipynb #767838a6
 @dataclass
 class Config:
@@ -151,6 +168,7 @@ class Config:
     time_limit:Optional[Union[str, int]] = None  # "HH:MM:SS" (or seconds): stop in time before it (default: SLURM's)
     preemption:PreemptionConfig = field(default_factory=PreemptionConfig)
     wandb:WandbConfig = field(default_factory=WandbConfig)
+    slurm:SlurmConfig = field(default_factory=SlurmConfig)  # the job of ml-suite-submit (ml-suite-train ignores it)
     run_dir:Optional[str] = None          # default: the config file's folder
     device:str = 'auto'                   # auto, cpu, cuda, cuda:N
     dist_backend:Literal['auto', 'nccl', 'gloo'] = 'auto'  # auto: nccl with CUDA, gloo on CPU
@@ -164,7 +182,7 @@ class Config:
 
 # ml_suite's own sections (not users' dataclasses)
 _SCHEMA = (DatasetConfig, ModelConfig, FactoriesConfig, OptimizerConfig, StageConfig, SchedulerConfig, CheckpointConfig,
-           PreemptionConfig, NonfiniteConfig, FsdpConfig, WandbConfig, Config)
+           PreemptionConfig, NonfiniteConfig, FsdpConfig, WandbConfig, SlurmConfig, Config)
 
 # %% ../nbs/05_config.ipynb #bc4e292f
 @dataclass

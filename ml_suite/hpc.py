@@ -10,7 +10,7 @@ import os, re, shutil, signal, subprocess, threading, time
 
 # %% auto #0
 __all__ = ['install_stop_handlers', 'restore_handlers', 'stop_request', 'stop_requested', 'clear_stop_requests',
-           'requeue_refusal', 'slurm_job_id', 'requeue_job']
+           'requeue_refusal', 'slurm_job_id', 'requeue_limit', 'requeue_job']
 
 # %% ../nbs/12_hpc.ipynb #8b99d10b
 # (signal name, action) in the order they came
@@ -146,6 +146,18 @@ def _signal_spec(job:str, environ)->str|None:
     m = re.search(r'^#SBATCH\s+--signal[= ](\S+)', _scontrol('write', 'batch_script', job.split('_')[0], '-'), re.M)
     return m[1] if m else None
 
+# %% ../nbs/12_hpc.ipynb #f39b4676
+def requeue_limit(environ=None)->str|None:
+    "Why this job may not requeue itself again (`ML_SUITE_MAX_REQUEUES` reached), or None."
+    environ = os.environ if environ is None else environ
+    limit = environ.get('ML_SUITE_MAX_REQUEUES')
+    if limit is None or not limit.strip().isdigit(): return None
+    restarts = int(environ.get('SLURM_RESTART_COUNT') or 0)
+    if restarts < int(limit): return None
+    return (f"job {slurm_job_id(environ)} has been requeued {restarts} times, the most its slurm.max_requeues "
+            f"({limit}) allows, so it does not requeue itself again; it stopped with a checkpoint. Submit the same "
+            f"command again to continue the run, or raise slurm.max_requeues")
+
 # %% ../nbs/12_hpc.ipynb #72cc910e
 def requeue_job(
     environ=None,
@@ -162,6 +174,7 @@ def requeue_job(
     if shutil.which('scontrol') is None:
         return False, (f"scontrol is not available here (a container?), so job {job} cannot requeue itself; exit "
                        f"code 3 lets a job submitted with --dependency=afternotok:{job} continue the run")
+    if (why := requeue_limit(environ)) is not None: return False, why
     if updates is not None:
         from datetime import datetime
         info = _scontrol('show', 'job', '-o', job)

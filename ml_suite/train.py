@@ -22,8 +22,8 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED'
            'plan_start', 'flatten_config', 'config_changes', 'is_under', 'check_resume_config', 'set_mem_budget',
            'build_callbacks', 'build_parts', 'short_val_split', 'build_trainer', 'oom_advice', 'StartPlan',
            'resume_no_decay', 'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore', 'open_records',
-           'fit_run', 'finish', 'train', 'dry_run', 'run_status', 'format_status', 'status_main', 'main', 'quick_exit',
-           'cli']
+           'fit_run', 'finish', 'end_record', 'record_end', 'train', 'dry_run', 'run_status', 'format_status',
+           'status_main', 'main', 'quick_exit', 'cli']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -635,6 +635,35 @@ def finish(trainer, cfg:Config, run_dir:Path, job:dict):
     trainer.stopper.requeued = done
     if stop: raise refused or RunError("rank 0 did not requeue the job; its message says why")
 
+# %% ../nbs/10_train.ipynb #c2cc794a
+def end_record(trainer, error:BaseException|None=None, ended:str|None=None)->dict:
+    "How `trainer`'s run ended, for `ends.jsonl` (`ended`: the reason of a callback that had ended the run already)."
+    from ml_suite.hpc import slurm_job_id
+    action = trainer.stop_action
+    if isinstance(error, KeyboardInterrupt): outcome = 'interrupted'
+    elif error is not None: outcome = 'failed'
+    elif trainer.finished: outcome = 'finished'
+    elif trainer.requeued: outcome = 'requeued'
+    elif ended or (action == StopAction.CALLBACK and trainer.stopper.exit_code == 0): outcome = 'ended early'
+    else: outcome = {StopAction.NONFINITE: 'nonfinite', StopAction.INTERRUPT: 'interrupted'}.get(action, 'stopped')
+    rec = {'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'outcome': outcome, 'updates': trainer.updates,
+           'job_id': slurm_job_id(), 'pid': os.getpid()}
+    if error is not None and outcome == 'failed':
+        rec['error'] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    elif ended: rec['reason'] = ended
+    elif action is not None and outcome != 'finished': rec['reason'] = trainer.stop_reason
+    return rec
+
+# %% ../nbs/10_train.ipynb #5c740162
+def record_end(trainer, run_dir:Path, error:BaseException|None=None, ended:str|None=None):
+    "Rank 0: append `end_record` to `run_dir/ends.jsonl` (a failure to write is logged, never raised)."
+    from ml_suite.tracking import logger, mask_secrets
+    if not trainer.dist.is_main: return
+    try:
+        line = json.dumps(mask_secrets(end_record(trainer, error, ended)))
+        with open(Path(run_dir) / 'ends.jsonl', 'a') as f: f.write(line + '\n')
+    except OSError as e: logger.warning(f"cannot append to {Path(run_dir) / 'ends.jsonl'} ({e.strerror or e})")
+
 # %% ../nbs/10_train.ipynb #5c1d5cf2
 def train(
     config,            # path to a YAML config, or a dict (which must name its run_dir)
@@ -657,9 +686,12 @@ def train(
         trainer = build_trainer(cfg, src, plan.run_dir, dist, start, compute_stats=plan.mode == 'fresh')
         # -- nothing was written before this point --
         run.enter_context(open_run(trainer, cfg, plan))
+        # how the run ends, whichever way: a line in ends.jsonl
+        ended = (plan.state or {}).get('ended') if plan.mode == 'resume' else None
+        run.push(lambda kind, error, tb: record_end(trainer, plan.run_dir, error, ended))
         restore(trainer, plan, cfg, src, start)
         # a run that a callback ended (early stopping): `_resume` said so, and there is nothing to train
-        if plan.mode == 'resume' and (plan.state or {}).get('ended'): return trainer
+        if ended: return trainer
         with open_records(trainer, cfg, src, plan.run_dir, start): job = fit_run(trainer, cfg, start)
         finish(trainer, cfg, plan.run_dir, job)
     return trainer
