@@ -8,10 +8,11 @@ Docs: https://ml-suite.github.io/ml_suite/plot.html.md"""
 from __future__ import annotations
 import argparse, io, sys
 from pathlib import Path
-from .core import read_metrics
+import json
+from .core import read_metrics, ConfigError
 
 # %% auto #0
-__all__ = ['figure_for', 'figure_png', 'plot_runs', 'main']
+__all__ = ['RUN_FILES', 'figure_for', 'figure_png', 'sweep_run_dirs', 'expand_runs', 'plot_runs', 'main']
 
 # %% ../nbs/13_plot.ipynb #b2c1782d
 def figure_for(runs:list):
@@ -40,18 +41,53 @@ def figure_png(fig)->bytes:
     fig.savefig(buf, format='png', dpi=100)
     return buf.getvalue()
 
+# %% ../nbs/13_plot.ipynb #995f84f6
+def sweep_run_dirs(sweep_dir:Path)->list[Path]:
+    "The run directories of the sweep in `sweep_dir` (from its sweep.json), in task order."
+    path = Path(sweep_dir) / 'sweep.json'
+    try:
+        tasks = sorted(json.loads(path.read_text())['tasks'], key=lambda t: t['task'])
+        return [Path(sweep_dir) / t['run_dir'] for t in tasks]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a sweep manifest ({type(e).__name__}: {e}): ml-suite-submit --sweep writes "
+                          f"it, with a list of tasks, each with its run_dir; restore it or submit the sweep again")
+
+# %% ../nbs/13_plot.ipynb #7bf5ecf6
+RUN_FILES = ('resolved_config.yml', 'starts.jsonl', 'metrics.jsonl')   # any of them: a run directory
+
+# %% ../nbs/13_plot.ipynb #040260fa
+def expand_runs(paths)->list[Path]:
+    "Run directories of `paths` (one or several): a run directory as is, a sweep directory as its tasks' runs."
+    out = []
+    for p in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
+        if (p / 'sweep.json').is_file(): out += sweep_run_dirs(p)
+        elif any((p / f).is_file() for f in RUN_FILES): out.append(p)
+        elif not p.exists():
+            raise FileNotFoundError(f"{p} does not exist: give a run directory (the run_dir of a run that was started "
+                                    f"or submitted) or a sweep directory (one that holds sweep.json)")
+        else:
+            raise FileNotFoundError(f"{p} is neither a run directory (it has none of {', '.join(RUN_FILES)}) nor a "
+                                    f"sweep directory (it has no sweep.json): give the run_dir of a run that was "
+                                    f"started or submitted, or the folder ml-suite-submit --sweep made")
+    return out
+
 # %% ../nbs/13_plot.ipynb #c25443af
 def plot_runs(
-    run_dirs,                 # one run directory or several
-    out:Path|None=None,       # the PNG to write (default: curves.png in the first run directory)
+    run_dirs,                 # one run directory or sweep directory, or several
+    out:Path|None=None,       # the PNG to write (default: curves.png in the first directory given)
 )->Path:
-    "Draw the loss curves and learning rate of one or several runs into a PNG; returns its path."
-    dirs = [Path(d) for d in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
-    for d in dirs:
-        if not (d / 'metrics.jsonl').is_file():
-            raise FileNotFoundError(f"{d} has no metrics.jsonl: is it a run directory, and has the run logged an "
-                                    f"update yet?")
-    out = Path(out) if out else dirs[0] / 'curves.png'
+    "Draw the loss curves and learning rate of run directories and sweep directories into a PNG; returns its path."
+    given = [Path(d) for d in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
+    dirs = []
+    for d in given:
+        if (d / 'sweep.json').is_file(): dirs += [r for r in sweep_run_dirs(d) if (r / 'metrics.jsonl').is_file()]
+        elif (d / 'metrics.jsonl').is_file(): dirs.append(d)
+        else: raise FileNotFoundError(f"{d} has no metrics.jsonl: is it a run directory, and has the run logged an "
+                                      f"update yet?")
+    if not dirs:
+        raise FileNotFoundError(f"no run of {', '.join(map(str, given))} has logged an update yet (none has a "
+                                f"metrics.jsonl): plot again once they have started")
+    out = Path(out) if out else given[0] / 'curves.png'
     names = [d.name for d in dirs] if len({d.name for d in dirs}) == len(dirs) else [str(d) for d in dirs]
     runs = [(n, read_metrics(d / 'metrics.jsonl')) for n, d in zip(names, dirs)]
     out.write_bytes(figure_png(figure_for(runs)))
@@ -61,12 +97,14 @@ def plot_runs(
 def main(argv=None)->int:
     "`ml-suite-plot`: draw loss curves and the learning rate of run directories into a PNG."
     p = argparse.ArgumentParser(prog='ml-suite-plot', description='Draw loss curves (train, validation) and the '
-                                'learning rate against updates from run directories into a PNG.')
-    p.add_argument('run_dirs', nargs='+', help='one or several run directories (each with metrics.jsonl)')
-    p.add_argument('-o', '--out', help='the PNG to write (default: curves.png in the first run directory)')
+                                'learning rate against updates from run directories (or the runs of sweep '
+                                "directories) into a PNG, each curve labelled by its run directory's name.")
+    p.add_argument('run_dirs', nargs='+', help='run directories (each with metrics.jsonl) or sweep directories (each '
+                   'with sweep.json: its runs)')
+    p.add_argument('-o', '--out', help='the PNG to write (default: curves.png in the first directory given)')
     a = p.parse_args(argv)
     try: out = plot_runs(a.run_dirs, a.out)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ConfigError) as e:
         print(f"ml-suite-plot: error: {e}", file=sys.stderr)
         return 2
     print(out)

@@ -22,8 +22,8 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_CONFIG', 'EXIT_STOPPED', 'EXIT_LOCKED'
            'plan_start', 'flatten_config', 'config_changes', 'is_under', 'check_resume_config', 'set_mem_budget',
            'build_callbacks', 'build_parts', 'short_val_split', 'build_trainer', 'oom_advice', 'StartPlan',
            'resume_no_decay', 'read_start', 'claim_run_dir', 'open_run', 'resume_schedule', 'restore', 'open_records',
-           'fit_run', 'finish', 'end_record', 'record_end', 'train', 'dry_run', 'run_status', 'format_status',
-           'status_main', 'main', 'quick_exit', 'cli']
+           'fit_run', 'finish', 'end_record', 'record_end', 'train', 'dry_run', 'run_status', 'format_status', 'main',
+           'quick_exit', 'cli']
 
 # %% ../nbs/10_train.ipynb #d95842b3
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STOPPED, EXIT_LOCKED, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
@@ -813,19 +813,6 @@ def format_status(st:dict)->str:
     return (f"{st['run_dir']}\n  updates          {st['updates']}/{st['total_updates']} (last row); {resume}\n"
             f"  best val_loss    {best}\n"
             f"  last checkpoint  {last}\n  status           {run}")
-
-# %% ../nbs/10_train.ipynb #0ed1d6c5
-def status_main(argv=None)->int:
-    "`ml-suite-status RUN_DIR ...`: where each run stands."
-    p = argparse.ArgumentParser(prog='ml-suite-status', description='Show where runs stand: updates, best validation '
-                                'loss, newest checkpoint, whether a process is training in the run directory, and '
-                                'whether a callback (early_stopping) ended the run, at which update and why.')
-    p.add_argument('run_dirs', nargs='+')
-    code = 0
-    for d in p.parse_args(argv).run_dirs:
-        try: print(format_status(run_status(d)))
-        except FileNotFoundError as e: print(f"ml-suite-status: error: {e}", file=sys.stderr); code = 2
-    return code
 
 # %% ../nbs/10_train.ipynb #b8ac7b84
 def _parser():

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest, torch
 from conftest import ROOT, tiny_config, write_config, read_rows
 from ml_suite.core import ConfigError
-from ml_suite.train import train, main, status_main
+from ml_suite.train import train, main
+from ml_suite.runs import status_main
 
 SCHEDULE = dict(first_stage=dict(name='LinearLR', start_factor=0.1, num_updates=5),
                 second_stage=dict(name='CosineAnnealingLR', num_updates=-1))
