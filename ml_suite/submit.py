@@ -61,7 +61,8 @@ def read_sweep_file(path:Path)->list[list[str]]:
     path = Path(path)
     try: data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read the sweep file {path} ({type(e).__name__}: {str(e).splitlines()[0]}).") from None
+        why = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        raise ConfigError(f"cannot read the sweep file {path} ({why}).") from None
     shape = ("a sweep file is a YAML list with one mapping of overrides per task, e.g.\n"
              "- {optimizer.learning_rate: 1.0e-3, model.width: 16}")
     if not isinstance(data, list) or not data or not all(isinstance(t, dict) and t for t in data):
@@ -144,7 +145,7 @@ def check_slurm(s:SlurmConfig, src:Source=Source())->SlurmConfig:
     for k in ('setup', 'extra'):
         if not all(isinstance(x, str) for x in getattr(s, k)): bad(k, "give a list of strings.")
     odd = [x for x in s.extra if not x.startswith('-')]
-    if odd: bad('extra', f"{odd[0]!r} is not an sbatch option; give each as it would follow #SBATCH, e.g. --qos=normal.")
+    if odd: bad('extra', f"{odd[0]!r} is not an sbatch option; give each as it follows #SBATCH, e.g. --qos=normal.")
     return s
 
 # %% ../nbs/16_submit.ipynb #f8f79d4a

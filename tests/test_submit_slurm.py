@@ -120,8 +120,8 @@ def test_what_the_cluster_cannot_run_is_refused_before_submission(slurm, tmp_pat
     assert code == 1 and 'slurm.gpus_per_node is 4, but the nodes of' in err and 'at most 0 GPUs' in err, err
     code, err = submit('slurm.partition=nope')
     assert code == 1 and "partition 'nope' does not exist here" in err, err
-    code, err = submit('slurm.extra=["--nodelist=nosuchnode"]')
-    assert code == 1 and 'sbatch --test-only refused the job' in err, err
+    code, err = submit('slurm.extra=["--constraint=v100"]')     # a node feature this cluster lacks
+    assert code == 1 and 'sbatch --test-only refused the job' in err and 'Invalid feature' in err, err
     assert not (tmp_path / 'a').exists() or not list((tmp_path / 'a').glob('submit-*'))
     assert set(slurm.job_ids()) == before                         # nothing was submitted
     # the shape this node can run: two processes (torchrun) on its 2 cores; --test-only accepts it, sbatch runs it
