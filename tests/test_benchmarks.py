@@ -12,6 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / 'benchmarks'
 
 
+# every benchmark script's check runs subprocesses of a few seconds each: with the slow tests (CI runs them too),
+# so that the default run stays within its budget
+pytestmark = pytest.mark.slow
+
 def run(*args, timeout=300):
     out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -27,7 +31,6 @@ def test_overhead_runs_and_ml_suite_matches_the_plain_loop_bitwise(tmp_path):
     assert res['median_ratio'] > 0
 
 
-@pytest.mark.slow   # eight subprocesses of about 3 s each
 def test_overhead_through_the_cli_ends_with_the_plain_loops_weights(tmp_path):
     "ml-suite-train with a model and dataset by import path, against plain_loop.py: both runs end bit for bit equal."
     out = run(BENCH / 'overhead.py', '--contenders=ml-suite-train', '--rounds=1', '--cli-updates=3,9', '--cli-width=16',
@@ -38,7 +41,6 @@ def test_overhead_through_the_cli_ends_with_the_plain_loops_weights(tmp_path):
     assert {'wall_ratio', 'cpu_ratio', 'wall_min_ratio', 'cpu_ratio_range'} <= set(res)   # at this size the slopes are noise
 
 
-@pytest.mark.slow   # four subprocesses of about 3 s each
 def test_overhead_through_the_cli_with_an_ema_ends_with_the_plain_loops_model_and_average(tmp_path):
     "--mode ema on the command line: callbacks: [{name: ema}] against plain_loop.py --ema-decay, eval_model compared."
     out = run(BENCH / 'overhead.py', '--mode=ema', '--ema-decay=0.9', '--contenders=ml-suite-train', '--rounds=1',
@@ -73,7 +75,6 @@ def test_checkpoint_benchmark_runs(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / 'r.json']   # nothing left behind
 
 
-@pytest.mark.slow
 def test_fsdp_rows_of_the_checkpoint_and_gpu_benchmarks_run_on_cpu(tmp_path):
     "checkpoint.py --fsdp and gpu.py --fsdp with two torchrun processes (gloo): their tables, nothing left behind."
     out = run(BENCH / 'checkpoint.py', '--fsdp', '--mb=2', '--rounds=1', f'--dir={tmp_path}', f'--json={tmp_path / "r.json"}')
@@ -103,7 +104,6 @@ def test_startup_benchmark_runs_and_dry_run_skips_the_compiler(tmp_path):
     assert run('-c', code).strip() == '[]'
 
 
-@pytest.mark.slow
 def test_a_time_limited_run_stops_in_time_with_a_checkpoint(tmp_path):
     run(BENCH / 'startup.py', '--rounds=0', '--limit=30', '--limit-runs=1', f'--json={tmp_path / "r.json"}', timeout=120)
     res = json.loads((tmp_path / 'r.json').read_text())['time_limit']

@@ -1,5 +1,5 @@
-"""ml_suite on a real one-node SLURM: a preemption warning (USR1) saves, requeues and resumes to the same weights; a
-job's own time limit stops the run in time and it finishes after the requeue; srun with and without torchrun."""
+"""ml_suite on a real one-node SLURM: a job's own time limit stops the run in time and it finishes after the requeue;
+srun with and without torchrun; the hand-written job scripts of scripts/slurm/."""
 import os, sys, time
 from pathlib import Path
 import pytest, torch
@@ -35,28 +35,8 @@ def setup(tmp_path, name, cfg):
     (run / 'sleepy.py').write_text(SLEEPY)
     return write_config(run / 'train.yml', cfg)
 
-@pytest.mark.slow
-def test_usr1_saves_requeues_and_resumes_to_the_same_weights(slurm, tmp_path):
-    cfg = sleepy_config(total_updates=300, updates_per_epoch=50)
-    ref = setup(tmp_path, 'ref', cfg)
-    assert run_cli(ref, cwd=tmp_path).returncode == 0
-    path = setup(tmp_path, 'job', cfg)
-    script = job_script(tmp_path / 'job.sh', f'srun --ntasks=1 {sys.executable} -m ml_suite.train {path}')
-    out = tmp_path / 'job.out'
-    job = slurm.sbatch(script, extra_sbatch_args=[f'--output={out}'])
-    slurm.wait_for(lambda: any(r['update'] >= 60 for r in read_rows(path.parent)) if (path.parent / 'metrics.jsonl').exists() else False,
-                   timeout=120, message='60 updates')
-    slurm.scancel(job, signal='USR1')
-    info = slurm.wait_state(job, 'COMPLETED', timeout=240)
-    assert info['Restarts'] == '1', info
-    text = out.read_text()
-    assert '(SIGUSR1); saving a checkpoint' in text and f'requeued SLURM job {job}' in text, text
-    assert 'resumed from' in text and 'finished 300 updates' in text, text
-    a = torch.load(tmp_path / 'ref' / 'latest.pt', weights_only=True)['model']
-    b = torch.load(path.parent / 'latest.pt', weights_only=True)['model']
-    for k in a: assert torch.equal(a[k], b[k]), k
-    updates = [r['update'] for r in read_rows(path.parent)]
-    assert updates == sorted(set(updates))
+# A USR1 mid-run that saves, requeues and resumes to the weights of an uninterrupted run: tests/test_submit_slurm.py
+# (the quickstart, submitted with ml-suite-submit), which checks that and the time limit in one job.
 
 @pytest.mark.slow
 def test_job_time_limit_stops_in_time_and_finishes_after_requeue(slurm, tmp_path):

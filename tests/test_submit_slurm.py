@@ -68,6 +68,8 @@ def test_the_quickstart_requeues_at_its_time_limit_and_after_usr1_and_equals_an_
     b = torch.load(run / 'latest.pt', weights_only=True)
     assert a['updates'] == b['updates'] == 1000
     for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
+    updates = [r['update'] for r in read_rows(run)]
+    assert updates == sorted(set(updates))          # the resumed jobs repeat no row
 
 def status_json(slurm, sweep:Path, cwd)->list[dict]:
     r = cli(slurm, 'ml-suite-status', sweep, '--json', cwd=cwd)
