@@ -457,8 +457,11 @@ class ShardedCheckpointer:
             rank, world, pg = _dcp_group()
             pid = [os.getpid()]
             if pg is not None:
+                import atexit, weakref
                 pg = dist.new_group(backend='gloo')
                 dist.broadcast_object_list(pid, src=0, group=pg)
+                # released before the interpreter's teardown, which a gloo worker thread ending a collective aborts
+                atexit.register(lambda ref=weakref.ref(self): ref() is not None and ref().close(wait=False))
             self._group = (rank, world, pg, pid[0])
         return self._group
 
@@ -564,6 +567,25 @@ def wait(self:ShardedCheckpointer)->float|None:
         self._commit(*args)
     secs, self._seconds = self._seconds, None
     return secs
+
+# %% ../nbs/07_checkpoint.ipynb #1e916f23
+@patch
+def close(self:ShardedCheckpointer,
+          wait:bool=True,  # finish a background save first (collective); False at exit: an unfinished one is dropped
+         ):
+    "Every rank: release this checkpointer's own gloo group; its worker threads end now. Runs by itself at exit."
+    import torch.distributed as dist
+    if wait: self.wait()
+    if self._group is None: return
+    pg = self._group[2]
+    self._group = None
+    self._pending = None
+    if pg is None: return
+    try: dist.destroy_process_group(pg)
+    # already destroyed, with every group, by `destroy_process_group()`
+    except (ValueError, RuntimeError): pass
+    # the last reference: torch joins the group's threads now, while the interpreter is whole
+    del pg
 
 # %% ../nbs/07_checkpoint.ipynb #027138bc
 @patch

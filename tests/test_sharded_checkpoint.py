@@ -165,3 +165,40 @@ def test_a_sigkill_during_a_save_leaves_latest_intact(tmp_path, how):
     assert not list(run.glob('.*.tmp'))
     plain = load_sharded_full(run / 'latest')    # complete: it verifies and loads
     assert plain['extra']['updates'] >= 1 and plain['model']['0.weight'].shape == (500_000, 8)
+
+EXIT_SCRIPT = r'''
+import atexit, os, sys, torch, torch.distributed as dist
+from ml_suite.checkpoint import ShardedCheckpointer
+
+def gloo_threads():
+    tids = os.listdir('/proc/self/task')
+    return {t for t in tids if open(f'/proc/self/task/{t}/comm').read().strip() == 'pt_gloo_runloop'}
+
+def say(msg): sys.stdout.write(msg + '\n'); sys.stdout.flush()   # one write: ranks share stdout
+
+dist.init_process_group('gloo')
+before = set(os.listdir('/proc/self/task'))   # every thread of the default group (some not yet named)
+# registered before the checkpointer's own handler, so it runs after it: what is left for the interpreter's teardown
+atexit.register(lambda: say(f'own threads left at exit {len(own & gloo_threads())}'))
+ck = ShardedCheckpointer(sys.argv[1])
+ck.save({'w': torch.full((4,), float(dist.get_rank())), 'extra': {'updates': 1}})
+own = gloo_threads() - before
+say(f'own threads {len(own)}')
+if sys.argv[2] == 'close':
+    ck.close()
+    say(f'own threads left after close {len(own & gloo_threads())}')
+dist.destroy_process_group()
+'''
+
+@pytest.mark.skipif(not Path('/proc/self/task').is_dir(), reason='counts threads in /proc')
+@pytest.mark.parametrize('how', ['close', 'exit'])
+def test_the_checkpointers_gloo_group_is_gone_before_the_interpreters_teardown(tmp_path, how):
+    # a gloo worker thread still alive in the teardown aborts the process when it ends a collective there
+    # (`terminate called without an active exception`): a script that exits right after a save
+    (tmp_path / 'script.py').write_text(EXIT_SCRIPT)
+    run = tmp_path / 'run'; run.mkdir()
+    r = torchrun(tmp_path, run, how)
+    assert r.stdout.count('own threads 2') == 2, r.stdout
+    if how == 'close': assert r.stdout.count('own threads left after close 0') == 2, r.stdout
+    assert r.stdout.count('own threads left at exit 0') == 2, r.stdout
+    assert load_sharded_full(run / 'latest')['extra'] == {'updates': 1}
