@@ -61,6 +61,10 @@ if __name__ == '__main__':
             msd, osd = get_state_dict(net, opt)
             ck.save({'model': msd, 'optim': osd, 'extra': {'updates': i + 1}}, background=sys.argv[4] == 'async')
     if dist.is_initialized(): dist.destroy_process_group()
+    # end as ml-suite-train does: torch 2.15's gloo workers may still release a finished collective's tensors (here the
+    # default group's, which FSDP keeps) during the interpreter's teardown, and that aborts the process
+    from ml_suite.train import quick_exit
+    quick_exit(0)
 '''
 
 def torchrun(tmp_path, *args, timeout=120):
