@@ -69,6 +69,8 @@ def test_srun_two_tasks_without_torchrun(slurm, tmp_path, strategy):
         assert '(fsdp, 2 shards)' in log, log
         assert sorted(p.name for p in (path.parent / 'latest').glob('*.distcp')) == ['__0_0.distcp', '__1_0.distcp']
 
+# 8 s, over the default run's budget: tests/test_submit_slurm.py's 2-process job runs torchrun under srun too
+@pytest.mark.slow
 def test_srun_with_torchrun_two_processes(slurm, tmp_path):
     path = setup(tmp_path, 'job', tiny_config(total_updates=20, updates_per_epoch=10))
     body = (f'srun --ntasks=1 --cpus-per-task=2 {sys.executable} -m torch.distributed.run --standalone --nproc_per_node=2 '
