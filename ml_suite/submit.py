@@ -14,7 +14,7 @@ import yaml
 from .core import RunError, in_ipython
 from .config import ConfigError, SlurmConfig, Source, load_config
 from .train import resolve_run_dir
-from .runs import FINAL_STATES, queue_info, run_state, watch
+from .runs import FINAL_STATES, queue_info, read_starts, run_state, watch
 
 # %% auto #0
 __all__ = ['parse_sweeps', 'grid', 'read_sweep_file', 'task_names', 'time_minutes', 'typed_text', 'check_slurm',
@@ -401,17 +401,10 @@ def check_cluster(plan:JobPlan, script:Path):
 # %% ../nbs/16_submit.ipynb #61179848
 def _current_job(run_dir:Path)->tuple[dict|None, str|None]:
     "The run's newest submission (from `starts.jsonl`) and, if its job is still queued or running, its state."
-    try: lines = (Path(run_dir) / 'starts.jsonl').read_text().splitlines()
-    except OSError: return None, None
-    subs = [r for r in map(_json_or_none, lines) if r and r.get('submitted')]
-    if not subs: return None, None
+    sub, _ = read_starts(run_dir)
+    if sub is None: return None, None
     st = run_state(run_dir)
-    return subs[-1], (st['state'] if st['state'] in ('queued', 'running', 'requeued') else None)
-
-# %% ../nbs/16_submit.ipynb #f3b223b5
-def _json_or_none(line:str):
-    try: return json.loads(line)
-    except json.JSONDecodeError: return None
+    return sub, (st['state'] if st['state'] in ('queued', 'running', 'requeued') else None)
 
 # %% ../nbs/16_submit.ipynb #a77efa7b
 def check_free(plan:JobPlan):
